@@ -1,0 +1,259 @@
+//! The gRPC server every service runs: bound first, then served with health, reflection and
+//! one layer stack, until a shutdown signal drains it.
+//!
+//! The stack, outermost first (tonic's own layers, then ours):
+//! 1. *load shed + per-connection concurrency limit* (tonic): one greedy connection cannot
+//!    queue unbounded work.
+//! 2. *timeout* (tonic): the caller's `grpc-timeout`, capped by `request_timeout_ms`, so no
+//!    call outlives the deadline its caller already gave up on.
+//! 3. *trace*: a span per call, outside the limiter so shed calls are logged too.
+//! 4. *in-flight limit*: calls beyond `max_in_flight` are answered `UNAVAILABLE` at once
+//!    instead of queueing; clients retry elsewhere and memory stays bounded.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use tokio::{net::TcpListener, sync::Semaphore};
+use tonic::{
+    Status,
+    server::NamedService,
+    service::RoutesBuilder,
+    transport::{Server, server::TcpIncoming},
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::{Layer, Service};
+
+use crate::{config::GrpcServerConfig, shutdown::Shutdown};
+
+/// A bound, not yet serving gRPC server.
+pub struct GrpcServer {
+    listener: TcpListener,
+    config: GrpcServerConfig,
+    routes: RoutesBuilder,
+    health: HealthReporter,
+    names: Vec<&'static str>,
+}
+
+/// Failures starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcServerError {
+    /// The listen address could not be bound.
+    #[error("cannot bind gRPC listener on {addr}")]
+    Bind {
+        /// The address from the configuration.
+        addr: SocketAddr,
+        /// Why binding failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The embedded descriptor set is unusable (a build defect).
+    #[error("cannot build the reflection service")]
+    Reflection(#[source] tonic_reflection::server::Error),
+    /// The transport failed while serving.
+    #[error("gRPC transport failed")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl GrpcServer {
+    /// Binds the configured address (port 0 picks a free one).
+    pub async fn bind(config: GrpcServerConfig) -> Result<Self, GrpcServerError> {
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| GrpcServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let (health, _) = tonic_health::server::health_reporter();
+        Ok(Self {
+            listener,
+            config,
+            routes: RoutesBuilder::default(),
+            health,
+            names: Vec::new(),
+        })
+    }
+
+    /// The address actually bound.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has an address")
+    }
+
+    /// Adds a tonic service; it is reported SERVING by health while the server runs.
+    #[must_use]
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Serves until `shutdown` trips, then reports NOT_SERVING, stops accepting and gives
+    /// in-flight calls `drain_timeout_ms` to finish.
+    pub async fn serve(self, shutdown: Shutdown) -> Result<(), GrpcServerError> {
+        let Self {
+            listener,
+            config,
+            mut routes,
+            health,
+            names,
+        } = self;
+        let addr = listener.local_addr().ok();
+        let health_service = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(health.clone()),
+        );
+        for name in &names {
+            health
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
+        }
+        health.set_service_status("", ServingStatus::Serving).await;
+
+        routes.add_service(health_service);
+        // Reflection lists only what this server serves, never every package in the set.
+        if !names.is_empty() {
+            let mut reflection = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tertulia_proto::FILE_DESCRIPTOR_SET);
+            for name in &names {
+                reflection = reflection.with_service_name(*name);
+            }
+            let reflection = reflection
+                .build_v1()
+                .map_err(GrpcServerError::Reflection)?;
+            routes.add_service(reflection);
+        }
+
+        let stack = tower::ServiceBuilder::new()
+            .layer(tower_http_trace())
+            .layer(InFlightLimitLayer::new(config.max_in_flight));
+        let server = Server::builder()
+            .timeout(config.request_timeout())
+            .load_shed(true)
+            .concurrency_limit_per_connection(config.max_in_flight)
+            .layer(stack)
+            .add_routes(routes.routes());
+
+        let signal = {
+            let shutdown = shutdown.clone();
+            let health = health.clone();
+            async move {
+                shutdown.cancelled().await;
+                // Balancers watching health stop routing here before we stop accepting.
+                for name in names {
+                    health
+                        .set_service_status(name, ServingStatus::NotServing)
+                        .await;
+                }
+                health
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
+            }
+        };
+        tracing::info!(message = "gRPC server listening.", addr = ?addr);
+        let serve = server.serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
+        let drain_deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(config.drain_timeout()).await;
+        };
+        tokio::select! {
+            result = serve => result?,
+            () = drain_deadline => {
+                tracing::warn!(message = "Drain deadline passed, dropping remaining calls.");
+            }
+        }
+        tracing::info!(message = "gRPC server stopped.", addr = ?addr);
+        Ok(())
+    }
+}
+
+/// A span per call named after its gRPC path.
+fn tower_http_trace() -> tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>,
+> {
+    tower_http::trace::TraceLayer::new_for_grpc()
+}
+
+/// Answers `UNAVAILABLE` at once when `max` calls are already in flight.
+#[derive(Debug, Clone)]
+pub struct InFlightLimitLayer {
+    permits: Arc<Semaphore>,
+}
+
+impl InFlightLimitLayer {
+    /// A limit of `max` concurrent calls shared by every connection.
+    #[must_use]
+    pub fn new(max: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+        }
+    }
+}
+
+impl<S> Layer<S> for InFlightLimitLayer {
+    type Service = InFlightLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        InFlightLimit {
+            inner,
+            permits: Arc::clone(&self.permits),
+        }
+    }
+}
+
+/// See [`InFlightLimitLayer`]. The permit is held until the response head is produced; for
+/// server streams that is when the stream starts, which bounds setup work, not stream count.
+#[derive(Debug, Clone)]
+pub struct InFlightLimit<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S, B> Service<http::Request<B>> for InFlightLimit<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
+            let call = self.inner.call(request);
+            Box::pin(async move {
+                let response = call.await;
+                drop(permit);
+                response
+            })
+        } else {
+            let status = Status::unavailable("server at capacity, retry");
+            Box::pin(std::future::ready(Ok(status.into_http())))
+        }
+    }
+}

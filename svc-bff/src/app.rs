@@ -1,0 +1,161 @@
+//! The router, the layer stack and the server.
+
+use std::{net::SocketAddr, time::Duration};
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    http::{HeaderValue, Request, StatusCode},
+    response::{IntoResponse, Response},
+};
+use tertulia_plumbing::{
+    StartError, client, error::chain, shutdown::Shutdown, token::TokenVerifier,
+};
+use tertulia_proto::auth::v1::auth_service_client::AuthServiceClient;
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+use tower::ServiceBuilder;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+
+use crate::{config::BffConfig, problem::ApiError, routes};
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// svc-auth.
+    pub auth: AuthServiceClient<Channel>,
+    /// The channel to svc-auth, for health checks.
+    pub auth_channel: Channel,
+    /// Verifies access tokens from svc-auth's published keys.
+    pub verifier: TokenVerifier,
+    /// Deadline set on every upstream call.
+    pub call_deadline: Duration,
+    /// Whether `X-Forwarded-For` names the client.
+    pub trust_forwarded_for: bool,
+}
+
+/// A built, bound svc-bff.
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl App {
+    /// Binds the listener and prepares upstream channels (which connect lazily, so the BFF
+    /// starts and answers 503 while a dependency is still down).
+    pub async fn build(config: BffConfig) -> Result<Self, StartError> {
+        let auth_channel =
+            client::channel(&config.auth).map_err(|e| StartError::Other(chain(&e)))?;
+        let state = AppState {
+            auth: AuthServiceClient::new(auth_channel.clone()),
+            verifier: TokenVerifier::from_auth_service(&config.tokens, auth_channel.clone()),
+            auth_channel,
+            call_deadline: Duration::from_millis(config.auth.timeout_ms),
+            trust_forwarded_for: config.http.trust_forwarded_for,
+        };
+        let listener =
+            TcpListener::bind(config.http.listen)
+                .await
+                .map_err(|source| StartError::Io {
+                    context: format!("cannot bind HTTP listener on {}", config.http.listen),
+                    source,
+                })?;
+        Ok(Self {
+            listener,
+            router: router(state, config.http.max_body_bytes),
+        })
+    }
+
+    /// The address the HTTP server is bound to.
+    #[must_use]
+    pub fn http_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has an address")
+    }
+
+    /// Serves until `shutdown` trips, then drains for at most [`DRAIN_TIMEOUT`].
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
+        tracing::info!(message = "HTTP server listening.", addr = %self.http_addr());
+        let serve = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        };
+        tokio::select! {
+            result = serve => result.map_err(|source| StartError::Io {
+                context: "HTTP server failed".into(),
+                source,
+            })?,
+            () = deadline => tracing::warn!(message = "Drain deadline passed."),
+        }
+        Ok(())
+    }
+}
+
+/// Builds and runs svc-bff until `shutdown` trips.
+pub async fn run(config: BffConfig, shutdown: Shutdown) -> Result<(), StartError> {
+    App::build(config).await?.run(shutdown).await
+}
+
+/// Every route, and the layers around them, outermost first:
+/// 1. *request id*: reuse the client's `x-request-id` or mint a UUIDv7, before anything logs;
+/// 2. *trace*: a span per request, carrying the id;
+/// 3. *propagate id*: copy it to the response, including error responses;
+/// 4. *catch panic*: a bug answers a 500 problem instead of dropping the connection;
+/// 5. *body limit*: JSON bodies over the configured size are refused with 413.
+fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(RequestIdV7))
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(CatchPanicLayer::custom(panic_problem))
+        .layer(DefaultBodyLimit::max(max_body_bytes));
+    Router::new()
+        .nest("/api/v1", routes::auth::router())
+        .merge(routes::ops::router())
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .with_state(state)
+        .layer(layers)
+}
+
+/// Mints UUIDv7 request ids (time-ordered, so logs sort by them).
+#[derive(Debug, Clone, Copy)]
+struct RequestIdV7;
+
+impl MakeRequestId for RequestIdV7 {
+    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+fn panic_problem(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!(message = "Handler panicked.");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error",
+    )
+    .into_response()
+}

@@ -1,0 +1,49 @@
+//! Configuration of svc-bff. Environment: `TERTULIA_BFF_<KEY>`, nested keys joined by `__`
+//! (e.g. `TERTULIA_BFF_HTTP__LISTEN=0.0.0.0:8080`, `TERTULIA_BFF_AUTH__URL`).
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+use tertulia_plumbing::{config::UpstreamConfig, token::TokenPolicy};
+
+/// Everything svc-bff reads at start.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BffConfig {
+    /// The public HTTP listener.
+    pub http: HttpConfig,
+    /// svc-auth's gRPC endpoint.
+    pub auth: UpstreamConfig,
+    /// Issuer and audience that access tokens must carry.
+    #[serde(default = "TokenPolicy::standard")]
+    pub tokens: TokenPolicy,
+}
+
+/// The public HTTP listener and its limits.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpConfig {
+    /// Address to bind (default port in deployments: 8080); port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Largest JSON body accepted, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Take the client address from the first `X-Forwarded-For` entry (only behind a proxy
+    /// that sets it); otherwise the peer address is used.
+    #[serde(default)]
+    pub trust_forwarded_for: bool,
+}
+
+impl HttpConfig {
+    /// A listener on `listen` with the documented defaults.
+    #[must_use]
+    pub fn on(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            max_body_bytes: default_max_body_bytes(),
+            trust_forwarded_for: false,
+        }
+    }
+}
+
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}

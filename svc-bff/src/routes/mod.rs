@@ -1,0 +1,4 @@
+//! The HTTP API, one module per area.
+
+pub mod auth;
+pub mod ops;

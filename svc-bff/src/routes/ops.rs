@@ -1,0 +1,62 @@
+//! Operational endpoints: liveness, readiness and the published signing keys.
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::header,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use tertulia_plumbing::client::with_deadline;
+use tertulia_proto::auth::v1::GetJwksRequest;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+use crate::{app::AppState, problem::ApiError};
+
+/// `/healthz`, `/readyz`, `/.well-known/jwks.json`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/.well-known/jwks.json", get(jwks))
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Readiness: every upstream reports SERVING.
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let request = with_deadline(HealthCheckRequest::default(), state.call_deadline);
+    let status = HealthClient::new(state.auth_channel.clone())
+        .check(request)
+        .await
+        .map_err(|_| ApiError::unavailable("svc-auth is not reachable"))?
+        .into_inner()
+        .status();
+    if status == ServingStatus::Serving {
+        Ok(Json(serde_json::json!({ "status": "ready" })))
+    } else {
+        Err(ApiError::unavailable("svc-auth is not serving"))
+    }
+}
+
+/// The JWK set access tokens are verified with (RFC 7517), cacheable for five minutes.
+async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let jwks = state
+        .auth
+        .clone()
+        .get_jwks(with_deadline(GetJwksRequest {}, state.call_deadline))
+        .await?
+        .into_inner()
+        .jwks_json;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/jwk-set+json"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        jwks,
+    )
+        .into_response())
+}
