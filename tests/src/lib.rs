@@ -1,1 +1,234 @@
-//! Cross-service tests.
+//! Test harness for cross-service tests: boots real services in-process on ephemeral ports
+//! against the real PostgreSQL and NATS, each [`Stack`] in a fresh database schema, so tests
+//! run in parallel without meeting.
+//!
+//! Where the servers are: `TERTULIA_TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and `TERTULIA_TEST_NATS_URL` (default
+//! `nats://127.0.0.1:4333`, the project's own NATS that `make test` starts).
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde_json::{Value, json};
+use svc_auth::accounts::Accounts;
+use tertulia_plumbing::{
+    config::{GrpcServerConfig, NatsConfig, PostgresConfig, UpstreamConfig},
+    shutdown::Shutdown,
+    token::TokenPolicy,
+};
+
+/// The PostgreSQL server tests use.
+#[must_use]
+pub fn database_url() -> String {
+    std::env::var("TERTULIA_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// The NATS server tests use.
+#[must_use]
+pub fn nats_url() -> String {
+    std::env::var("TERTULIA_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4333".to_owned())
+}
+
+/// A name no other test uses: `<prefix>_<uuid>`, a valid schema or namespace.
+#[must_use]
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A fresh schema's database configuration; the schema is dropped by [`drop_schema`].
+#[must_use]
+pub fn fresh_database() -> PostgresConfig {
+    PostgresConfig {
+        url: database_url().into(),
+        schema: unique_name("t"),
+        max_connections: 8,
+    }
+}
+
+/// A fresh NATS namespace.
+#[must_use]
+pub fn fresh_nats() -> NatsConfig {
+    NatsConfig {
+        url: nats_url(),
+        namespace: unique_name("t"),
+    }
+}
+
+/// Drops `schema` and everything in it. Runs on its own thread and runtime, so it works from
+/// `Drop` inside or outside an async test.
+pub fn drop_schema(schema: &str) {
+    let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+    let url = database_url();
+    let worker = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime builds");
+        runtime.block_on(async move {
+            if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                tokio::spawn(conn);
+                let _ = client.batch_execute(&sql).await;
+            }
+        });
+    });
+    let _ = worker.join();
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// svc-auth and svc-bff running in-process, with an HTTP client pointed at the BFF.
+pub struct Stack {
+    /// The BFF's address.
+    pub bff: SocketAddr,
+    /// svc-auth's gRPC address.
+    pub auth: SocketAddr,
+    /// svc-auth's use cases (to mint tokens with other timestamps).
+    pub accounts: Accounts,
+    /// A client with no cookies and no redirects.
+    pub http: reqwest::Client,
+    shutdown: Shutdown,
+    schema: String,
+}
+
+impl Stack {
+    /// Boots the stack with svc-auth's default configuration.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Boots the stack after `adjust` has changed svc-auth's configuration.
+    pub async fn start_with(adjust: impl FnOnce(&mut svc_auth::config::AuthConfig)) -> Self {
+        let shutdown = Shutdown::new();
+        let database = fresh_database();
+        let schema = database.schema.clone();
+        let mut auth_config = svc_auth::config::AuthConfig {
+            grpc: GrpcServerConfig::on(loopback()),
+            database,
+            tokens: svc_auth::config::TokenConfig::standard(),
+            argon2: svc_auth::config::Argon2Config::owasp(),
+            login_limits: svc_auth::config::LoginLimits::standard(),
+        };
+        adjust(&mut auth_config);
+        let auth_app = svc_auth::App::build(auth_config)
+            .await
+            .expect("svc-auth starts");
+        let auth = auth_app.grpc_addr();
+        let accounts = auth_app.accounts().clone();
+        tokio::spawn(auth_app.run(shutdown.clone()));
+
+        let bff_config = svc_bff::config::BffConfig {
+            http: svc_bff::config::HttpConfig::on(loopback()),
+            auth: UpstreamConfig::at(format!("http://{auth}")),
+            tokens: TokenPolicy::standard(),
+        };
+        let bff_app = svc_bff::App::build(bff_config)
+            .await
+            .expect("svc-bff starts");
+        let bff = bff_app.http_addr();
+        tokio::spawn(bff_app.run(shutdown.clone()));
+
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("an HTTP client builds");
+        Self {
+            bff,
+            auth,
+            accounts,
+            http,
+            shutdown,
+            schema,
+        }
+    }
+
+    /// The BFF URL of `path`.
+    #[must_use]
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.bff)
+    }
+
+    /// POSTs `body` as JSON to `path`.
+    pub async fn post(&self, path: &str, body: &Value, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.post(self.url(path)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("the BFF answers")
+    }
+
+    /// GETs `path`.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("the BFF answers")
+    }
+
+    /// Registers `username` with a fixed password and logs in; returns the login answer.
+    pub async fn signed_up(&self, username: &str) -> Session {
+        let password = "correct horse battery";
+        let registered = self
+            .post(
+                "/api/v1/auth/register",
+                &json!({"username": username, "password": password}),
+                None,
+            )
+            .await;
+        assert_eq!(registered.status(), 201, "register {username}");
+        let login = self
+            .post(
+                "/api/v1/auth/login",
+                &json!({"username": username, "password": password}),
+                None,
+            )
+            .await;
+        assert_eq!(login.status(), 200, "login {username}");
+        let body: Value = login.json().await.expect("login answers JSON");
+        Session {
+            user_id: body["user_id"].as_str().expect("user_id").to_owned(),
+            access_token: body["access_token"].as_str().expect("access").to_owned(),
+            refresh_token: body["refresh_token"].as_str().expect("refresh").to_owned(),
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        drop_schema(&self.schema);
+    }
+}
+
+/// A logged-in user.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Their id.
+    pub user_id: String,
+    /// A valid access token.
+    pub access_token: String,
+    /// A live refresh token.
+    pub refresh_token: String,
+}
+
+/// Asserts `response` is a problem document with `status` and `code`; returns its body.
+pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "status");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    assert!(response.headers().contains_key("x-request-id"));
+    let body: Value = response.json().await.expect("a problem is JSON");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status, "{body}");
+    assert!(body["type"].as_str().is_some_and(|t| t.ends_with(code)), "{body}");
+    assert!(body["title"].is_string() && body["detail"].is_string(), "{body}");
+    body
+}
