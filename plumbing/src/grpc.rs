@@ -1,14 +1,13 @@
 //! The gRPC server every service runs: bound first, then served with health, reflection and
 //! one layer stack, until a shutdown signal drains it.
 //!
-//! The stack, outermost first (tonic's own layers, then ours):
-//! 1. *load shed + per-connection concurrency limit* (tonic): one greedy connection cannot
-//!    queue unbounded work.
-//! 2. *timeout* (tonic): the caller's `grpc-timeout`, capped by `request_timeout_ms`, so no
+//! The stack, outermost first:
+//! 1. *timeout* (tonic's): the caller's `grpc-timeout`, capped by `request_timeout_ms`, so no
 //!    call outlives the deadline its caller already gave up on.
-//! 3. *trace*: a span per call, outside the limiter so shed calls are logged too.
-//! 4. *in-flight limit*: calls beyond `max_in_flight` are answered `UNAVAILABLE` at once
-//!    instead of queueing; clients retry elsewhere and memory stays bounded.
+//! 2. *trace*: a span per call, outside the limiter so shed calls are logged too.
+//! 3. *in-flight limit with load shedding*: calls beyond `max_in_flight` are answered
+//!    `UNAVAILABLE` at once instead of queueing, so clients retry elsewhere and memory stays
+//!    bounded under overload.
 
 use std::{
     future::Future,
@@ -117,7 +116,9 @@ impl GrpcServer {
             health,
             names,
         } = self;
-        let addr = listener.local_addr().ok();
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| "unknown".to_owned(), |a| a.to_string());
         let health_service = tonic_health::pb::health_server::HealthServer::new(
             tonic_health::server::HealthService::from_health_reporter(health.clone()),
         );
@@ -136,9 +137,7 @@ impl GrpcServer {
             for name in &names {
                 reflection = reflection.with_service_name(*name);
             }
-            let reflection = reflection
-                .build_v1()
-                .map_err(GrpcServerError::Reflection)?;
+            let reflection = reflection.build_v1().map_err(GrpcServerError::Reflection)?;
             routes.add_service(reflection);
         }
 
@@ -147,8 +146,6 @@ impl GrpcServer {
             .layer(InFlightLimitLayer::new(config.max_in_flight));
         let server = Server::builder()
             .timeout(config.request_timeout())
-            .load_shed(true)
-            .concurrency_limit_per_connection(config.max_in_flight)
             .layer(stack)
             .add_routes(routes.routes());
 
@@ -168,7 +165,7 @@ impl GrpcServer {
                     .await;
             }
         };
-        tracing::info!(message = "gRPC server listening.", addr = ?addr);
+        tracing::info!(message = "gRPC server listening.", addr = %addr);
         let serve = server.serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
         let drain_deadline = async {
             shutdown.cancelled().await;
@@ -180,7 +177,7 @@ impl GrpcServer {
                 tracing::warn!(message = "Drain deadline passed, dropping remaining calls.");
             }
         }
-        tracing::info!(message = "gRPC server stopped.", addr = ?addr);
+        tracing::info!(message = "gRPC server stopped.", addr = %addr);
         Ok(())
     }
 }

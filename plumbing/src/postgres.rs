@@ -112,6 +112,21 @@ pub async fn connect(config: &PostgresConfig) -> Result<Pool, DbError> {
 pub async fn migrate(pool: &Pool, migrations: &[Migration]) -> Result<(), DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    match apply_missing(&tx, migrations).await {
+        Ok(()) => Ok(tx.commit().await?),
+        Err(error) => {
+            // Roll back now rather than on drop, so the advisory lock is released before we
+            // return and nothing waits on it.
+            let _ = tx.rollback().await;
+            Err(error)
+        }
+    }
+}
+
+async fn apply_missing(
+    tx: &deadpool_postgres::Transaction<'_>,
+    migrations: &[Migration],
+) -> Result<(), DbError> {
     tx.batch_execute(
         "SELECT pg_advisory_xact_lock(hashtext(current_schema()));
          CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -151,7 +166,6 @@ pub async fn migrate(pool: &Pool, migrations: &[Migration]) -> Result<(), DbErro
             name = migration.name
         );
     }
-    tx.commit().await?;
     Ok(())
 }
 

@@ -110,7 +110,11 @@ impl TokenVerifier {
     /// A verifier that fetches keys from `svc-auth` over `channel`.
     #[must_use]
     pub fn from_auth_service(policy: &TokenPolicy, channel: Channel) -> Self {
-        Self::build(policy, Some(AuthServiceClient::new(channel)), HashMap::new())
+        Self::build(
+            policy,
+            Some(AuthServiceClient::new(channel)),
+            HashMap::new(),
+        )
     }
 
     /// A verifier with a fixed key set (a JWKS JSON document), for tests and tools.
@@ -141,8 +145,7 @@ impl TokenVerifier {
     /// Checks `token` and returns its claims.
     pub async fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
-        if header.alg != ACCESS_TOKEN_ALGORITHM
-            || header.typ.as_deref() != Some(ACCESS_TOKEN_TYPE)
+        if header.alg != ACCESS_TOKEN_ALGORITHM || header.typ.as_deref() != Some(ACCESS_TOKEN_TYPE)
         {
             return Err(TokenError::Malformed);
         }

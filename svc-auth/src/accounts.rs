@@ -200,7 +200,9 @@ impl Accounts {
         let owner = parse_user_id(owner)?;
         let contact_id = parse_user_id(contact)?;
         if owner == contact_id {
-            return Err(AuthError::InvalidArgument("you cannot add yourself as a contact"));
+            return Err(AuthError::InvalidArgument(
+                "you cannot add yourself as a contact",
+            ));
         }
         let created = self
             .store

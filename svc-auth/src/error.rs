@@ -61,9 +61,7 @@ impl From<AuthError> for Status {
                 status::rate_limited(error.to_string(), retry_after)
             }
             AuthError::Db(ref e) if e.is_unavailable() => status::unavailable(&error),
-            AuthError::Db(_) | AuthError::Hash(_) | AuthError::Sign(_) => {
-                status::internal(&error)
-            }
+            AuthError::Db(_) | AuthError::Hash(_) | AuthError::Sign(_) => status::internal(&error),
         }
     }
 }

@@ -60,13 +60,12 @@ impl App {
             call_deadline: Duration::from_millis(config.auth.timeout_ms),
             trust_forwarded_for: config.http.trust_forwarded_for,
         };
-        let listener =
-            TcpListener::bind(config.http.listen)
-                .await
-                .map_err(|source| StartError::Io {
-                    context: format!("cannot bind HTTP listener on {}", config.http.listen),
-                    source,
-                })?;
+        let listener = TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|source| StartError::Io {
+                context: format!("cannot bind HTTP listener on {}", config.http.listen),
+                source,
+            })?;
         Ok(Self {
             listener,
             router: router(state, config.http.max_body_bytes),

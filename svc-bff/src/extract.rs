@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 
 use axum::{
-    extract::{ConnectInfo, FromRequest, FromRequestParts, Query, Request, rejection::JsonRejection},
+    extract::{
+        ConnectInfo, FromRequest, FromRequestParts, Query, Request, rejection::JsonRejection,
+    },
     http::{StatusCode, header, request::Parts},
 };
 use serde::de::DeserializeOwned;
@@ -91,7 +93,9 @@ impl FromRequestParts<AppState> for Caller {
             }),
             Err(TokenError::KeysUnavailable(status)) => {
                 tracing::warn!(message = "Cannot fetch signing keys.", error = %status);
-                Err(ApiError::unavailable("cannot verify tokens right now, retry later"))
+                Err(ApiError::unavailable(
+                    "cannot verify tokens right now, retry later",
+                ))
             }
             Err(e) => Err(ApiError::unauthenticated(e.to_string())),
         }

@@ -95,11 +95,9 @@ impl From<tonic::Status> for ApiError {
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
-            Code::Ok
-            | Code::Unknown
-            | Code::Internal
-            | Code::Unimplemented
-            | Code::DataLoss => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Code::Ok | Code::Unknown | Code::Internal | Code::Unimplemented | Code::DataLoss => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
         };
         let detail = match code {
             // Transport errors carry connection details the client has no use for.
@@ -112,8 +110,7 @@ impl From<tonic::Status> for ApiError {
         };
         let mut error = Self::new(http, code, detail);
         if http == StatusCode::TOO_MANY_REQUESTS {
-            error.retry_after =
-                Some(tertulia_plumbing::error::retry_after(&status).unwrap_or(1));
+            error.retry_after = Some(tertulia_plumbing::error::retry_after(&status).unwrap_or(1));
         }
         error
     }

@@ -55,9 +55,10 @@ pub fn fresh_nats() -> NatsConfig {
 }
 
 /// Drops `schema` and everything in it. Runs on its own thread and runtime, so it works from
-/// `Drop` inside or outside an async test.
+/// `Drop` inside or outside an async test; gives up after a lock timeout rather than hang on
+/// a connection that the blocked test runtime cannot close (`make test` sweeps leftovers).
 pub fn drop_schema(schema: &str) {
-    let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+    let sql = format!("SET lock_timeout = '3s'; DROP SCHEMA IF EXISTS {schema} CASCADE");
     let url = database_url();
     let worker = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -228,7 +229,22 @@ pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str
     let body: Value = response.json().await.expect("a problem is JSON");
     assert_eq!(body["code"], code, "{body}");
     assert_eq!(body["status"], status, "{body}");
-    assert!(body["type"].as_str().is_some_and(|t| t.ends_with(code)), "{body}");
-    assert!(body["title"].is_string() && body["detail"].is_string(), "{body}");
+    assert!(
+        body["type"].as_str().is_some_and(|t| t.ends_with(code)),
+        "{body}"
+    );
+    assert!(
+        body["title"].is_string() && body["detail"].is_string(),
+        "{body}"
+    );
     body
+}
+
+/// A connected gRPC channel to `addr`.
+pub async fn grpc_channel(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a socket address makes a valid URI")
+        .connect()
+        .await
+        .expect("the server accepts connections")
 }

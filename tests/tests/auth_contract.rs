@@ -61,7 +61,13 @@ async fn malformed_json_wrong_content_type_and_huge_bodies_are_problems() {
         .unwrap();
     assert_problem(malformed, 400, "invalid_argument").await;
 
-    let not_json = stack.http.post(&url).body("username=alice").send().await.unwrap();
+    let not_json = stack
+        .http
+        .post(&url)
+        .body("username=alice")
+        .send()
+        .await
+        .unwrap();
     assert_problem(not_json, 415, "unsupported_media_type").await;
 
     let huge = format!("{{\"username\":\"{}\"}}", "a".repeat(2 * 1024 * 1024));
@@ -206,12 +212,20 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_family() {
     assert_problem(reuse, 401, "unauthenticated").await;
     // ...so the token rotated from it no longer works either.
     let after = stack
-        .post("/api/v1/auth/refresh", &json!({"refresh_token": rotated}), None)
+        .post(
+            "/api/v1/auth/refresh",
+            &json!({"refresh_token": rotated}),
+            None,
+        )
         .await;
     assert_problem(after, 401, "unauthenticated").await;
 
     let garbage = stack
-        .post("/api/v1/auth/refresh", &json!({"refresh_token": "nope"}), None)
+        .post(
+            "/api/v1/auth/refresh",
+            &json!({"refresh_token": "nope"}),
+            None,
+        )
         .await;
     assert_problem(garbage, 401, "unauthenticated").await;
 }
@@ -262,7 +276,12 @@ async fn me_requires_a_valid_access_token() {
     assert_eq!(me["username"], "kim");
 
     let missing = stack.get("/api/v1/me", None).await;
-    assert!(missing.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    assert!(
+        missing.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
     assert_problem(missing, 401, "unauthenticated").await;
 
     let basic = stack
@@ -310,9 +329,8 @@ fn invalid_tokens(stack: &Stack, user_id: &str) -> Vec<String> {
     .issue(user_id)
     .unwrap();
     let claims = valid.split('.').nth(1).unwrap();
-    let none_header = URL_SAFE_NO_PAD.encode(
-        json!({"alg": "none", "typ": "at+jwt", "kid": kid}).to_string(),
-    );
+    let none_header =
+        URL_SAFE_NO_PAD.encode(json!({"alg": "none", "typ": "at+jwt", "kid": kid}).to_string());
     let alg_none = format!("{none_header}.{claims}.");
     let jwt_header =
         URL_SAFE_NO_PAD.encode(json!({"alg": "EdDSA", "typ": "JWT", "kid": kid}).to_string());
@@ -358,7 +376,10 @@ async fn users_search_is_a_prefix_search_with_a_bounded_limit() {
     assert_eq!(literal["users"].as_array().unwrap().len(), 1);
 
     let limited: Value = stack
-        .get("/api/v1/users?query=ann&limit=2", Some(&session.access_token))
+        .get(
+            "/api/v1/users?query=ann&limit=2",
+            Some(&session.access_token),
+        )
         .await
         .json()
         .await
@@ -383,17 +404,30 @@ async fn contacts_can_be_added_listed_and_removed() {
     let token = Some(me.access_token.as_str());
 
     let added = stack
-        .post("/api/v1/contacts", &json!({"user_id": friend.user_id}), token)
+        .post(
+            "/api/v1/contacts",
+            &json!({"user_id": friend.user_id}),
+            token,
+        )
         .await;
     assert_eq!(added.status(), 201);
     let added: Value = added.json().await.unwrap();
     assert_eq!(added["username"], "mike");
     let again = stack
-        .post("/api/v1/contacts", &json!({"user_id": friend.user_id}), token)
+        .post(
+            "/api/v1/contacts",
+            &json!({"user_id": friend.user_id}),
+            token,
+        )
         .await;
     assert_eq!(again.status(), 200, "adding twice is idempotent");
 
-    let listed: Value = stack.get("/api/v1/contacts", token).await.json().await.unwrap();
+    let listed: Value = stack
+        .get("/api/v1/contacts", token)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(listed["contacts"][0]["user_id"], friend.user_id.as_str());
     assert_eq!(listed["contacts"].as_array().unwrap().len(), 1);
 
@@ -427,7 +461,12 @@ async fn contacts_can_be_added_listed_and_removed() {
         .await
         .unwrap();
     assert_problem(gone, 404, "not_found").await;
-    let listed: Value = stack.get("/api/v1/contacts", token).await.json().await.unwrap();
+    let listed: Value = stack
+        .get("/api/v1/contacts", token)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert!(listed["contacts"].as_array().unwrap().is_empty());
 }
 

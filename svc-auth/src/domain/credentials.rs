@@ -127,7 +127,9 @@ impl PasswordHasher {
         let known = stored.is_some();
         let hash = stored.unwrap_or_else(|| self.decoy.to_string());
         let matched = tokio::task::spawn_blocking(move || {
-            argon.verify_password(password.bytes(), hash.as_str()).is_ok()
+            argon
+                .verify_password(password.bytes(), hash.as_str())
+                .is_ok()
         })
         .await
         .unwrap_or(false);
@@ -170,7 +172,9 @@ mod tests {
         let user = Username::parse("alice").unwrap();
         assert_eq!(DisplayName::parse(None, &user).unwrap().as_str(), "alice");
         assert_eq!(
-            DisplayName::parse(Some("  Alice A. "), &user).unwrap().as_str(),
+            DisplayName::parse(Some("  Alice A. "), &user)
+                .unwrap()
+                .as_str(),
             "Alice A."
         );
         assert!(DisplayName::parse(Some("   "), &user).is_err());
@@ -184,7 +188,10 @@ mod tests {
             .hash(Password::parse("correct horse".into()).unwrap())
             .await
             .unwrap();
-        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
         let ok = Password::parse("correct horse".into()).unwrap();
         assert!(hasher.verify(ok, Some(hash.clone())).await);
         let bad = Password::parse("wrong horse".into()).unwrap();

@@ -182,7 +182,8 @@ mod tests {
     #[tokio::test]
     async fn issued_tokens_verify_from_the_published_key_set() {
         let key = SigningKey::generate();
-        let verifier = TokenVerifier::from_jwks(&policy(), &jwks_json(std::slice::from_ref(&key))).unwrap();
+        let verifier =
+            TokenVerifier::from_jwks(&policy(), &jwks_json(std::slice::from_ref(&key))).unwrap();
         let token = issuer(&key).issue("user-1").unwrap();
         let claims = verifier.verify(&token).await.unwrap();
         assert_eq!(claims.sub, "user-1");
@@ -192,11 +193,15 @@ mod tests {
     #[tokio::test]
     async fn expired_foreign_and_wrong_audience_tokens_fail() {
         let key = SigningKey::generate();
-        let verifier = TokenVerifier::from_jwks(&policy(), &jwks_json(std::slice::from_ref(&key))).unwrap();
+        let verifier =
+            TokenVerifier::from_jwks(&policy(), &jwks_json(std::slice::from_ref(&key))).unwrap();
         let old = issuer(&key)
             .issue_at("u", OffsetDateTime::now_utc() - time::Duration::hours(1))
             .unwrap();
-        assert!(matches!(verifier.verify(&old).await, Err(TokenError::Expired)));
+        assert!(matches!(
+            verifier.verify(&old).await,
+            Err(TokenError::Expired)
+        ));
 
         let stranger = SigningKey::generate();
         let forged = issuer(&SigningKey {
@@ -205,7 +210,10 @@ mod tests {
         })
         .issue("u")
         .unwrap();
-        assert!(matches!(verifier.verify(&forged).await, Err(TokenError::Invalid)));
+        assert!(matches!(
+            verifier.verify(&forged).await,
+            Err(TokenError::Invalid)
+        ));
 
         let other_aud = AccessTokenIssuer::new(
             &key,
@@ -215,7 +223,10 @@ mod tests {
         )
         .issue("u")
         .unwrap();
-        assert!(matches!(verifier.verify(&other_aud).await, Err(TokenError::Invalid)));
+        assert!(matches!(
+            verifier.verify(&other_aud).await,
+            Err(TokenError::Invalid)
+        ));
     }
 
     #[test]

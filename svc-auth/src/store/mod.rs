@@ -225,13 +225,14 @@ impl AuthStore {
                 &[&presented],
             )
             .await?;
-        let Some(row) = row else {
+        let live = row
+            .as_ref()
+            .is_some_and(|r| !r.get::<_, bool>("revoked") && !r.get::<_, bool>("expired"));
+        let Some(row) = row.filter(|_| live) else {
+            tx.rollback().await?;
             return Ok(Rotation::Rejected);
         };
         let family: Uuid = row.get("family_id");
-        if row.get::<_, bool>("revoked") || row.get::<_, bool>("expired") {
-            return Ok(Rotation::Rejected);
-        }
         if row.get::<_, bool>("spent") {
             tx.execute(
                 "UPDATE token_families SET revoked_at = now() WHERE family_id = $1",

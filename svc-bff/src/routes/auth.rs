@@ -51,7 +51,10 @@ impl From<pb::User> for UserView {
                 .created_at
                 .as_ref()
                 .and_then(tertulia_plumbing::wire::from_timestamp)
-                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                }),
             user_id: user.user_id,
             username: user.username,
             display_name: user.display_name,

@@ -9,7 +9,9 @@ use axum::{
 };
 use tertulia_plumbing::client::with_deadline;
 use tertulia_proto::auth::v1::GetJwksRequest;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 use crate::{app::AppState, problem::ApiError};
 

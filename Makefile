@@ -1,0 +1,31 @@
+# Tertulia: the two commands are `make up` and `make test`. See README.md.
+.PHONY: up start stop test lint tools fmt
+
+## up: install what is missing, start NATS, PostgreSQL and every service; Ctrl-C stops all.
+up:
+	@scripts/stack.sh up
+
+## start: the same in the background; addresses go to .run/stack.env.
+start:
+	@scripts/stack.sh start
+
+## stop: stop what `make start` started.
+stop:
+	@scripts/stack.sh stop
+
+## test: the whole suite (unit and integration) against real PostgreSQL and NATS.
+test:
+	@scripts/test.sh
+
+## lint: formatting, clippy with warnings as errors, and buf lint of the protos.
+lint: tools
+	cargo fmt --all -- --check
+	cargo clippy -j2 --all-targets -- -D warnings
+	cd proto && ../.tools/venv/bin/buf lint
+
+## tools: install pinned tools and make sure PostgreSQL runs.
+tools:
+	@scripts/tools.sh
+
+fmt:
+	cargo fmt --all

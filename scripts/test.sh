@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against real PostgreSQL and NATS: starts the project's NATS when it
+# is not running (and stops it afterwards), then `cargo test` over the workspace. Each test
+# uses its own schema and NATS namespace, so they run in parallel.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+"$ROOT/scripts/tools.sh"
+started_nats=no
+if ! "$ROOT/scripts/nats.sh" running; then
+  "$ROOT/scripts/nats.sh" start
+  started_nats=yes
+fi
+cleanup() { [ "$started_nats" = yes ] && "$ROOT/scripts/nats.sh" stop; true; }
+trap cleanup EXIT
+
+# Schemas left by an interrupted earlier run (tests drop their own when they finish).
+psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qAt <<'SQL' >/dev/null
+DO $$
+DECLARE s text;
+BEGIN
+  FOR s IN SELECT nspname FROM pg_namespace WHERE nspname ~ '^t_[0-9a-f]{32}$' LOOP
+    EXECUTE format('DROP SCHEMA %I CASCADE', s);
+  END LOOP;
+END $$;
+SQL
+
+export TERTULIA_TEST_DATABASE_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/postgres"
+export TERTULIA_TEST_NATS_URL="$NATS_URL"
+cd "$ROOT"
+mkdir -p "$RUN"
+status=0
+cargo test -j2 --workspace "$@" 2>&1 | tee "$RUN/test.log" || status=$?
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "total: %d passed, %d failed, %d skipped\n", p, f, i }' "$RUN/test.log"
+exit "$status"

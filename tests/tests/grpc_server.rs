@@ -1,0 +1,128 @@
+//! The gRPC server plumbing, through the services that use it: health, reflection, load
+//! shedding, and the drain on shutdown.
+
+use std::time::Duration;
+
+use tertulia_plumbing::{config::GrpcServerConfig, shutdown::Shutdown};
+use tertulia_proto::auth::v1::{GetJwksRequest, auth_service_client::AuthServiceClient};
+use tertulia_tests::{Stack, drop_schema, fresh_database, grpc_channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+#[tokio::test]
+async fn health_reports_each_service_then_not_serving_on_shutdown() {
+    let stack = Stack::start().await;
+    let mut health = HealthClient::new(grpc_channel(stack.auth).await);
+    for service in ["", "tertulia.auth.v1.AuthService"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::Serving, "{service:?}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "tertulia.nope.v1.Nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn shutdown_flips_health_to_not_serving_before_draining() {
+    let database = fresh_database();
+    let schema = database.schema.clone();
+    let mut grpc = GrpcServerConfig::on("127.0.0.1:0".parse().unwrap());
+    grpc.drain_timeout_ms = 300;
+    let config = svc_auth::config::AuthConfig {
+        grpc,
+        database,
+        tokens: svc_auth::config::TokenConfig::standard(),
+        argon2: svc_auth::config::Argon2Config::owasp(),
+        login_limits: svc_auth::config::LoginLimits::standard(),
+    };
+    let app = svc_auth::App::build(config).await.unwrap();
+    let addr = app.grpc_addr();
+    let shutdown = Shutdown::new();
+    let server = tokio::spawn(app.run(shutdown.clone()));
+
+    let mut watch = HealthClient::new(grpc_channel(addr).await)
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap().status();
+    assert_eq!(first, ServingStatus::Serving);
+    shutdown.cancel();
+    let next = watch.message().await.unwrap().unwrap().status();
+    assert_eq!(next, ServingStatus::NotServing);
+    // The open watch stream is cut at the drain deadline; the server then returns.
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the server stops within the drain deadline")
+        .unwrap()
+        .unwrap();
+    drop_schema(&schema);
+}
+
+#[tokio::test]
+async fn calls_beyond_the_in_flight_limit_are_shed_with_unavailable() {
+    let database = fresh_database();
+    let schema = database.schema.clone();
+    let mut grpc = GrpcServerConfig::on("127.0.0.1:0".parse().unwrap());
+    grpc.max_in_flight = 0;
+    let config = svc_auth::config::AuthConfig {
+        grpc,
+        database,
+        tokens: svc_auth::config::TokenConfig::standard(),
+        argon2: svc_auth::config::Argon2Config::owasp(),
+        login_limits: svc_auth::config::LoginLimits::standard(),
+    };
+    let app = svc_auth::App::build(config).await.unwrap();
+    let addr = app.grpc_addr();
+    let shutdown = Shutdown::new();
+    tokio::spawn(app.run(shutdown.clone()));
+    let err = AuthServiceClient::new(grpc_channel(addr).await)
+        .get_jwks(GetJwksRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert!(err.message().contains("capacity"), "{err}");
+    shutdown.cancel();
+    drop_schema(&schema);
+}
+
+#[tokio::test]
+async fn reflection_lists_exactly_the_served_services() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let stack = Stack::start().await;
+    let mut client = ServerReflectionClient::new(grpc_channel(stack.auth).await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream_once(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("expected a service list, got {answer:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["tertulia.auth.v1.AuthService"]);
+}
+
+fn tokio_stream_once<T: Send + 'static>(item: T) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::iter([item])
+}
