@@ -98,10 +98,11 @@ case "${1:-}" in
   stop) stop ;;
   up)
     start
-    trap 'stop; exit 0' INT TERM
     log "Following the logs; Ctrl-C stops everything."
     tail -n 0 -F "$LOGS"/svc-*.log &
-    wait $!
+    tail_pid=$!
+    trap 'kill "$tail_pid" 2>/dev/null; stop; exit 0' INT TERM
+    wait "$tail_pid"
     ;;
   *) die "usage: $0 start|stop|up" ;;
 esac
