@@ -111,11 +111,15 @@ impl Accounts {
         password: String,
         client_address: &str,
     ) -> Result<Tokens, AuthError> {
-        self.throttle(username, client_address).await?;
+        // A name that cannot exist is counted against the address only, so arbitrary input
+        // never becomes a throttle key.
+        let username = Username::parse(username).ok();
+        self.throttle(username.as_ref(), client_address).await?;
         // Malformed input gets the same answer as a wrong password: nothing to probe.
-        let (Ok(_), Ok(password)) = (Username::parse(username), Password::parse(password)) else {
+        let (Some(username), Ok(password)) = (username, Password::parse(password)) else {
             return Err(AuthError::BadCredentials);
         };
+        let username = username.as_str();
         let found = self.store.credentials(username).await?;
         let (user, hash) = found.map_or((None, None), |(u, h)| (Some(u), Some(h)));
         if !self.hasher.verify(password, hash).await {
@@ -236,6 +240,12 @@ impl Accounts {
         Ok(self.store.contacts(owner).await?)
     }
 
+    /// Deletes throttle windows and refresh tokens that can no longer matter.
+    pub async fn sweep(&self) -> Result<u64, AuthError> {
+        let window = time::Duration::seconds(i64::from(self.limits.window_s.max(1)));
+        Ok(self.store.sweep(OffsetDateTime::now_utc() - window).await?)
+    }
+
     fn refresh_expiry(&self) -> OffsetDateTime {
         OffsetDateTime::now_utc() + self.refresh_ttl
     }
@@ -249,13 +259,23 @@ impl Accounts {
         })
     }
 
-    async fn throttle(&self, username: &str, client_address: &str) -> Result<(), AuthError> {
+    async fn throttle(
+        &self,
+        username: Option<&Username>,
+        client_address: &str,
+    ) -> Result<(), AuthError> {
         let window = i64::from(self.limits.window_s.max(1));
         let now = OffsetDateTime::now_utc();
         let start_secs = now.unix_timestamp() - now.unix_timestamp().rem_euclid(window);
         let start =
             OffsetDateTime::from_unix_timestamp(start_secs).expect("a timestamp near now is valid");
-        let mut checks = vec![(format!("user:{username}"), self.limits.per_username)];
+        let mut checks = Vec::with_capacity(2);
+        if let Some(username) = username {
+            checks.push((
+                format!("user:{}", username.as_str()),
+                self.limits.per_username,
+            ));
+        }
         if !client_address.is_empty() {
             checks.push((format!("addr:{client_address}"), self.limits.per_address));
         }

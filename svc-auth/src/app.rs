@@ -1,6 +1,6 @@
 //! Wiring: pool and migrations, keys, the gRPC server.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use tertulia_plumbing::{StartError, grpc::GrpcServer, postgres, shutdown::Shutdown};
 use tertulia_proto::auth::v1::auth_service_server::AuthServiceServer;
@@ -39,10 +39,30 @@ impl App {
         &self.accounts
     }
 
-    /// Serves until `shutdown` trips.
+    /// Serves until `shutdown` trips, sweeping stale rows in the background.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
+        tokio::spawn(sweep_until(self.accounts.clone(), shutdown.clone()));
         self.grpc.serve(shutdown).await?;
         Ok(())
+    }
+}
+
+/// How often stale throttle windows and expired refresh tokens are deleted.
+const SWEEP_EVERY: Duration = Duration::from_mins(5);
+
+/// Keeps the throttle and token tables from growing without bound. A failed sweep is logged
+/// and tried again next time; nothing depends on it for correctness.
+async fn sweep_until(accounts: Accounts, shutdown: Shutdown) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match accounts.sweep().await {
+            Ok(deleted) => tracing::debug!(message = "Swept stale rows.", deleted),
+            Err(error) => tracing::warn!(message = "Sweep failed.", error = %error),
+        }
     }
 }
 

@@ -8,36 +8,17 @@ pub mod config;
 
 pub use config::PresenceConfig;
 
-use std::net::SocketAddr;
-
 use tertulia_plumbing::{StartError, grpc::GrpcServer, shutdown::Shutdown};
 
-/// A built, bound svc-presence, ready to serve.
-pub struct App {
-    grpc: GrpcServer,
-}
+/// A built, bound svc-presence: today its gRPC server with health only.
+pub type App = GrpcServer;
 
-impl App {
-    /// Binds the listener.
-    pub async fn build(config: PresenceConfig) -> Result<Self, StartError> {
-        Ok(Self {
-            grpc: GrpcServer::bind(config.grpc).await?,
-        })
-    }
-
-    /// The address the gRPC server is bound to.
-    #[must_use]
-    pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc.local_addr()
-    }
-
-    /// Serves until `shutdown` trips.
-    pub async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
-        Ok(self.grpc.serve(shutdown).await?)
-    }
+/// Binds the listener.
+pub async fn build(config: PresenceConfig) -> Result<App, StartError> {
+    Ok(GrpcServer::bind(config.grpc).await?)
 }
 
 /// Builds and runs svc-presence until `shutdown` trips.
 pub async fn run(config: PresenceConfig, shutdown: Shutdown) -> Result<(), StartError> {
-    App::build(config).await?.run(shutdown).await
+    Ok(build(config).await?.serve(shutdown).await?)
 }

@@ -79,6 +79,21 @@ fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
+/// svc-auth's configuration with every default, on `grpc` and `database`.
+#[must_use]
+pub fn auth_config(
+    grpc: GrpcServerConfig,
+    database: PostgresConfig,
+) -> svc_auth::config::AuthConfig {
+    svc_auth::config::AuthConfig {
+        grpc,
+        database,
+        tokens: svc_auth::config::TokenConfig::standard(),
+        argon2: svc_auth::config::Argon2Config::owasp(),
+        login_limits: svc_auth::config::LoginLimits::standard(),
+    }
+}
+
 /// svc-auth and svc-bff running in-process, with an HTTP client pointed at the BFF.
 pub struct Stack {
     /// The BFF's address.
@@ -89,8 +104,9 @@ pub struct Stack {
     pub accounts: Accounts,
     /// A client with no cookies and no redirects.
     pub http: reqwest::Client,
+    /// The database schema svc-auth runs in.
+    pub schema: String,
     shutdown: Shutdown,
-    schema: String,
 }
 
 impl Stack {
@@ -104,13 +120,7 @@ impl Stack {
         let shutdown = Shutdown::new();
         let database = fresh_database();
         let schema = database.schema.clone();
-        let mut auth_config = svc_auth::config::AuthConfig {
-            grpc: GrpcServerConfig::on(loopback()),
-            database,
-            tokens: svc_auth::config::TokenConfig::standard(),
-            argon2: svc_auth::config::Argon2Config::owasp(),
-            login_limits: svc_auth::config::LoginLimits::standard(),
-        };
+        let mut auth_config = auth_config(GrpcServerConfig::on(loopback()), database);
         adjust(&mut auth_config);
         let auth_app = svc_auth::App::build(auth_config)
             .await
@@ -140,8 +150,8 @@ impl Stack {
             auth,
             accounts,
             http,
-            shutdown,
             schema,
+            shutdown,
         }
     }
 
@@ -169,6 +179,26 @@ impl Stack {
         request.send().await.expect("the BFF answers")
     }
 
+    /// POSTs a login for `username` with `password`.
+    pub async fn login(&self, username: &str, password: &str) -> reqwest::Response {
+        self.post(
+            "/api/v1/auth/login",
+            &json!({"username": username, "password": password}),
+            None,
+        )
+        .await
+    }
+
+    /// POSTs a refresh with `refresh_token`.
+    pub async fn refresh(&self, refresh_token: &str) -> reqwest::Response {
+        self.post(
+            "/api/v1/auth/refresh",
+            &json!({ "refresh_token": refresh_token }),
+            None,
+        )
+        .await
+    }
+
     /// Registers `username` with a fixed password and logs in; returns the login answer.
     pub async fn signed_up(&self, username: &str) -> Session {
         let password = "correct horse battery";
@@ -180,13 +210,7 @@ impl Stack {
             )
             .await;
         assert_eq!(registered.status(), 201, "register {username}");
-        let login = self
-            .post(
-                "/api/v1/auth/login",
-                &json!({"username": username, "password": password}),
-                None,
-            )
-            .await;
+        let login = self.login(username, password).await;
         assert_eq!(login.status(), 200, "login {username}");
         let body: Value = login.json().await.expect("login answers JSON");
         Session {
@@ -238,6 +262,15 @@ pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str
         "{body}"
     );
     body
+}
+
+/// A direct database connection (for tests that inspect or age rows).
+pub async fn sql_client() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL answers");
+    tokio::spawn(conn);
+    client
 }
 
 /// A connected gRPC channel to `addr`.

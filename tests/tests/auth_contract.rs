@@ -88,13 +88,7 @@ async fn login_answers_tokens_and_one_401_for_unknown_user_and_wrong_password() 
     let session = stack.signed_up("bob").await;
     assert_eq!(session.access_token.split('.').count(), 3);
 
-    let login = stack
-        .post(
-            "/api/v1/auth/login",
-            &json!({"username": "bob", "password": PASSWORD}),
-            None,
-        )
-        .await;
+    let login = stack.login("bob", PASSWORD).await;
     assert_eq!(login.status(), 200);
     assert_eq!(login.headers()["cache-control"], "no-store");
     let body: Value = login.json().await.unwrap();
@@ -102,21 +96,9 @@ async fn login_answers_tokens_and_one_401_for_unknown_user_and_wrong_password() 
     assert_eq!(body["expires_in"], 900);
     assert_eq!(body["user_id"], session.user_id.as_str());
 
-    let wrong = stack
-        .post(
-            "/api/v1/auth/login",
-            &json!({"username": "bob", "password": "not the password"}),
-            None,
-        )
-        .await;
+    let wrong = stack.login("bob", "not the password").await;
     let wrong = assert_problem(wrong, 401, "unauthenticated").await;
-    let unknown = stack
-        .post(
-            "/api/v1/auth/login",
-            &json!({"username": "nobody", "password": "not the password"}),
-            None,
-        )
-        .await;
+    let unknown = stack.login("nobody", "not the password").await;
     let unknown = assert_problem(unknown, 401, "unauthenticated").await;
     assert_eq!(wrong, unknown, "the same answer for both");
 
@@ -131,22 +113,10 @@ async fn login_is_rate_limited_per_username_with_retry_after() {
     let stack = Stack::start_with(|c| c.login_limits.per_username = 3).await;
     stack.signed_up("carol").await; // one attempt used
     for _ in 0..2 {
-        let answer = stack
-            .post(
-                "/api/v1/auth/login",
-                &json!({"username": "carol", "password": "wrong password"}),
-                None,
-            )
-            .await;
+        let answer = stack.login("carol", "wrong password").await;
         assert_eq!(answer.status(), 401);
     }
-    let limited = stack
-        .post(
-            "/api/v1/auth/login",
-            &json!({"username": "carol", "password": PASSWORD}),
-            None,
-        )
-        .await;
+    let limited = stack.login("carol", PASSWORD).await;
     let retry_after: u64 = limited.headers()["retry-after"]
         .to_str()
         .unwrap()
@@ -162,22 +132,10 @@ async fn login_is_rate_limited_per_username_with_retry_after() {
 async fn login_is_rate_limited_per_client_address() {
     let stack = Stack::start_with(|c| c.login_limits.per_address = 2).await;
     for name in ["erin", "frank"] {
-        let answer = stack
-            .post(
-                "/api/v1/auth/login",
-                &json!({"username": name, "password": PASSWORD}),
-                None,
-            )
-            .await;
+        let answer = stack.login(name, PASSWORD).await;
         assert_eq!(answer.status(), 401);
     }
-    let limited = stack
-        .post(
-            "/api/v1/auth/login",
-            &json!({"username": "grace", "password": PASSWORD}),
-            None,
-        )
-        .await;
+    let limited = stack.login("grace", PASSWORD).await;
     assert_problem(limited, 429, "rate_limited").await;
 }
 
@@ -185,13 +143,7 @@ async fn login_is_rate_limited_per_client_address() {
 async fn refresh_rotates_and_reuse_revokes_the_whole_family() {
     let stack = Stack::start().await;
     let session = stack.signed_up("heidi").await;
-    let first = stack
-        .post(
-            "/api/v1/auth/refresh",
-            &json!({"refresh_token": session.refresh_token}),
-            None,
-        )
-        .await;
+    let first = stack.refresh(&session.refresh_token).await;
     assert_eq!(first.status(), 200);
     let first: Value = first.json().await.unwrap();
     let rotated = first["refresh_token"].as_str().unwrap().to_owned();
@@ -202,31 +154,13 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_family() {
     assert_eq!(me.status(), 200);
 
     // The spent token again: refused, and the family is revoked...
-    let reuse = stack
-        .post(
-            "/api/v1/auth/refresh",
-            &json!({"refresh_token": session.refresh_token}),
-            None,
-        )
-        .await;
+    let reuse = stack.refresh(&session.refresh_token).await;
     assert_problem(reuse, 401, "unauthenticated").await;
     // ...so the token rotated from it no longer works either.
-    let after = stack
-        .post(
-            "/api/v1/auth/refresh",
-            &json!({"refresh_token": rotated}),
-            None,
-        )
-        .await;
+    let after = stack.refresh(&rotated).await;
     assert_problem(after, 401, "unauthenticated").await;
 
-    let garbage = stack
-        .post(
-            "/api/v1/auth/refresh",
-            &json!({"refresh_token": "nope"}),
-            None,
-        )
-        .await;
+    let garbage = stack.refresh("nope").await;
     assert_problem(garbage, 401, "unauthenticated").await;
 }
 
@@ -255,13 +189,7 @@ async fn logout_revokes_the_family_and_needs_a_token() {
         )
         .await;
     assert_eq!(foreign.status(), 204);
-    let still = stack
-        .post(
-            "/api/v1/auth/refresh",
-            &json!({"refresh_token": judy.refresh_token}),
-            None,
-        )
-        .await;
+    let still = stack.refresh(&judy.refresh_token).await;
     assert_eq!(still.status(), 200);
 }
 
@@ -508,4 +436,18 @@ async fn unknown_routes_and_methods_are_problems_and_request_ids_echo() {
     assert_eq!(echoed.headers()["x-request-id"], "abc-123");
     let ready = stack.get("/readyz", None).await;
     assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn two_concurrent_refreshes_of_one_token_are_one_rotation_and_one_reuse() {
+    let stack = Stack::start().await;
+    let session = stack.signed_up("olaf").await;
+    let body = json!({"refresh_token": session.refresh_token});
+    let (a, b) = tokio::join!(
+        stack.post("/api/v1/auth/refresh", &body, None),
+        stack.post("/api/v1/auth/refresh", &body, None)
+    );
+    let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 401]);
 }

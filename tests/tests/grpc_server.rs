@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tertulia_plumbing::{config::GrpcServerConfig, shutdown::Shutdown};
 use tertulia_proto::auth::v1::{GetJwksRequest, auth_service_client::AuthServiceClient};
-use tertulia_tests::{Stack, drop_schema, fresh_database, grpc_channel};
+use tertulia_tests::{Stack, auth_config, drop_schema, fresh_database, grpc_channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -40,13 +40,7 @@ async fn shutdown_flips_health_to_not_serving_before_draining() {
     let schema = database.schema.clone();
     let mut grpc = GrpcServerConfig::on("127.0.0.1:0".parse().unwrap());
     grpc.drain_timeout_ms = 300;
-    let config = svc_auth::config::AuthConfig {
-        grpc,
-        database,
-        tokens: svc_auth::config::TokenConfig::standard(),
-        argon2: svc_auth::config::Argon2Config::owasp(),
-        login_limits: svc_auth::config::LoginLimits::standard(),
-    };
+    let config = auth_config(grpc, database);
     let app = svc_auth::App::build(config).await.unwrap();
     let addr = app.grpc_addr();
     let shutdown = Shutdown::new();
@@ -77,13 +71,7 @@ async fn calls_beyond_the_in_flight_limit_are_shed_with_unavailable() {
     let schema = database.schema.clone();
     let mut grpc = GrpcServerConfig::on("127.0.0.1:0".parse().unwrap());
     grpc.max_in_flight = 0;
-    let config = svc_auth::config::AuthConfig {
-        grpc,
-        database,
-        tokens: svc_auth::config::TokenConfig::standard(),
-        argon2: svc_auth::config::Argon2Config::owasp(),
-        login_limits: svc_auth::config::LoginLimits::standard(),
-    };
+    let config = auth_config(grpc, database);
     let app = svc_auth::App::build(config).await.unwrap();
     let addr = app.grpc_addr();
     let shutdown = Shutdown::new();

@@ -27,29 +27,29 @@ async fn assert_serving(addr: SocketAddr) {
 #[tokio::test]
 async fn chat_presence_catalog_and_media_start_and_serve_health() {
     let shutdown = Shutdown::new();
-    let chat = svc_chat::App::build(svc_chat::ChatConfig { grpc: grpc() })
+    let chat = svc_chat::build(svc_chat::ChatConfig { grpc: grpc() })
         .await
         .unwrap();
-    let presence = svc_presence::App::build(svc_presence::PresenceConfig { grpc: grpc() })
+    let presence = svc_presence::build(svc_presence::PresenceConfig { grpc: grpc() })
         .await
         .unwrap();
-    let catalog = svc_catalog::App::build(svc_catalog::CatalogConfig { grpc: grpc() })
+    let catalog = svc_catalog::build(svc_catalog::CatalogConfig { grpc: grpc() })
         .await
         .unwrap();
-    let media = svc_media::App::build(svc_media::MediaConfig { grpc: grpc() })
+    let media = svc_media::build(svc_media::MediaConfig { grpc: grpc() })
         .await
         .unwrap();
     let addrs = [
-        chat.grpc_addr(),
-        presence.grpc_addr(),
-        catalog.grpc_addr(),
-        media.grpc_addr(),
+        chat.local_addr(),
+        presence.local_addr(),
+        catalog.local_addr(),
+        media.local_addr(),
     ];
     let servers = [
-        tokio::spawn(chat.run(shutdown.clone())),
-        tokio::spawn(presence.run(shutdown.clone())),
-        tokio::spawn(catalog.run(shutdown.clone())),
-        tokio::spawn(media.run(shutdown.clone())),
+        tokio::spawn(chat.serve(shutdown.clone())),
+        tokio::spawn(presence.serve(shutdown.clone())),
+        tokio::spawn(catalog.serve(shutdown.clone())),
+        tokio::spawn(media.serve(shutdown.clone())),
     ];
     for addr in addrs {
         assert_serving(addr).await;
@@ -66,7 +66,7 @@ async fn a_taken_port_is_a_clear_start_error() {
     let config = svc_chat::ChatConfig {
         grpc: GrpcServerConfig::on(taken.local_addr().unwrap()),
     };
-    let Err(err) = svc_chat::App::build(config).await else {
+    let Err(err) = svc_chat::build(config).await else {
         panic!("binding a taken port must fail");
     };
     assert!(err.to_string().contains("cannot bind"), "{err}");

@@ -297,6 +297,25 @@ impl AuthStore {
         Ok(row.get(0))
     }
 
+    /// Deletes throttle windows that started before `windows_before` and refresh tokens
+    /// expired for a day (past expiry they are rejected anyway). Returns the rows deleted.
+    pub async fn sweep(&self, windows_before: OffsetDateTime) -> Result<u64, DbError> {
+        let client = self.pool.get().await?;
+        let windows = client
+            .execute(
+                "DELETE FROM login_throttle WHERE window_start < $1",
+                &[&windows_before],
+            )
+            .await?;
+        let tokens = client
+            .execute(
+                "DELETE FROM refresh_tokens WHERE expires_at < now() - interval '1 day'",
+                &[],
+            )
+            .await?;
+        Ok(windows + tokens)
+    }
+
     /// The published signing keys, newest first, creating the first one when there is none.
     /// Instances racing at first start agree on one key through the advisory lock.
     pub async fn signing_keys(&self) -> Result<Vec<SigningKey>, DbError> {
