@@ -63,3 +63,38 @@ pub mod events {
         tonic::include_proto!("tertulia.events.v1");
     }
 }
+
+/// Subjects of the events in `tertulia.events.v1`, next to their payloads so that publishers
+/// and subscribers in different services agree. All are given without a deployment
+/// namespace (see `tertulia_plumbing::nats`).
+pub mod subjects {
+    /// The JetStream stream of chat events.
+    pub const CHAT_STREAM: &str = "CHAT";
+    /// Every subject of [`CHAT_STREAM`].
+    pub const CHAT_STREAM_SUBJECTS: &[&str] = &["chat.v1.conv.>"];
+
+    /// Kinds of chat events, the last token of their subject.
+    pub mod chat_event {
+        /// `MessageCreated`.
+        pub const MESSAGE: &str = "message";
+        /// `MessageUpdated`.
+        pub const MESSAGE_UPDATED: &str = "message_updated";
+        /// `ReceiptUpdated`.
+        pub const RECEIPT: &str = "receipt";
+        /// `MembershipChanged`.
+        pub const MEMBERSHIP: &str = "membership";
+    }
+
+    /// `chat.v1.conv.<conversation_id>.<event>`.
+    #[must_use]
+    pub fn chat_conversation(conversation_id: &str, event: &str) -> String {
+        format!("chat.v1.conv.{conversation_id}.{event}")
+    }
+
+    /// The core NATS subject on which a user's gateways receive `Delivery` messages:
+    /// `deliver.<user_id>`.
+    #[must_use]
+    pub fn deliver(user_id: &str) -> String {
+        format!("deliver.{user_id}")
+    }
+}

@@ -11,7 +11,10 @@ use axum::{
 use tertulia_plumbing::{
     StartError, client, error::chain, shutdown::Shutdown, token::TokenVerifier,
 };
-use tertulia_proto::auth::v1::auth_service_client::AuthServiceClient;
+use tertulia_proto::{
+    auth::v1::auth_service_client::AuthServiceClient,
+    chat::v1::chat_service_client::ChatServiceClient,
+};
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 use tower::ServiceBuilder;
@@ -31,8 +34,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct AppState {
     /// svc-auth.
     pub auth: AuthServiceClient<Channel>,
-    /// The channel to svc-auth, for health checks.
-    pub auth_channel: Channel,
+    /// svc-chat.
+    pub chat: ChatServiceClient<Channel>,
+    /// Every upstream by name, for readiness checks.
+    pub upstreams: Vec<(&'static str, Channel)>,
     /// Verifies access tokens from svc-auth's published keys.
     pub verifier: TokenVerifier,
     /// Deadline set on every upstream call.
@@ -51,12 +56,15 @@ impl App {
     /// Binds the listener and prepares upstream channels (which connect lazily, so the BFF
     /// starts and answers 503 while a dependency is still down).
     pub async fn build(config: BffConfig) -> Result<Self, StartError> {
-        let auth_channel =
-            client::channel(&config.auth).map_err(|e| StartError::Other(chain(&e)))?;
+        let channel =
+            |upstream| client::channel(upstream).map_err(|e| StartError::Other(chain(&e)));
+        let auth_channel = channel(&config.auth)?;
+        let chat_channel = channel(&config.chat)?;
         let state = AppState {
             auth: AuthServiceClient::new(auth_channel.clone()),
+            chat: ChatServiceClient::new(chat_channel.clone()),
             verifier: TokenVerifier::from_auth_service(&config.tokens, auth_channel.clone()),
-            auth_channel,
+            upstreams: vec![("svc-auth", auth_channel), ("svc-chat", chat_channel)],
             call_deadline: Duration::from_millis(config.auth.timeout_ms),
             trust_forwarded_for: config.http.trust_forwarded_for,
         };
@@ -123,7 +131,10 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
         .layer(CatchPanicLayer::custom(panic_problem))
         .layer(DefaultBodyLimit::max(max_body_bytes));
     Router::new()
-        .nest("/api/v1", routes::auth::router())
+        .nest(
+            "/api/v1",
+            routes::auth::router().merge(routes::chat::router()),
+        )
         .merge(routes::ops::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {

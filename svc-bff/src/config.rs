@@ -13,6 +13,8 @@ pub struct BffConfig {
     pub http: HttpConfig,
     /// svc-auth's gRPC endpoint.
     pub auth: UpstreamConfig,
+    /// svc-chat's gRPC endpoint.
+    pub chat: UpstreamConfig,
     /// Issuer and audience that access tokens must carry.
     #[serde(default = "TokenPolicy::standard")]
     pub tokens: TokenPolicy,

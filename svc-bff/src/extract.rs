@@ -149,3 +149,19 @@ impl FromRequestParts<AppState> for ClientAddress {
         Ok(Self(peer))
     }
 }
+
+/// Largest page a list call returns.
+pub const MAX_PAGE: u32 = 200;
+/// Page size when the caller names none.
+pub const DEFAULT_PAGE: u32 = 50;
+
+/// Checks an optional page size against 1..=200.
+pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(n @ 1..=MAX_PAGE) => Ok(n),
+        Some(_) => Err(ApiError::invalid_argument(format!(
+            "limit must be 1 to {MAX_PAGE}"
+        ))),
+    }
+}

@@ -12,5 +12,6 @@ pub mod config;
 pub mod extract;
 pub mod problem;
 pub mod routes;
+pub mod views;
 
 pub use app::{App, run};

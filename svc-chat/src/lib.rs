@@ -1,24 +1,25 @@
-//! svc-chat will own conversations, members, messages and read positions (PostgreSQL), the outbox that publishes to the JetStream stream `CHAT`, and the fan-out to `deliver.<user_id>` subjects.
+//! svc-chat owns conversations, members, messages and read positions (PostgreSQL schema
+//! `chat`). It serves `tertulia.chat.v1.ChatService` over gRPC.
 //!
-//! Today it starts, binds its gRPC port and answers `grpc.health.v1` (and drains on
-//! SIGTERM) so the stack, the mesh and the tests can rely on it; `tertulia.chat.v1.ChatService` is
-//! defined in `proto/` and not served yet.
+//! The message path: a send checks membership, dedupes on `(conversation, sender,
+//! client_msg_id)`, takes the next gap-free `seq` and inserts the message and an outbox row in
+//! one transaction; the commit is the sender's ack. The outbox relay publishes committed rows
+//! to the JetStream stream `CHAT` (`chat.v1.conv.<id>.<event>`, `Nats-Msg-Id` = event id) and
+//! marks them after the publish ack. The fan-out consumer (durable, explicit ack) reads
+//! `CHAT` and publishes each event once per member to the core NATS subject
+//! `deliver.<user_id>`, where gateways listen.
+//!
+//! Rooms: `domain/` (rules), `store/` (tables, outbox), `conversations` (use cases),
+//! `events` (encoding, relay, fan-out), `grpc` (protobuf translation), `app` (wiring).
 
+pub mod app;
 pub mod config;
+pub mod conversations;
+pub mod domain;
+pub mod error;
+pub mod events;
+pub mod grpc;
+pub mod store;
 
+pub use app::{App, run};
 pub use config::ChatConfig;
-
-use tertulia_plumbing::{StartError, grpc::GrpcServer, shutdown::Shutdown};
-
-/// A built, bound svc-chat: today its gRPC server with health only.
-pub type App = GrpcServer;
-
-/// Binds the listener.
-pub async fn build(config: ChatConfig) -> Result<App, StartError> {
-    Ok(GrpcServer::bind(config.grpc).await?)
-}
-
-/// Builds and runs svc-chat until `shutdown` trips.
-pub async fn run(config: ChatConfig, shutdown: Shutdown) -> Result<(), StartError> {
-    Ok(build(config).await?.serve(shutdown).await?)
-}

@@ -75,6 +75,26 @@ pub fn drop_schema(schema: &str) {
     let _ = worker.join();
 }
 
+/// Deletes the JetStream streams of `nats.namespace`, on its own thread like [`drop_schema`].
+pub fn drop_streams(nats: &NatsConfig) {
+    let config = nats.clone();
+    let worker = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime builds");
+        runtime.block_on(async move {
+            let Ok(conn) = tertulia_plumbing::nats::connect(&config, "test-cleanup").await else {
+                return;
+            };
+            for name in [tertulia_proto::subjects::CHAT_STREAM] {
+                let _ = conn.jetstream.delete_stream(conn.stream_name(name)).await;
+            }
+        });
+    });
+    let _ = worker.join();
+}
+
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
@@ -94,18 +114,25 @@ pub fn auth_config(
     }
 }
 
-/// svc-auth and svc-bff running in-process, with an HTTP client pointed at the BFF.
+/// svc-auth, svc-chat and svc-bff running in-process, with an HTTP client pointed at the
+/// BFF. svc-auth uses schema `<schema>`, svc-chat `<schema>_chat`, both dropped at the end.
 pub struct Stack {
     /// The BFF's address.
     pub bff: SocketAddr,
     /// svc-auth's gRPC address.
     pub auth: SocketAddr,
+    /// svc-chat's gRPC address.
+    pub chat: SocketAddr,
+    /// svc-chat's store (to inspect the outbox).
+    pub chat_store: svc_chat::store::ChatStore,
     /// svc-auth's use cases (to mint tokens with other timestamps).
     pub accounts: Accounts,
     /// A client with no cookies and no redirects.
     pub http: reqwest::Client,
     /// The database schema svc-auth runs in.
     pub schema: String,
+    /// The NATS namespace of this stack.
+    pub nats: NatsConfig,
     shutdown: Shutdown,
 }
 
@@ -129,9 +156,28 @@ impl Stack {
         let accounts = auth_app.accounts().clone();
         tokio::spawn(auth_app.run(shutdown.clone()));
 
+        let nats = fresh_nats();
+        let chat_config = svc_chat::ChatConfig {
+            grpc: GrpcServerConfig::on(loopback()),
+            database: PostgresConfig {
+                schema: format!("{schema}_chat"),
+                ..fresh_database()
+            },
+            nats: nats.clone(),
+            stream_replicas: 1,
+            max_text_chars: 4000,
+        };
+        let chat_app = svc_chat::App::build(chat_config)
+            .await
+            .expect("svc-chat starts");
+        let chat = chat_app.grpc_addr();
+        let chat_store = chat_app.store().clone();
+        tokio::spawn(chat_app.run(shutdown.clone()));
+
         let bff_config = svc_bff::config::BffConfig {
             http: svc_bff::config::HttpConfig::on(loopback()),
             auth: UpstreamConfig::at(format!("http://{auth}")),
+            chat: UpstreamConfig::at(format!("http://{chat}")),
             tokens: TokenPolicy::standard(),
         };
         let bff_app = svc_bff::App::build(bff_config)
@@ -148,9 +194,12 @@ impl Stack {
         Self {
             bff,
             auth,
+            chat,
+            chat_store,
             accounts,
             http,
             schema,
+            nats,
             shutdown,
         }
     }
@@ -225,6 +274,8 @@ impl Drop for Stack {
     fn drop(&mut self) {
         self.shutdown.cancel();
         drop_schema(&self.schema);
+        drop_schema(&format!("{}_chat", self.schema));
+        drop_streams(&self.nats);
     }
 }
 

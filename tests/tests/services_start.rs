@@ -25,11 +25,8 @@ async fn assert_serving(addr: SocketAddr) {
 }
 
 #[tokio::test]
-async fn chat_presence_catalog_and_media_start_and_serve_health() {
+async fn presence_catalog_and_media_start_and_serve_health() {
     let shutdown = Shutdown::new();
-    let chat = svc_chat::build(svc_chat::ChatConfig { grpc: grpc() })
-        .await
-        .unwrap();
     let presence = svc_presence::build(svc_presence::PresenceConfig { grpc: grpc() })
         .await
         .unwrap();
@@ -40,13 +37,11 @@ async fn chat_presence_catalog_and_media_start_and_serve_health() {
         .await
         .unwrap();
     let addrs = [
-        chat.local_addr(),
         presence.local_addr(),
         catalog.local_addr(),
         media.local_addr(),
     ];
     let servers = [
-        tokio::spawn(chat.serve(shutdown.clone())),
         tokio::spawn(presence.serve(shutdown.clone())),
         tokio::spawn(catalog.serve(shutdown.clone())),
         tokio::spawn(media.serve(shutdown.clone())),
@@ -63,10 +58,10 @@ async fn chat_presence_catalog_and_media_start_and_serve_health() {
 #[tokio::test]
 async fn a_taken_port_is_a_clear_start_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let config = svc_chat::ChatConfig {
+    let config = svc_media::MediaConfig {
         grpc: GrpcServerConfig::on(taken.local_addr().unwrap()),
     };
-    let Err(err) = svc_chat::build(config).await else {
+    let Err(err) = svc_media::build(config).await else {
         panic!("binding a taken port must fail");
     };
     assert!(err.to_string().contains("cannot bind"), "{err}");

@@ -14,12 +14,10 @@ use tertulia_proto::auth::v1 as pb;
 
 use crate::{
     app::AppState,
-    extract::{ApiQuery, Caller, ClientAddress, JsonBody},
+    extract::{ApiQuery, Caller, ClientAddress, JsonBody, page_limit},
     problem::ApiError,
+    views::rfc3339,
 };
-
-/// Largest page a list call returns.
-const MAX_PAGE: u32 = 200;
 
 /// The routes of this module, relative to `/api/v1`.
 pub fn router() -> Router<AppState> {
@@ -47,14 +45,7 @@ pub struct UserView {
 impl From<pb::User> for UserView {
     fn from(user: pb::User) -> Self {
         Self {
-            created_at: user
-                .created_at
-                .as_ref()
-                .and_then(tertulia_plumbing::wire::from_timestamp)
-                .and_then(|t| {
-                    t.format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                }),
+            created_at: rfc3339(user.created_at.as_ref()),
             user_id: user.user_id,
             username: user.username,
             display_name: user.display_name,
@@ -205,15 +196,6 @@ struct SearchQuery {
 #[derive(Debug, Serialize)]
 struct UsersPage {
     users: Vec<UserView>,
-}
-
-/// Checks an optional page size against 1..=200.
-pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
-    match limit {
-        None => Ok(50),
-        Some(n @ 1..=MAX_PAGE) => Ok(n),
-        Some(_) => Err(ApiError::invalid_argument("limit must be 1 to 200")),
-    }
 }
 
 async fn search_users(

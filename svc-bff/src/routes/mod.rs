@@ -1,4 +1,5 @@
 //! The HTTP API, one module per area.
 
 pub mod auth;
+pub mod chat;
 pub mod ops;

@@ -30,18 +30,19 @@ async fn healthz() -> Json<serde_json::Value> {
 
 /// Readiness: every upstream reports SERVING.
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let request = with_deadline(HealthCheckRequest::default(), state.call_deadline);
-    let status = HealthClient::new(state.auth_channel.clone())
-        .check(request)
-        .await
-        .map_err(|_| ApiError::unavailable("svc-auth is not reachable"))?
-        .into_inner()
-        .status();
-    if status == ServingStatus::Serving {
-        Ok(Json(serde_json::json!({ "status": "ready" })))
-    } else {
-        Err(ApiError::unavailable("svc-auth is not serving"))
+    for (name, channel) in &state.upstreams {
+        let request = with_deadline(HealthCheckRequest::default(), state.call_deadline);
+        let status = HealthClient::new(channel.clone())
+            .check(request)
+            .await
+            .map_err(|_| ApiError::unavailable(format!("{name} is not reachable")))?
+            .into_inner()
+            .status();
+        if status != ServingStatus::Serving {
+            return Err(ApiError::unavailable(format!("{name} is not serving")));
+        }
     }
+    Ok(Json(serde_json::json!({ "status": "ready" })))
 }
 
 /// The JWK set access tokens are verified with (RFC 7517), cacheable for five minutes.

@@ -1,0 +1,374 @@
+//! `/api/v1/conversations/*`: conversations, members, messages and read positions, answered
+//! by svc-chat. User ids in bodies are checked against svc-auth first, so a typo is a 404
+//! rather than a member who does not exist.
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::StatusCode,
+    routing::{delete, get, patch, post},
+};
+use serde::{Deserialize, Serialize};
+use tertulia_plumbing::client::with_deadline;
+use tertulia_proto::{auth::v1 as auth_pb, chat::v1 as pb};
+
+use crate::{
+    app::AppState,
+    extract::{ApiQuery, Caller, JsonBody, page_limit},
+    problem::ApiError,
+    views::{ConversationView, MessageView},
+};
+
+/// The routes of this module, relative to `/api/v1`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/conversations", post(create).get(list))
+        .route("/conversations/{id}", get(get_one))
+        .route("/conversations/{id}/members", post(add_member))
+        .route(
+            "/conversations/{id}/members/{user_id}",
+            delete(remove_member),
+        )
+        .route("/conversations/{id}/messages", post(send).get(history))
+        .route(
+            "/conversations/{id}/messages/{message_id}",
+            patch(edit).delete(delete_message),
+        )
+        .route("/conversations/{id}/read", post(mark_read))
+}
+
+/// Answers 404 naming the first id that is not a user.
+async fn ensure_users_exist(state: &AppState, ids: &[String]) -> Result<(), ApiError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let request = auth_pb::BatchGetUsersRequest {
+        user_ids: ids.to_vec(),
+    };
+    let found = state
+        .auth
+        .clone()
+        .batch_get_users(with_deadline(request, state.call_deadline))
+        .await?
+        .into_inner()
+        .users;
+    match ids
+        .iter()
+        .find(|id| !found.iter().any(|u| &u.user_id == *id))
+    {
+        Some(missing) => Err(ApiError::not_found(format!("user {missing} not found"))),
+        None => Ok(()),
+    }
+}
+
+fn conversation_view(c: Option<pb::Conversation>) -> Result<ConversationView, ApiError> {
+    c.map(ConversationView::from)
+        .ok_or_else(|| ApiError::unavailable("svc-chat answered without a conversation"))
+}
+
+fn message_view(m: Option<pb::Message>) -> Result<MessageView, ApiError> {
+    m.map(MessageView::from)
+        .ok_or_else(|| ApiError::unavailable("svc-chat answered without a message"))
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateBody {
+    kind: String,
+    #[serde(default)]
+    member_ids: Vec<String>,
+    #[serde(default)]
+    title: String,
+}
+
+/// 201 with a new conversation; 200 with the existing direct conversation of the same pair.
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<CreateBody>,
+) -> Result<(StatusCode, Json<ConversationView>), ApiError> {
+    let kind = match body.kind.as_str() {
+        "direct" => pb::ConversationKind::Direct,
+        "group" => pb::ConversationKind::Group,
+        _ => {
+            return Err(ApiError::invalid_argument(
+                "kind must be \"direct\" or \"group\"",
+            ));
+        }
+    };
+    if body.member_ids.len() > 1024 {
+        return Err(ApiError::invalid_argument(
+            "at most 1024 members at creation",
+        ));
+    }
+    ensure_users_exist(&state, &body.member_ids).await?;
+    let request = pb::CreateConversationRequest {
+        actor_id: caller.user_id,
+        kind: kind.into(),
+        member_ids: body.member_ids,
+        title: body.title,
+    };
+    let answer = state
+        .chat
+        .clone()
+        .create_conversation(with_deadline(request, state.call_deadline))
+        .await?
+        .into_inner();
+    let status = if answer.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(conversation_view(answer.conversation)?)))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<u32>,
+    #[serde(default)]
+    page_token: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ConversationPage {
+    conversations: Vec<ConversationView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_page_token: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<ConversationPage>, ApiError> {
+    let request = pb::ListConversationsRequest {
+        actor_id: caller.user_id,
+        limit: page_limit(q.limit)?,
+        page_token: q.page_token,
+    };
+    let answer = state
+        .chat
+        .clone()
+        .list_conversations(with_deadline(request, state.call_deadline))
+        .await?
+        .into_inner();
+    Ok(Json(ConversationPage {
+        conversations: answer
+            .conversations
+            .into_iter()
+            .map(ConversationView::from)
+            .collect(),
+        next_page_token: Some(answer.next_page_token).filter(|t| !t.is_empty()),
+    }))
+}
+
+async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ConversationView>, ApiError> {
+    let request = pb::GetConversationRequest {
+        actor_id: caller.user_id,
+        conversation_id: id,
+    };
+    let answer = state
+        .chat
+        .clone()
+        .get_conversation(with_deadline(request, state.call_deadline))
+        .await?
+        .into_inner();
+    Ok(Json(conversation_view(answer.conversation)?))
+}
+
+#[derive(Debug, Deserialize)]
+struct MemberBody {
+    user_id: String,
+}
+
+async fn add_member(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<MemberBody>,
+) -> Result<StatusCode, ApiError> {
+    ensure_users_exist(&state, std::slice::from_ref(&body.user_id)).await?;
+    let request = pb::AddMemberRequest {
+        actor_id: caller.user_id,
+        conversation_id: id,
+        user_id: body.user_id,
+    };
+    state
+        .chat
+        .clone()
+        .add_member(with_deadline(request, state.call_deadline))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove_member(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, user_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let request = pb::RemoveMemberRequest {
+        actor_id: caller.user_id,
+        conversation_id: id,
+        user_id,
+    };
+    state
+        .chat
+        .clone()
+        .remove_member(with_deadline(request, state.call_deadline))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+struct SendBody {
+    client_msg_id: String,
+    text: String,
+}
+
+/// Sends a message for `caller`; shared with the real-time transports.
+pub async fn send_message(
+    state: &AppState,
+    caller_id: String,
+    conversation_id: String,
+    client_msg_id: String,
+    text: String,
+) -> Result<(MessageView, bool), ApiError> {
+    let request = pb::SendMessageRequest {
+        actor_id: caller_id,
+        conversation_id,
+        client_msg_id,
+        text,
+    };
+    let answer = state
+        .chat
+        .clone()
+        .send_message(with_deadline(request, state.call_deadline))
+        .await?
+        .into_inner();
+    Ok((message_view(answer.message)?, answer.created))
+}
+
+/// 201 with the stored message; 200 with the first one when `client_msg_id` repeats.
+async fn send(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<SendBody>,
+) -> Result<(StatusCode, Json<MessageView>), ApiError> {
+    let (message, created) =
+        send_message(&state, caller.user_id, id, body.client_msg_id, body.text).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(message)))
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    after_seq: Option<u64>,
+    before_seq: Option<u64>,
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+struct MessagePage {
+    messages: Vec<MessageView>,
+}
+
+async fn history(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> Result<Json<MessagePage>, ApiError> {
+    let request = pb::ListMessagesRequest {
+        actor_id: caller.user_id,
+        conversation_id: id,
+        after_seq: q.after_seq,
+        before_seq: q.before_seq,
+        limit: page_limit(q.limit)?,
+    };
+    let messages = state
+        .chat
+        .clone()
+        .list_messages(with_deadline(request, state.call_deadline))
+        .await?
+        .into_inner()
+        .messages;
+    Ok(Json(MessagePage {
+        messages: messages.into_iter().map(MessageView::from).collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct EditBody {
+    text: String,
+}
+
+async fn edit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, message_id)): Path<(String, String)>,
+    JsonBody(body): JsonBody<EditBody>,
+) -> Result<Json<MessageView>, ApiError> {
+    let request = pb::EditMessageRequest {
+        actor_id: caller.user_id,
+        conversation_id: id,
+        message_id,
+        text: body.text,
+    };
+    let answer = state
+        .chat
+        .clone()
+        .edit_message(with_deadline(request, state.call_deadline))
+        .await?
+        .into_inner();
+    Ok(Json(message_view(answer.message)?))
+}
+
+async fn delete_message(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, message_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let request = pb::DeleteMessageRequest {
+        actor_id: caller.user_id,
+        conversation_id: id,
+        message_id,
+    };
+    state
+        .chat
+        .clone()
+        .delete_message(with_deadline(request, state.call_deadline))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+struct ReadBody {
+    seq: u64,
+}
+
+async fn mark_read(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ReadBody>,
+) -> Result<StatusCode, ApiError> {
+    let request = pb::MarkReadRequest {
+        actor_id: caller.user_id,
+        conversation_id: id,
+        seq: body.seq,
+    };
+    state
+        .chat
+        .clone()
+        .mark_read(with_deadline(request, state.call_deadline))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,97 @@
+//! Wiring: pool and migrations, the `CHAT` stream, the outbox relay, the fan-out consumer,
+//! the gRPC server.
+
+use std::{net::SocketAddr, time::Duration};
+
+use tertulia_plumbing::{StartError, grpc::GrpcServer, nats, postgres, shutdown::Shutdown};
+use tertulia_proto::chat::v1::chat_service_server::ChatServiceServer;
+
+use crate::{
+    config::ChatConfig,
+    conversations::Conversations,
+    events::{self, FanOut, OutboxRelay},
+    grpc::ChatGrpc,
+    store::{ChatStore, MIGRATIONS},
+};
+
+/// How often published outbox rows older than an hour are deleted.
+const PURGE_EVERY: Duration = Duration::from_mins(10);
+
+/// A built, bound svc-chat, ready to serve.
+pub struct App {
+    grpc: GrpcServer,
+    relay: OutboxRelay,
+    fanout: FanOut,
+    store: ChatStore,
+    chat: Conversations,
+}
+
+impl App {
+    /// Connects and migrates the database, ensures the stream, binds the listener.
+    pub async fn build(config: ChatConfig) -> Result<Self, StartError> {
+        let pool = postgres::connect(&config.database).await?;
+        postgres::migrate(&pool, MIGRATIONS).await?;
+        let nats = nats::connect(&config.nats, "svc-chat").await?;
+        events::ensure_stream(&nats, config.stream_replicas).await?;
+        let store = ChatStore::new(pool);
+        let relay = OutboxRelay::new(store.clone(), nats.clone());
+        let chat = Conversations::new(store.clone(), relay.waker(), config.max_text_chars);
+        let grpc = GrpcServer::bind(config.grpc)
+            .await?
+            .add_service(ChatServiceServer::new(ChatGrpc::new(chat.clone())));
+        Ok(Self {
+            grpc,
+            fanout: FanOut::new(store.clone(), nats),
+            relay,
+            store,
+            chat,
+        })
+    }
+
+    /// The address the gRPC server is bound to.
+    #[must_use]
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr()
+    }
+
+    /// The use cases, for tests that reach below the wire.
+    #[must_use]
+    pub fn conversations(&self) -> &Conversations {
+        &self.chat
+    }
+
+    /// The store, for tests that inspect the outbox.
+    #[must_use]
+    pub fn store(&self) -> &ChatStore {
+        &self.store
+    }
+
+    /// Serves until `shutdown` trips, with the relay, the fan-out and the purge running
+    /// beside the server.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
+        tokio::spawn(self.relay.run(shutdown.clone()));
+        tokio::spawn(self.fanout.run(shutdown.clone()));
+        tokio::spawn(purge_until(self.store, shutdown.clone()));
+        self.grpc.serve(shutdown).await?;
+        Ok(())
+    }
+}
+
+/// Keeps the outbox small: published rows are JetStream's now.
+async fn purge_until(store: ChatStore, shutdown: Shutdown) {
+    let mut every = tokio::time::interval(PURGE_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if let Err(error) = store.purge_published().await {
+            tracing::warn!(message = "Outbox purge failed.", error = %error);
+        }
+    }
+}
+
+/// Builds and runs svc-chat until `shutdown` trips.
+pub async fn run(config: ChatConfig, shutdown: Shutdown) -> Result<(), StartError> {
+    App::build(config).await?.run(shutdown).await
+}

@@ -1,0 +1,417 @@
+//! What svc-chat publishes and consumes.
+//!
+//! - Publishes (through the outbox) to the JetStream stream `CHAT`, subjects
+//!   `chat.v1.conv.<conversation_id>.<event>`, payloads from `tertulia.events.v1`, with
+//!   `Nats-Msg-Id` = event id so a re-publish after a crash is deduplicated by the server.
+//! - Consumes `CHAT` with the durable consumer `fanout` (explicit acks) and publishes one
+//!   `Delivery` per event to each member's core NATS subject `deliver.<user_id>`.
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::{
+    HeaderMap,
+    jetstream::{self, AckKind, consumer::pull},
+};
+use futures::StreamExt as _;
+use prost::Message as _;
+use tertulia_plumbing::{nats::Nats, postgres::DbError, shutdown::Shutdown, wire::timestamp};
+use tertulia_proto::{
+    chat::v1 as chat_pb,
+    events::v1::{self as pb, delivery::Event},
+    subjects::{self, chat_event},
+};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::{
+    domain::{Conversation, Message},
+    store::{ChatStore, OutboxRow},
+};
+
+/// Name of the fan-out's durable consumer.
+pub const FANOUT_CONSUMER: &str = "fanout";
+/// How long JetStream remembers a `Nats-Msg-Id` to drop a duplicate publish.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_mins(2);
+/// Largest batch the relay publishes per transaction.
+const RELAY_BATCH: i64 = 256;
+/// How often the relay looks for rows when nobody told it about new ones (another instance
+/// committed them, or a publish failed and must be retried).
+const RELAY_POLL: Duration = Duration::from_millis(250);
+/// Pause after a failed relay round, so an outage is not a busy loop.
+const RELAY_BACKOFF: Duration = Duration::from_millis(500);
+
+/// An event ready for the outbox.
+#[derive(Debug)]
+pub struct OutboxEvent {
+    /// Its id (also the `Nats-Msg-Id`).
+    pub event_id: Uuid,
+    /// Subject without namespace.
+    pub subject: String,
+    /// Encoded `tertulia.events.v1` payload.
+    pub payload: Vec<u8>,
+}
+
+/// The wire form of a message.
+#[must_use]
+pub fn message_pb(m: &Message) -> chat_pb::Message {
+    chat_pb::Message {
+        message_id: m.message_id.to_string(),
+        conversation_id: m.conversation_id.to_string(),
+        seq: m.seq.unsigned_abs(),
+        sender_id: m.sender_id.to_string(),
+        client_msg_id: m.client_msg_id.clone(),
+        text: m.text.clone(),
+        sent_at: Some(timestamp(m.sent_at)),
+        edited_at: m.edited_at.map(timestamp),
+        deleted: m.deleted,
+    }
+}
+
+/// The wire form of a conversation.
+#[must_use]
+pub fn conversation_pb(c: &Conversation) -> chat_pb::Conversation {
+    let kind = match c.kind {
+        crate::domain::ConversationKind::Direct => chat_pb::ConversationKind::Direct,
+        crate::domain::ConversationKind::Group => chat_pb::ConversationKind::Group,
+    };
+    chat_pb::Conversation {
+        conversation_id: c.conversation_id.to_string(),
+        kind: kind.into(),
+        title: c.title.clone(),
+        member_ids: c.member_ids.iter().map(Uuid::to_string).collect(),
+        created_at: Some(timestamp(c.created_at)),
+        last_seq: c.last_seq.unsigned_abs(),
+        last_message: c.last_message.as_ref().map(message_pb),
+        unread: c.unread.unsigned_abs(),
+        creator_id: c.creator_id.to_string(),
+    }
+}
+
+fn event(conversation_id: Uuid, kind: &str, encode: impl FnOnce(String) -> Vec<u8>) -> OutboxEvent {
+    let event_id = Uuid::now_v7();
+    OutboxEvent {
+        subject: subjects::chat_conversation(&conversation_id.to_string(), kind),
+        payload: encode(event_id.to_string()),
+        event_id,
+    }
+}
+
+/// `MessageCreated` for `m`.
+#[must_use]
+pub fn message_created(m: &Message) -> OutboxEvent {
+    event(m.conversation_id, chat_event::MESSAGE, |event_id| {
+        pb::MessageCreated {
+            event_id,
+            message: Some(message_pb(m)),
+        }
+        .encode_to_vec()
+    })
+}
+
+/// `MessageUpdated` for `m` (edited or deleted).
+#[must_use]
+pub fn message_updated(m: &Message) -> OutboxEvent {
+    event(m.conversation_id, chat_event::MESSAGE_UPDATED, |event_id| {
+        pb::MessageUpdated {
+            event_id,
+            message: Some(message_pb(m)),
+        }
+        .encode_to_vec()
+    })
+}
+
+/// `ReceiptUpdated`: `user_id` has read `conversation_id` up to `seq`.
+#[must_use]
+pub fn receipt(conversation_id: Uuid, user_id: Uuid, seq: i64) -> OutboxEvent {
+    event(conversation_id, chat_event::RECEIPT, |event_id| {
+        pb::ReceiptUpdated {
+            event_id,
+            conversation_id: conversation_id.to_string(),
+            user_id: user_id.to_string(),
+            seq: seq.unsigned_abs(),
+        }
+        .encode_to_vec()
+    })
+}
+
+/// `MembershipChanged` for `conversation` (as it is now).
+#[must_use]
+pub fn membership(conversation: &Conversation, added: &[Uuid], removed: &[Uuid]) -> OutboxEvent {
+    event(
+        conversation.conversation_id,
+        chat_event::MEMBERSHIP,
+        |event_id| {
+            let mut view = conversation_pb(conversation);
+            // Per-viewer fields mean nothing in a broadcast.
+            view.unread = 0;
+            pb::MembershipChanged {
+                event_id,
+                conversation: Some(view),
+                added_user_ids: added.iter().map(Uuid::to_string).collect(),
+                removed_user_ids: removed.iter().map(Uuid::to_string).collect(),
+            }
+            .encode_to_vec()
+        },
+    )
+}
+
+/// Creates or updates the `CHAT` stream.
+pub async fn ensure_stream(
+    nats: &Nats,
+    replicas: usize,
+) -> Result<(), tertulia_plumbing::nats::NatsError> {
+    nats.ensure_stream(
+        subjects::CHAT_STREAM,
+        subjects::CHAT_STREAM_SUBJECTS,
+        replicas,
+        DUPLICATE_WINDOW,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Publishes committed outbox rows to JetStream and marks them after the server's ack.
+/// Several instances may run at once: each round claims rows with `FOR UPDATE SKIP LOCKED`.
+#[derive(Debug, Clone)]
+pub struct OutboxRelay {
+    store: ChatStore,
+    nats: Nats,
+    wake: Arc<Notify>,
+}
+
+impl OutboxRelay {
+    /// A relay over `store` publishing to `nats`.
+    #[must_use]
+    pub fn new(store: ChatStore, nats: Nats) -> Self {
+        Self {
+            store,
+            nats,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Wakes the relay at once (after this instance commits a row).
+    #[must_use]
+    pub fn waker(&self) -> Arc<Notify> {
+        Arc::clone(&self.wake)
+    }
+
+    /// Relays until `shutdown` trips.
+    pub async fn run(self, shutdown: Shutdown) {
+        loop {
+            match self.relay_once().await {
+                // A full batch: there may be more right away.
+                Ok(n) if n as i64 == RELAY_BATCH => continue,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(message = "Outbox relay round failed.", error = %tertulia_plumbing::error::chain(&error));
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(RELAY_BACKOFF) => continue,
+                    }
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(RELAY_POLL) => {}
+            }
+        }
+    }
+
+    /// Publishes one batch; returns how many rows it published.
+    pub async fn relay_once(&self) -> Result<usize, RelayError> {
+        let mut client = self.store.pool().get().await.map_err(DbError::from)?;
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        let rows = ChatStore::claim_outbox(&tx, RELAY_BATCH)
+            .await
+            .map_err(DbError::from)?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        // Publish all, then await all acks: one round trip of latency for the batch.
+        let mut acks = Vec::with_capacity(rows.len());
+        for row in &rows {
+            acks.push(self.publish(row).await?);
+        }
+        for ack in acks {
+            ack.await.map_err(|e| RelayError::Publish(e.to_string()))?;
+        }
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+        ChatStore::mark_published(&tx, &ids)
+            .await
+            .map_err(DbError::from)?;
+        tx.commit().await.map_err(DbError::from)?;
+        Ok(rows.len())
+    }
+
+    async fn publish(
+        &self,
+        row: &OutboxRow,
+    ) -> Result<jetstream::context::PublishAckFuture, RelayError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", row.event_id.to_string().as_str());
+        self.nats
+            .jetstream
+            .publish_with_headers(
+                self.nats.subject(&row.subject),
+                headers,
+                row.payload.clone().into(),
+            )
+            .await
+            .map_err(|e| RelayError::Publish(e.to_string()))
+    }
+}
+
+/// A relay round failed; the rows stay pending and are retried.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The database failed.
+    #[error("outbox database error")]
+    Db(#[from] DbError),
+    /// JetStream did not accept or acknowledge a publish.
+    #[error("publish to JetStream failed: {0}")]
+    Publish(String),
+}
+
+/// Reads `CHAT` and publishes each event once to every member's delivery subject.
+#[derive(Debug, Clone)]
+pub struct FanOut {
+    store: ChatStore,
+    nats: Nats,
+}
+
+impl FanOut {
+    /// A fan-out reading with the durable consumer [`FANOUT_CONSUMER`].
+    #[must_use]
+    pub fn new(store: ChatStore, nats: Nats) -> Self {
+        Self { store, nats }
+    }
+
+    /// Consumes until `shutdown` trips; reconnects after errors.
+    pub async fn run(self, shutdown: Shutdown) {
+        loop {
+            let result = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = self.consume() => r,
+            };
+            if let Err(error) = result {
+                tracing::warn!(message = "Fan-out consumer failed, restarting.", error = %error);
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RELAY_BACKOFF) => {}
+            }
+        }
+    }
+
+    async fn consume(&self) -> Result<(), String> {
+        let stream = self
+            .nats
+            .jetstream
+            .get_stream(self.nats.stream_name(subjects::CHAT_STREAM))
+            .await
+            .map_err(|e| e.to_string())?;
+        let consumer = stream
+            .get_or_create_consumer(
+                FANOUT_CONSUMER,
+                pull::Config {
+                    durable_name: Some(FANOUT_CONSUMER.to_owned()),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    max_ack_pending: 10_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| e.to_string())?;
+            match self.deliver(&message.subject, &message.payload).await {
+                Ok(()) => message.ack().await.map_err(|e| e.to_string())?,
+                Err(FanOutError::Poison(reason)) => {
+                    tracing::error!(message = "Undecodable chat event dropped.", subject = %message.subject, reason);
+                    message
+                        .ack_with(AckKind::Term)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Err(FanOutError::Retry(reason)) => {
+                    tracing::warn!(message = "Fan-out will retry an event.", reason);
+                    message
+                        .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes one event to its recipients. Encodes the `Delivery` once for all of them.
+    async fn deliver(&self, subject: &str, payload: &[u8]) -> Result<(), FanOutError> {
+        let (conversation_id, delivery, extra) = decode(subject, payload)?;
+        let mut recipients = self
+            .store
+            .member_ids(conversation_id)
+            .await
+            .map_err(|e| FanOutError::Retry(e.to_string()))?;
+        recipients.extend(extra);
+        recipients.sort_unstable();
+        recipients.dedup();
+        let bytes: bytes::Bytes = delivery.encode_to_vec().into();
+        for user in recipients {
+            let subject = self.nats.subject(&subjects::deliver(&user.to_string()));
+            self.nats
+                .client
+                .publish(subject, bytes.clone())
+                .await
+                .map_err(|e| FanOutError::Retry(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+enum FanOutError {
+    /// The event cannot be decoded: retrying will not help.
+    Poison(String),
+    /// A dependency failed: retry later.
+    Retry(String),
+}
+
+/// The conversation, the delivery, and recipients beyond current members (removed users
+/// hear about their own removal).
+fn decode(subject: &str, payload: &[u8]) -> Result<(Uuid, pb::Delivery, Vec<Uuid>), FanOutError> {
+    let poison = |e: &dyn std::fmt::Display| FanOutError::Poison(e.to_string());
+    let mut tokens = subject.rsplit('.');
+    let kind = tokens.next().unwrap_or_default();
+    let conversation_id: Uuid = tokens
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e| poison(&e))?;
+    let mut extra = Vec::new();
+    let event = match kind {
+        chat_event::MESSAGE => {
+            Event::MessageCreated(pb::MessageCreated::decode(payload).map_err(|e| poison(&e))?)
+        }
+        chat_event::MESSAGE_UPDATED => {
+            Event::MessageUpdated(pb::MessageUpdated::decode(payload).map_err(|e| poison(&e))?)
+        }
+        chat_event::RECEIPT => {
+            Event::ReceiptUpdated(pb::ReceiptUpdated::decode(payload).map_err(|e| poison(&e))?)
+        }
+        chat_event::MEMBERSHIP => {
+            let changed = pb::MembershipChanged::decode(payload).map_err(|e| poison(&e))?;
+            extra = changed
+                .removed_user_ids
+                .iter()
+                .filter_map(|id| id.parse().ok())
+                .collect();
+            Event::MembershipChanged(changed)
+        }
+        other => return Err(FanOutError::Poison(format!("unknown event kind {other:?}"))),
+    };
+    Ok((conversation_id, pb::Delivery { event: Some(event) }, extra))
+}

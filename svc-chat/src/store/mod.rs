@@ -1,0 +1,674 @@
+//! svc-chat's tables over deadpool-postgres. Every write and the events it causes commit in
+//! one transaction (the outbox), so an acknowledged change always has its event.
+
+use deadpool_postgres::Transaction;
+use tertulia_plumbing::postgres::{DbError, Migration, PgPool};
+use time::OffsetDateTime;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::{
+    domain::{Conversation, ConversationKind, Message, direct_key},
+    events::{self, OutboxEvent},
+};
+
+/// svc-chat's schema history. Append only.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "conversations_messages_outbox",
+    sql: include_str!("../../migrations/0001_conversations_messages_outbox.sql"),
+}];
+
+/// A committed event waiting to be published.
+#[derive(Debug)]
+pub struct OutboxRow {
+    /// Its id, the `Nats-Msg-Id`.
+    pub event_id: Uuid,
+    /// Subject without namespace.
+    pub subject: String,
+    /// Encoded payload.
+    pub payload: Vec<u8>,
+}
+
+/// What a send did.
+#[derive(Debug)]
+pub enum Sent {
+    /// Stored now.
+    Created(Message),
+    /// The same `client_msg_id` was sent before: the first message.
+    Existing(Message),
+    /// The sender is not a member (or the conversation does not exist).
+    NotMember,
+}
+
+/// What an edit or delete did.
+#[derive(Debug)]
+pub enum Changed {
+    /// Done; the message as it is now.
+    Done(Message),
+    /// No such message visible to the actor.
+    NotFound,
+    /// Someone else's message.
+    NotSender,
+    /// Already deleted: it cannot be edited.
+    Deleted,
+}
+
+/// What a membership change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// Done.
+    Changed,
+    /// Nothing to do (already a member).
+    Unchanged,
+    /// No such conversation visible to the actor, or the target is not a member.
+    NotFound,
+    /// Direct conversations have fixed members.
+    NotGroup,
+    /// Only the creator may remove others.
+    NotAllowed,
+}
+
+/// Access to svc-chat's schema.
+#[derive(Debug, Clone)]
+pub struct ChatStore {
+    pool: PgPool,
+}
+
+const MESSAGE_COLUMNS: &str =
+    "message_id, conversation_id, seq, sender_id, client_msg_id, text, sent_at, edited_at, deleted";
+
+fn message_from(row: &Row) -> Message {
+    Message {
+        message_id: row.get("message_id"),
+        conversation_id: row.get("conversation_id"),
+        seq: row.get("seq"),
+        sender_id: row.get("sender_id"),
+        client_msg_id: row.get("client_msg_id"),
+        text: row.get("text"),
+        sent_at: row.get("sent_at"),
+        edited_at: row.get("edited_at"),
+        deleted: row.get("deleted"),
+    }
+}
+
+/// A conversation as `$1` sees it; callers add the WHERE/ORDER tail.
+const CONVERSATION_VIEW: &str = "
+    SELECT c.conversation_id, c.kind, c.title, c.creator_id, c.created_at, c.last_seq,
+           c.last_activity_at, m.read_seq,
+           ARRAY(SELECT x.user_id FROM members x WHERE x.conversation_id = c.conversation_id
+                 ORDER BY x.joined_at, x.user_id) AS member_ids,
+           lm.message_id AS lm_message_id, lm.seq AS lm_seq, lm.sender_id AS lm_sender_id,
+           lm.client_msg_id AS lm_client_msg_id, lm.text AS lm_text, lm.sent_at AS lm_sent_at,
+           lm.edited_at AS lm_edited_at, lm.deleted AS lm_deleted
+    FROM members m
+    JOIN conversations c ON c.conversation_id = m.conversation_id
+    LEFT JOIN messages lm ON lm.conversation_id = c.conversation_id AND lm.seq = c.last_seq
+    WHERE m.user_id = $1";
+
+fn conversation_from(row: &Row) -> Conversation {
+    let conversation_id: Uuid = row.get("conversation_id");
+    let last_seq: i64 = row.get("last_seq");
+    let read_seq: i64 = row.get("read_seq");
+    let last_message = row
+        .get::<_, Option<Uuid>>("lm_message_id")
+        .map(|message_id| Message {
+            message_id,
+            conversation_id,
+            seq: row.get("lm_seq"),
+            sender_id: row.get("lm_sender_id"),
+            client_msg_id: row.get("lm_client_msg_id"),
+            text: row.get("lm_text"),
+            sent_at: row.get("lm_sent_at"),
+            edited_at: row.get("lm_edited_at"),
+            deleted: row.get("lm_deleted"),
+        });
+    Conversation {
+        conversation_id,
+        kind: ConversationKind::from_stored(row.get("kind")),
+        title: row.get("title"),
+        creator_id: row.get("creator_id"),
+        member_ids: row.get("member_ids"),
+        created_at: row.get("created_at"),
+        last_seq,
+        last_message,
+        unread: (last_seq - read_seq).max(0),
+    }
+}
+
+async fn insert_outbox(tx: &Transaction<'_>, event: &OutboxEvent) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT INTO outbox (event_id, subject, payload) VALUES ($1, $2, $3)",
+        &[&event.event_id, &event.subject, &event.payload],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn view_in(
+    tx: &Transaction<'_>,
+    viewer: Uuid,
+    conversation_id: Uuid,
+) -> Result<Option<Conversation>, DbError> {
+    let sql = format!("{CONVERSATION_VIEW} AND c.conversation_id = $2");
+    Ok(tx
+        .query_opt(&sql, &[&viewer, &conversation_id])
+        .await?
+        .as_ref()
+        .map(conversation_from))
+}
+
+/// Locks the conversation row when `actor` is a member; returns its kind, creator and
+/// last seq.
+async fn lock_as_member(
+    tx: &Transaction<'_>,
+    conversation_id: Uuid,
+    actor: Uuid,
+) -> Result<Option<(ConversationKind, Uuid, i64)>, DbError> {
+    let row = tx
+        .query_opt(
+            "SELECT c.kind, c.creator_id, c.last_seq FROM conversations c
+             JOIN members m ON m.conversation_id = c.conversation_id AND m.user_id = $2
+             WHERE c.conversation_id = $1
+             FOR UPDATE OF c",
+            &[&conversation_id, &actor],
+        )
+        .await?;
+    Ok(row.map(|r| (ConversationKind::from_stored(r.get(0)), r.get(1), r.get(2))))
+}
+
+impl ChatStore {
+    /// A store over `pool` (already migrated).
+    #[must_use]
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The pool, for the outbox relay's own transactions.
+    #[must_use]
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Creates a group of `actor` and `others`.
+    pub async fn create_group(
+        &self,
+        actor: Uuid,
+        others: &[Uuid],
+        title: &str,
+    ) -> Result<Conversation, DbError> {
+        let mut members = vec![actor];
+        members.extend(others.iter().copied().filter(|u| *u != actor));
+        members.dedup();
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let id = Uuid::now_v7();
+        tx.execute(
+            "INSERT INTO conversations (conversation_id, kind, title, creator_id)
+             VALUES ($1, 'group', $2, $3)",
+            &[&id, &title, &actor],
+        )
+        .await?;
+        // joined_at increases with ordinality so members list in the order given.
+        tx.execute(
+            "INSERT INTO members (conversation_id, user_id, joined_at)
+             SELECT $1, u, now() + (n * interval '1 microsecond')
+             FROM unnest($2::uuid[]) WITH ORDINALITY AS t(u, n)
+             ON CONFLICT DO NOTHING",
+            &[&id, &members],
+        )
+        .await?;
+        let view = view_in(&tx, actor, id)
+            .await?
+            .expect("the creator is a member");
+        insert_outbox(&tx, &events::membership(&view, &view.member_ids, &[])).await?;
+        tx.commit().await?;
+        Ok(view)
+    }
+
+    /// The direct conversation of `actor` and `other`, created when missing; `true` when
+    /// created now.
+    pub async fn find_or_create_direct(
+        &self,
+        actor: Uuid,
+        other: Uuid,
+        title: &str,
+    ) -> Result<(Conversation, bool), DbError> {
+        let key = direct_key(actor, other);
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let id = Uuid::now_v7();
+        let inserted = tx
+            .execute(
+                "INSERT INTO conversations (conversation_id, kind, title, creator_id, direct_key)
+                 VALUES ($1, 'direct', $2, $3, $4) ON CONFLICT (direct_key) DO NOTHING",
+                &[&id, &title, &actor, &key],
+            )
+            .await?;
+        if inserted == 0 {
+            let existing: Uuid = tx
+                .query_one(
+                    "SELECT conversation_id FROM conversations WHERE direct_key = $1",
+                    &[&key],
+                )
+                .await?
+                .get(0);
+            let view = view_in(&tx, actor, existing)
+                .await?
+                .expect("both members of a direct conversation stay members");
+            tx.commit().await?;
+            return Ok((view, false));
+        }
+        tx.execute(
+            "INSERT INTO members (conversation_id, user_id, joined_at)
+             VALUES ($1, $2, now()), ($1, $3, now() + interval '1 microsecond')",
+            &[&id, &actor, &other],
+        )
+        .await?;
+        let view = view_in(&tx, actor, id)
+            .await?
+            .expect("the creator is a member");
+        insert_outbox(&tx, &events::membership(&view, &view.member_ids, &[])).await?;
+        tx.commit().await?;
+        Ok((view, true))
+    }
+
+    /// The conversation as `viewer` sees it; `None` for non-members.
+    pub async fn conversation(
+        &self,
+        viewer: Uuid,
+        conversation_id: Uuid,
+    ) -> Result<Option<Conversation>, DbError> {
+        let client = self.pool.get().await?;
+        let sql = format!("{CONVERSATION_VIEW} AND c.conversation_id = $2");
+        Ok(client
+            .query_opt(&sql, &[&viewer, &conversation_id])
+            .await?
+            .as_ref()
+            .map(conversation_from))
+    }
+
+    /// `viewer`'s conversations, newest activity first, after the `(activity, id)` cursor.
+    /// Each comes with its activity time, the cursor of the next page.
+    pub async fn conversations(
+        &self,
+        viewer: Uuid,
+        limit: i64,
+        after: Option<(OffsetDateTime, Uuid)>,
+    ) -> Result<Vec<(Conversation, OffsetDateTime)>, DbError> {
+        let client = self.pool.get().await?;
+        let (at, id) = after.unzip();
+        let sql = format!(
+            "{CONVERSATION_VIEW}
+               AND ($2::timestamptz IS NULL OR (c.last_activity_at, c.conversation_id) < ($2, $3))
+             ORDER BY c.last_activity_at DESC, c.conversation_id DESC
+             LIMIT $4"
+        );
+        let rows = client.query(&sql, &[&viewer, &at, &id, &limit]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| (conversation_from(r), r.get("last_activity_at")))
+            .collect())
+    }
+
+    /// Adds `user` to a group `actor` belongs to.
+    pub async fn add_member(
+        &self,
+        actor: Uuid,
+        conversation_id: Uuid,
+        user: Uuid,
+    ) -> Result<Membership, DbError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let Some((kind, _, _)) = lock_as_member(&tx, conversation_id, actor).await? else {
+            return Ok(Membership::NotFound);
+        };
+        if kind == ConversationKind::Direct {
+            return Ok(Membership::NotGroup);
+        }
+        let added = tx
+            .execute(
+                "INSERT INTO members (conversation_id, user_id) VALUES ($1, $2)
+                 ON CONFLICT DO NOTHING",
+                &[&conversation_id, &user],
+            )
+            .await?;
+        if added == 0 {
+            return Ok(Membership::Unchanged);
+        }
+        let view = view_in(&tx, actor, conversation_id)
+            .await?
+            .expect("the actor is a member");
+        insert_outbox(&tx, &events::membership(&view, &[user], &[])).await?;
+        tx.commit().await?;
+        Ok(Membership::Changed)
+    }
+
+    /// Removes `user` from a group: themselves, or anyone when `actor` is the creator.
+    pub async fn remove_member(
+        &self,
+        actor: Uuid,
+        conversation_id: Uuid,
+        user: Uuid,
+    ) -> Result<Membership, DbError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let Some((kind, creator, _)) = lock_as_member(&tx, conversation_id, actor).await? else {
+            return Ok(Membership::NotFound);
+        };
+        if kind == ConversationKind::Direct {
+            return Ok(Membership::NotGroup);
+        }
+        if user != actor && actor != creator {
+            return Ok(Membership::NotAllowed);
+        }
+        let removed = tx
+            .execute(
+                "DELETE FROM members WHERE conversation_id = $1 AND user_id = $2",
+                &[&conversation_id, &user],
+            )
+            .await?;
+        if removed == 0 {
+            return Ok(Membership::NotFound);
+        }
+        // The view of a remaining member (or of the creator's record) for the event.
+        let row = tx
+            .query_one(
+                "SELECT kind, title, creator_id, created_at, last_seq,
+                        ARRAY(SELECT user_id FROM members WHERE conversation_id = $1
+                              ORDER BY joined_at, user_id) AS member_ids
+                 FROM conversations WHERE conversation_id = $1",
+                &[&conversation_id],
+            )
+            .await?;
+        let view = Conversation {
+            conversation_id,
+            kind,
+            title: row.get("title"),
+            creator_id: row.get("creator_id"),
+            member_ids: row.get("member_ids"),
+            created_at: row.get("created_at"),
+            last_seq: row.get("last_seq"),
+            last_message: None,
+            unread: 0,
+        };
+        insert_outbox(&tx, &events::membership(&view, &[], &[user])).await?;
+        tx.commit().await?;
+        Ok(Membership::Changed)
+    }
+
+    /// Stores a message, or finds the earlier one with the same `client_msg_id`. The
+    /// conversation row lock serialises sends, so `seq` is gap-free and a retry racing its
+    /// original finds it.
+    pub async fn send(
+        &self,
+        actor: Uuid,
+        conversation_id: Uuid,
+        client_msg_id: &str,
+        text: &str,
+    ) -> Result<Sent, DbError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let Some((_, _, last_seq)) = lock_as_member(&tx, conversation_id, actor).await? else {
+            return Ok(Sent::NotMember);
+        };
+        let earlier = tx
+            .query_opt(
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages
+                     WHERE conversation_id = $1 AND sender_id = $2 AND client_msg_id = $3"
+                ),
+                &[&conversation_id, &actor, &client_msg_id],
+            )
+            .await?;
+        if let Some(row) = earlier {
+            return Ok(Sent::Existing(message_from(&row)));
+        }
+        let seq = last_seq + 1;
+        tx.execute(
+            "UPDATE conversations SET last_seq = $2, last_activity_at = now()
+             WHERE conversation_id = $1",
+            &[&conversation_id, &seq],
+        )
+        .await?;
+        let row = tx
+            .query_one(
+                &format!(
+                    "INSERT INTO messages (conversation_id, seq, message_id, sender_id,
+                                           client_msg_id, text)
+                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING {MESSAGE_COLUMNS}"
+                ),
+                &[
+                    &conversation_id,
+                    &seq,
+                    &Uuid::now_v7(),
+                    &actor,
+                    &client_msg_id,
+                    &text,
+                ],
+            )
+            .await?;
+        let message = message_from(&row);
+        // Senders have read what they wrote.
+        tx.execute(
+            "UPDATE members SET read_seq = $3 WHERE conversation_id = $1 AND user_id = $2",
+            &[&conversation_id, &actor, &seq],
+        )
+        .await?;
+        insert_outbox(&tx, &events::message_created(&message)).await?;
+        tx.commit().await?;
+        Ok(Sent::Created(message))
+    }
+
+    /// A page of history in ascending `seq`: the oldest `limit` after `after`, or else the
+    /// newest `limit` before `before` (or overall). `None` for non-members.
+    pub async fn history(
+        &self,
+        viewer: Uuid,
+        conversation_id: Uuid,
+        after: Option<i64>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Option<Vec<Message>>, DbError> {
+        let client = self.pool.get().await?;
+        let member = client
+            .query_opt(
+                "SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2",
+                &[&conversation_id, &viewer],
+            )
+            .await?;
+        if member.is_none() {
+            return Ok(None);
+        }
+        let order = if after.is_some() { "ASC" } else { "DESC" };
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages
+                     WHERE conversation_id = $1
+                       AND ($2::bigint IS NULL OR seq > $2)
+                       AND ($3::bigint IS NULL OR seq < $3)
+                     ORDER BY seq {order} LIMIT $4"
+                ),
+                &[&conversation_id, &after, &before, &limit],
+            )
+            .await?;
+        let mut messages: Vec<Message> = rows.iter().map(message_from).collect();
+        if after.is_none() {
+            messages.reverse();
+        }
+        Ok(Some(messages))
+    }
+
+    /// Edits (`Some(text)`) or deletes (`None`) the actor's own message.
+    pub async fn change(
+        &self,
+        actor: Uuid,
+        conversation_id: Uuid,
+        message_id: Uuid,
+        text: Option<&str>,
+    ) -> Result<Changed, DbError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages msg
+                     WHERE msg.conversation_id = $1 AND msg.message_id = $2
+                       AND EXISTS (SELECT 1 FROM members m
+                                   WHERE m.conversation_id = $1 AND m.user_id = $3)
+                     FOR UPDATE"
+                ),
+                &[&conversation_id, &message_id, &actor],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(Changed::NotFound);
+        };
+        let current = message_from(&row);
+        if current.sender_id != actor {
+            return Ok(Changed::NotSender);
+        }
+        let updated = match (text, current.deleted) {
+            (Some(_), true) => return Ok(Changed::Deleted),
+            // Deleting twice changes nothing and publishes nothing.
+            (None, true) => return Ok(Changed::Done(current)),
+            (Some(text), false) => {
+                tx.query_one(
+                    &format!(
+                        "UPDATE messages SET text = $3, edited_at = now()
+                         WHERE conversation_id = $1 AND message_id = $2
+                         RETURNING {MESSAGE_COLUMNS}"
+                    ),
+                    &[&conversation_id, &message_id, &text],
+                )
+                .await?
+            }
+            (None, false) => {
+                tx.query_one(
+                    &format!(
+                        "UPDATE messages SET text = '', deleted = true, edited_at = now()
+                         WHERE conversation_id = $1 AND message_id = $2
+                         RETURNING {MESSAGE_COLUMNS}"
+                    ),
+                    &[&conversation_id, &message_id],
+                )
+                .await?
+            }
+        };
+        let message = message_from(&updated);
+        insert_outbox(&tx, &events::message_updated(&message)).await?;
+        tx.commit().await?;
+        Ok(Changed::Done(message))
+    }
+
+    /// Moves `actor`'s read position to `seq` (capped at the last message) when that is
+    /// forward; returns the position after the call, `None` for non-members.
+    pub async fn mark_read(
+        &self,
+        actor: Uuid,
+        conversation_id: Uuid,
+        seq: i64,
+    ) -> Result<Option<i64>, DbError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let moved = tx
+            .query_opt(
+                "UPDATE members m SET read_seq = LEAST($3, c.last_seq)
+                 FROM conversations c
+                 WHERE m.conversation_id = $1 AND m.user_id = $2
+                   AND c.conversation_id = m.conversation_id
+                   AND LEAST($3, c.last_seq) > m.read_seq
+                 RETURNING m.read_seq",
+                &[&conversation_id, &actor, &seq],
+            )
+            .await?;
+        if let Some(row) = moved {
+            let read: i64 = row.get(0);
+            insert_outbox(&tx, &events::receipt(conversation_id, actor, read)).await?;
+            tx.commit().await?;
+            return Ok(Some(read));
+        }
+        let current = tx
+            .query_opt(
+                "SELECT read_seq FROM members WHERE conversation_id = $1 AND user_id = $2",
+                &[&conversation_id, &actor],
+            )
+            .await?;
+        Ok(current.map(|r| r.get(0)))
+    }
+
+    /// Current members of a conversation.
+    pub async fn member_ids(&self, conversation_id: Uuid) -> Result<Vec<Uuid>, DbError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT user_id FROM members WHERE conversation_id = $1",
+                &[&conversation_id],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Claims up to `limit` unpublished outbox rows, oldest first, skipping rows another
+    /// relay holds.
+    pub async fn claim_outbox(
+        tx: &Transaction<'_>,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
+        let rows = tx
+            .query(
+                "SELECT event_id, subject, payload FROM outbox
+                 WHERE published_at IS NULL
+                 ORDER BY created_at, event_id
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED",
+                &[&limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| OutboxRow {
+                event_id: r.get(0),
+                subject: r.get(1),
+                payload: r.get(2),
+            })
+            .collect())
+    }
+
+    /// Marks rows published (after JetStream acknowledged them).
+    pub async fn mark_published(
+        tx: &Transaction<'_>,
+        ids: &[Uuid],
+    ) -> Result<(), tokio_postgres::Error> {
+        tx.execute(
+            "UPDATE outbox SET published_at = now() WHERE event_id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Rows still waiting to be published (for tests and the outbox-lag metric).
+    pub async fn pending_outbox(&self) -> Result<i64, DbError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_one(
+                "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+                &[],
+            )
+            .await?
+            .get(0))
+    }
+
+    /// Deletes rows published more than an hour ago (JetStream holds the events now).
+    pub async fn purge_published(&self) -> Result<u64, DbError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute(
+                "DELETE FROM outbox WHERE published_at < now() - interval '1 hour'",
+                &[],
+            )
+            .await?)
+    }
+}
