@@ -26,3 +26,13 @@ pub fn init(service: &'static str) {
         tracing::info!(message = "Logging initialised.", service);
     }
 }
+
+/// Installs a human-readable subscriber whose output the test harness captures (shown only
+/// for failing tests), filtered by `RUST_LOG` (default `warn`). Harmless when repeated.
+pub fn init_for_tests() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt::layer().compact().with_test_writer())
+        .try_init();
+}

@@ -81,6 +81,18 @@ impl Nats {
         }
     }
 
+    /// A round trip through the server: when it returns, the server has processed everything
+    /// this connection sent before (a `flush` only writes the socket). Used after a
+    /// subscribe whose activation others must be able to rely on.
+    pub async fn sync(&self) -> Result<(), async_nats::RequestErrorKind> {
+        let probe = format!("_tertulia.sync.{}", self.client.new_inbox());
+        match self.client.request(probe, bytes::Bytes::new()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+            Err(e) => Err(e.kind()),
+        }
+    }
+
     /// Creates stream `name` over `subjects` (both given without namespace), or updates it to
     /// this configuration. Messages are kept on file and deduplicated by `Nats-Msg-Id` over
     /// `duplicate_window`.

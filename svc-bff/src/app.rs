@@ -1,15 +1,16 @@
 //! The router, the layer stack and the server.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router,
     extract::DefaultBodyLimit,
     http::{HeaderValue, Request, StatusCode},
     response::{IntoResponse, Response},
+    serve::ListenerExt as _,
 };
 use tertulia_plumbing::{
-    StartError, client, error::chain, shutdown::Shutdown, token::TokenVerifier,
+    StartError, client, error::chain, nats, shutdown::Shutdown, token::TokenVerifier,
 };
 use tertulia_proto::{
     auth::v1::auth_service_client::AuthServiceClient,
@@ -24,7 +25,12 @@ use tower_http::{
     trace::TraceLayer,
 };
 
-use crate::{config::BffConfig, problem::ApiError, routes};
+use crate::{
+    config::BffConfig,
+    problem::ApiError,
+    realtime::{RealtimeConfig, hub::DeliveryHub, typing::TypingRelay},
+    routes,
+};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,12 +50,21 @@ pub struct AppState {
     pub call_deadline: Duration,
     /// Whether `X-Forwarded-For` names the client.
     pub trust_forwarded_for: bool,
+    /// Deliveries for the users connected here.
+    pub hub: Arc<DeliveryHub>,
+    /// Typing indicators.
+    pub typing: Arc<TypingRelay>,
+    /// Real-time limits.
+    pub realtime: RealtimeConfig,
+    /// Trips when the gateway shuts down, so real-time sessions close with 1012.
+    pub shutdown: Shutdown,
 }
 
 /// A built, bound svc-bff.
 pub struct App {
     listener: TcpListener,
     router: Router,
+    sessions: Shutdown,
 }
 
 impl App {
@@ -59,6 +74,7 @@ impl App {
         let channel =
             |upstream| client::channel(upstream).map_err(|e| StartError::Other(chain(&e)));
         let auth_channel = channel(&config.auth)?;
+        let nats = nats::connect(&config.nats, "svc-bff").await?;
         let chat_channel = channel(&config.chat)?;
         let state = AppState {
             auth: AuthServiceClient::new(auth_channel.clone()),
@@ -67,7 +83,12 @@ impl App {
             upstreams: vec![("svc-auth", auth_channel), ("svc-chat", chat_channel)],
             call_deadline: Duration::from_millis(config.auth.timeout_ms),
             trust_forwarded_for: config.http.trust_forwarded_for,
+            hub: DeliveryHub::new(nats.clone(), config.realtime.outbound_queue),
+            typing: Arc::new(TypingRelay::new(nats)),
+            realtime: config.realtime.clone(),
+            shutdown: Shutdown::new(),
         };
+        let sessions = state.shutdown.clone();
         let listener = TcpListener::bind(config.http.listen)
             .await
             .map_err(|source| StartError::Io {
@@ -77,6 +98,7 @@ impl App {
         Ok(Self {
             listener,
             router: router(state, config.http.max_body_bytes),
+            sessions,
         })
     }
 
@@ -91,8 +113,23 @@ impl App {
     /// Serves until `shutdown` trips, then drains for at most [`DRAIN_TIMEOUT`].
     pub async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
         tracing::info!(message = "HTTP server listening.", addr = %self.http_addr());
+        // Real-time sessions end (1012) when the server starts draining, so the drain is not
+        // held up by connections that would otherwise never close.
+        let sessions = self.sessions;
+        let trip = shutdown.clone();
+        tokio::spawn(async move {
+            trip.cancelled().await;
+            sessions.cancel();
+        });
+        // Without TCP_NODELAY a response written in two parts waits for the client's delayed
+        // ACK (~40 ms) before its second part leaves.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::warn!(message = "Cannot set TCP_NODELAY.", %error);
+            }
+        });
         let serve = axum::serve(
-            self.listener,
+            listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
@@ -133,7 +170,9 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .nest(
             "/api/v1",
-            routes::auth::router().merge(routes::chat::router()),
+            routes::auth::router()
+                .merge(routes::chat::router())
+                .route("/ws", axum::routing::get(crate::realtime::ws::upgrade)),
         )
         .merge(routes::ops::router())
         .fallback(|| async { ApiError::not_found("no such route") })

@@ -4,7 +4,12 @@
 use std::net::SocketAddr;
 
 use serde::Deserialize;
-use tertulia_plumbing::{config::UpstreamConfig, token::TokenPolicy};
+use tertulia_plumbing::{
+    config::{NatsConfig, UpstreamConfig},
+    token::TokenPolicy,
+};
+
+use crate::realtime::RealtimeConfig;
 
 /// Everything svc-bff reads at start.
 #[derive(Debug, Clone, Deserialize)]
@@ -15,9 +20,14 @@ pub struct BffConfig {
     pub auth: UpstreamConfig,
     /// svc-chat's gRPC endpoint.
     pub chat: UpstreamConfig,
+    /// NATS, where deliveries for connected users arrive.
+    pub nats: NatsConfig,
     /// Issuer and audience that access tokens must carry.
     #[serde(default = "TokenPolicy::standard")]
     pub tokens: TokenPolicy,
+    /// Real-time connection limits and timers.
+    #[serde(default = "RealtimeConfig::standard")]
+    pub realtime: RealtimeConfig,
 }
 
 /// The public HTTP listener and its limits.

@@ -1,7 +1,8 @@
-//! svc-bff is the only public entry for apps: it serves the REST API of `CONTRACT.md` (and,
-//! as the other services land, WebSocket and SSE), verifies access tokens locally from
+//! svc-bff is the only public entry for apps: it serves the REST API and the WebSocket of
+//! `CONTRACT.md`, verifies access tokens locally from
 //! svc-auth's published keys, and translates every call to gRPC with a deadline. It owns
-//! nothing durable.
+//! nothing durable: each instance subscribes to `deliver.<user_id>` for the users connected
+//! to it (see `realtime`).
 //!
 //! Rooms: `config`, `app` (router and layer stack), `problem` (errors as RFC 9457 problem
 //! documents), `extract` (body, query and caller extractors that answer bad input with a
@@ -11,6 +12,7 @@ pub mod app;
 pub mod config;
 pub mod extract;
 pub mod problem;
+pub mod realtime;
 pub mod routes;
 pub mod views;
 

@@ -8,6 +8,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use futures::{SinkExt as _, StreamExt as _};
+
 use serde_json::{Value, json};
 use svc_auth::accounts::Accounts;
 use tertulia_plumbing::{
@@ -119,6 +121,8 @@ pub fn auth_config(
 pub struct Stack {
     /// The BFF's address.
     pub bff: SocketAddr,
+    /// The BFF's configuration (to start more instances).
+    pub bff_config: svc_bff::config::BffConfig,
     /// svc-auth's gRPC address.
     pub auth: SocketAddr,
     /// svc-chat's gRPC address.
@@ -144,6 +148,15 @@ impl Stack {
 
     /// Boots the stack after `adjust` has changed svc-auth's configuration.
     pub async fn start_with(adjust: impl FnOnce(&mut svc_auth::config::AuthConfig)) -> Self {
+        Self::start_tuned(adjust, |_| {}).await
+    }
+
+    /// Boots the stack with svc-auth's and svc-bff's configurations adjusted.
+    pub async fn start_tuned(
+        adjust: impl FnOnce(&mut svc_auth::config::AuthConfig),
+        adjust_bff: impl FnOnce(&mut svc_bff::config::BffConfig),
+    ) -> Self {
+        tertulia_plumbing::logging::init_for_tests();
         let shutdown = Shutdown::new();
         let database = fresh_database();
         let schema = database.schema.clone();
@@ -174,17 +187,16 @@ impl Stack {
         let chat_store = chat_app.store().clone();
         tokio::spawn(chat_app.run(shutdown.clone()));
 
-        let bff_config = svc_bff::config::BffConfig {
+        let mut bff_config = svc_bff::config::BffConfig {
             http: svc_bff::config::HttpConfig::on(loopback()),
             auth: UpstreamConfig::at(format!("http://{auth}")),
             chat: UpstreamConfig::at(format!("http://{chat}")),
+            nats: nats.clone(),
             tokens: TokenPolicy::standard(),
+            realtime: svc_bff::realtime::RealtimeConfig::standard(),
         };
-        let bff_app = svc_bff::App::build(bff_config)
-            .await
-            .expect("svc-bff starts");
-        let bff = bff_app.http_addr();
-        tokio::spawn(bff_app.run(shutdown.clone()));
+        adjust_bff(&mut bff_config);
+        let bff = start_bff(bff_config.clone(), &shutdown).await;
 
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -193,6 +205,7 @@ impl Stack {
             .expect("an HTTP client builds");
         Self {
             bff,
+            bff_config,
             auth,
             chat,
             chat_store,
@@ -202,6 +215,21 @@ impl Stack {
             nats,
             shutdown,
         }
+    }
+
+    /// Starts another BFF instance over the same services and NATS (another gateway).
+    pub async fn another_bff(&self) -> SocketAddr {
+        start_bff(self.bff_config.clone(), &self.shutdown).await
+    }
+
+    /// Starts another BFF instance with its own shutdown (to kill one gateway).
+    pub async fn another_bff_until(&self, shutdown: &Shutdown) -> SocketAddr {
+        start_bff(self.bff_config.clone(), shutdown).await
+    }
+
+    /// A WebSocket client of this stack's BFF, after `hello` and `ready`.
+    pub async fn ws(&self, session: &Session, resume: &Value) -> WsClient {
+        WsClient::ready(self.bff, &session.access_token, resume).await
     }
 
     /// The BFF URL of `path`.
@@ -276,6 +304,114 @@ impl Drop for Stack {
         drop_schema(&self.schema);
         drop_schema(&format!("{}_chat", self.schema));
         drop_streams(&self.nats);
+    }
+}
+
+async fn start_bff(config: svc_bff::config::BffConfig, shutdown: &Shutdown) -> SocketAddr {
+    let app = svc_bff::App::build(config).await.expect("svc-bff starts");
+    let addr = app.http_addr();
+    tokio::spawn(app.run(shutdown.clone()));
+    addr
+}
+
+/// How long a test waits for a frame before it fails.
+pub const FRAME_WAIT: Duration = Duration::from_secs(10);
+
+/// A WebSocket client speaking the real-time protocol.
+pub struct WsClient {
+    /// The socket.
+    pub socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    /// The `ready` frame.
+    pub ready: Value,
+}
+
+impl WsClient {
+    /// Opens `/api/v1/ws` on `bff` without saying anything.
+    pub async fn open(
+        bff: SocketAddr,
+    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>
+    {
+        let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{bff}/api/v1/ws"))
+            .await
+            .expect("the WebSocket opens");
+        socket
+    }
+
+    /// Opens, says hello with `token` and `resume`, and waits for `ready`.
+    pub async fn ready(bff: SocketAddr, token: &str, resume: &Value) -> Self {
+        let mut socket = Self::open(bff).await;
+        let hello = json!({"type": "hello", "token": token, "resume": resume});
+        socket
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                hello.to_string(),
+            ))
+            .await
+            .expect("hello is sent");
+        let mut client = Self {
+            socket,
+            ready: Value::Null,
+        };
+        let ready = client.frame().await;
+        assert_eq!(ready["type"], "ready", "{ready}");
+        client.ready = ready;
+        client
+    }
+
+    /// Sends a JSON frame.
+    pub async fn send(&mut self, frame: &Value) {
+        self.socket
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                frame.to_string(),
+            ))
+            .await
+            .expect("the frame is sent");
+    }
+
+    /// The next JSON frame (pings and pongs skipped); fails after [`FRAME_WAIT`].
+    pub async fn frame(&mut self) -> Value {
+        match self.next_text().await {
+            Ok(frame) => frame,
+            Err(close) => panic!("expected a frame, the socket ended: {close:?}"),
+        }
+    }
+
+    /// The next frame of `kind`, skipping others.
+    pub async fn frame_of(&mut self, kind: &str) -> Value {
+        loop {
+            let frame = self.frame().await;
+            if frame["type"] == kind {
+                return frame;
+            }
+        }
+    }
+
+    /// The next JSON frame, or how the socket ended (close code, or `None` without one).
+    pub async fn next_text(&mut self) -> Result<Value, Option<u16>> {
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let next = tokio::time::timeout(FRAME_WAIT, self.socket.next())
+                .await
+                .expect("a frame or the end arrives in time");
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    return Ok(serde_json::from_str(&text).expect("frames are JSON"));
+                }
+                Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| f.code.into())),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Err(None),
+            }
+        }
+    }
+
+    /// Reads until the socket ends; returns the close code.
+    pub async fn closed(&mut self) -> Option<u16> {
+        loop {
+            if let Err(code) = self.next_text().await {
+                return code;
+            }
+        }
     }
 }
 

@@ -1,0 +1,139 @@
+//! The JSON frames of the real-time protocol (CONTRACT.md, "Real-time"). Server frames are
+//! built as text once and shared by every connection that receives them.
+
+use std::collections::HashMap;
+
+use axum::extract::ws::Utf8Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::views::{ConversationView, MessageView};
+
+/// A frame from the client.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// The first frame: who the client is and where it left off.
+    Hello {
+        /// An access token.
+        token: String,
+        /// Last seen `seq` per conversation.
+        #[serde(default)]
+        resume: HashMap<String, u64>,
+    },
+    /// Send a message.
+    Send {
+        /// Where.
+        conversation_id: String,
+        /// The client's idempotency key.
+        client_msg_id: String,
+        /// What.
+        text: String,
+    },
+    /// Move the read position.
+    Read {
+        /// Where.
+        conversation_id: String,
+        /// Up to which seq.
+        seq: u64,
+    },
+    /// The user is typing.
+    Typing {
+        /// Where.
+        conversation_id: String,
+    },
+    /// Keep-alive; answered with `pong`.
+    Ping,
+}
+
+/// Parses a client frame; the error text names what is wrong.
+pub fn parse(text: &str) -> Result<ClientFrame, String> {
+    serde_json::from_str(text).map_err(|e| format!("malformed frame: {e}"))
+}
+
+fn text(value: &impl Serialize) -> Utf8Bytes {
+    Utf8Bytes::from(serde_json::to_string(value).expect("frames serialise"))
+}
+
+/// `{"type":"ready","user_id","session_id"}`.
+#[must_use]
+pub fn ready(user_id: &str, session_id: &str) -> Utf8Bytes {
+    text(&json!({"type": "ready", "user_id": user_id, "session_id": session_id}))
+}
+
+/// `{"type":"error","code","message","client_msg_id"?}`.
+#[must_use]
+pub fn error(code: &str, message: &str, client_msg_id: Option<&str>) -> Utf8Bytes {
+    let mut frame = json!({"type": "error", "code": code, "message": message});
+    if let Some(id) = client_msg_id {
+        frame["client_msg_id"] = json!(id);
+    }
+    text(&frame)
+}
+
+/// `{"type":"ack","client_msg_id","message"}`.
+#[must_use]
+pub fn ack(client_msg_id: &str, message: &MessageView) -> Utf8Bytes {
+    text(&json!({"type": "ack", "client_msg_id": client_msg_id, "message": message}))
+}
+
+/// `{"type":"pong"}`.
+#[must_use]
+pub fn pong() -> Utf8Bytes {
+    Utf8Bytes::from_static(r#"{"type":"pong"}"#)
+}
+
+/// `{"type":"message"|"message_updated","conversation_id","message"}`.
+#[must_use]
+pub fn message(kind: &'static str, message: &MessageView, conversation_id: &str) -> Utf8Bytes {
+    text(&json!({"type": kind, "conversation_id": conversation_id, "message": message}))
+}
+
+/// `{"type":"receipt","conversation_id","user_id","seq"}`.
+#[must_use]
+pub fn receipt(conversation_id: &str, user_id: &str, seq: u64) -> Utf8Bytes {
+    text(
+        &json!({"type": "receipt", "conversation_id": conversation_id, "user_id": user_id, "seq": seq}),
+    )
+}
+
+/// `{"type":"typing","conversation_id","user_id"}`.
+#[must_use]
+pub fn typing(conversation_id: &str, user_id: &str) -> Utf8Bytes {
+    text(&json!({"type": "typing", "conversation_id": conversation_id, "user_id": user_id}))
+}
+
+/// `{"type":"presence","user_id","status","last_seen"?}`.
+#[must_use]
+pub fn presence(user_id: &str, online: bool, last_seen: Option<String>) -> Utf8Bytes {
+    let status = if online { "online" } else { "offline" };
+    let mut frame = json!({"type": "presence", "user_id": user_id, "status": status});
+    if let Some(at) = last_seen {
+        frame["last_seen"] = json!(at);
+    }
+    text(&frame)
+}
+
+/// `{"type":"conversation","conversation"}`.
+#[must_use]
+pub fn conversation(conversation: &ConversationView) -> Utf8Bytes {
+    text(&json!({"type": "conversation", "conversation": conversation}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_frames_parse_and_errors_say_why() {
+        assert!(matches!(parse(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping)));
+        let hello = parse(r#"{"type":"hello","token":"t","resume":{"c":3}}"#).unwrap();
+        let ClientFrame::Hello { resume, .. } = hello else {
+            panic!("hello")
+        };
+        assert_eq!(resume["c"], 3);
+        assert!(parse("{").unwrap_err().contains("malformed"));
+        assert!(parse(r#"{"type":"shout"}"#).unwrap_err().contains("shout"));
+        assert!(parse(r#"{"type":"send","conversation_id":"c"}"#).is_err());
+    }
+}

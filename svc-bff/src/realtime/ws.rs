@@ -1,0 +1,415 @@
+//! `GET /api/v1/ws`: the WebSocket transport.
+//!
+//! Life of a connection: `hello` within `hello_timeout_s` (else 4408), a valid token (else
+//! 4401), registration with the hub (subscription first), `ready`, the resumed history, then
+//! live traffic and client frames until the client leaves, goes idle, floods (1008), sends an
+//! oversized frame (1009), reads too slowly (1013), or the gateway shuts down (1012).
+
+use std::time::Instant;
+
+use axum::{
+    extract::{
+        State,
+        ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
+    },
+    response::Response,
+};
+use tertulia_plumbing::client::with_deadline;
+use tertulia_proto::chat::v1 as pb;
+use tokio::time::{Instant as TokioInstant, interval_at, timeout};
+
+use super::{
+    RealtimeConfig,
+    feed::Feed,
+    frames::{self, ClientFrame},
+};
+use crate::{app::AppState, problem::ApiError, routes::chat::send_message};
+
+/// Close codes of the protocol.
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The client went silent.
+    pub const IDLE: u16 = 1001;
+    /// Flooding after `rate_limited` errors.
+    pub const POLICY: u16 = 1008;
+    /// A frame over the size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// Something failed on our side.
+    pub const INTERNAL: u16 = 1011;
+    /// The gateway is restarting: reconnect (with `resume`).
+    pub const RESTART: u16 = 1012;
+    /// The client reads too slowly: reconnect with `resume`.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The token was refused.
+    pub const BAD_TOKEN: u16 = 4401;
+    /// No `hello` in time.
+    pub const NO_HELLO: u16 = 4408;
+}
+
+/// Upgrades to a WebSocket with the frame size limit applied.
+pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    let limit = state.realtime.max_frame_bytes;
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| Session::run(state, socket))
+}
+
+/// Why a session ends, and how the socket is closed.
+struct Ending {
+    code: u16,
+    reason: &'static str,
+}
+
+struct Session {
+    state: AppState,
+    socket: WebSocket,
+    config: RealtimeConfig,
+    last_heard: Instant,
+    bucket: TokenBucket,
+}
+
+impl Session {
+    async fn run(state: AppState, socket: WebSocket) {
+        let config = state.realtime.clone();
+        let mut session = Self {
+            bucket: TokenBucket::new(config.frames_per_second, config.frame_burst),
+            state,
+            socket,
+            config,
+            last_heard: Instant::now(),
+        };
+        let ending = match session.serve().await {
+            Ok(ending) | Err(ending) => ending,
+        };
+        let close = Message::Close(Some(CloseFrame {
+            code: ending.code,
+            reason: Utf8Bytes::from_static(ending.reason),
+        }));
+        let _ = timeout(
+            std::time::Duration::from_secs(1),
+            session.socket.send(close),
+        )
+        .await;
+    }
+
+    async fn send(&mut self, frame: Utf8Bytes) -> Result<(), Ending> {
+        match timeout(
+            self.config.send_timeout(),
+            self.socket.send(Message::Text(frame)),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Ending {
+                code: close::NORMAL,
+                reason: "connection lost",
+            }),
+            Err(_) => Err(Ending {
+                code: close::TRY_AGAIN_LATER,
+                reason: "client reads too slowly; reconnect with resume",
+            }),
+        }
+    }
+
+    async fn serve(&mut self) -> Result<Ending, Ending> {
+        let (user_id, resume) = self.hello().await?;
+        let mut registration = self.state.hub.register(&user_id).await.map_err(|error| {
+            tracing::warn!(message = "Cannot register a connection.", %error);
+            Ending {
+                code: close::TRY_AGAIN_LATER,
+                reason: "delivery unavailable, retry",
+            }
+        })?;
+        let session_id = uuid::Uuid::now_v7().to_string();
+        self.send(frames::ready(&user_id, &session_id)).await?;
+        let mut feed = Feed::new(user_id.clone());
+        for frame in feed.resume(&self.state, &resume).await {
+            self.send(frame).await?;
+        }
+        let period = self.config.ping_interval();
+        let mut ping = interval_at(TokioInstant::now() + period, period);
+        let shutdown = self.state.shutdown.clone();
+        loop {
+            tokio::select! {
+                incoming = self.socket.recv() => {
+                    let Some(incoming) = incoming else {
+                        return Ok(Ending { code: close::NORMAL, reason: "" });
+                    };
+                    let message = incoming.map_err(|error| too_big_or_lost(&error))?;
+                    self.last_heard = Instant::now();
+                    if let Some(ending) = self.on_client(&user_id, message).await? {
+                        return Ok(ending);
+                    }
+                }
+                event = registration.events.recv() => {
+                    let Some(event) = event else {
+                        return Err(Ending { code: close::INTERNAL, reason: "delivery stopped" });
+                    };
+                    let frames = feed.live(&self.state, &event).await.map_err(|error| {
+                        tracing::warn!(message = "Gap fill failed; closing so the client resumes.", code = error.code(), detail = error.detail());
+                        Ending { code: close::INTERNAL, reason: "delivery interrupted; reconnect with resume" }
+                    })?;
+                    for frame in frames {
+                        self.send(frame).await?;
+                    }
+                }
+                () = registration.too_slow.cancelled() => {
+                    return Err(Ending {
+                        code: close::TRY_AGAIN_LATER,
+                        reason: "client reads too slowly; reconnect with resume",
+                    });
+                }
+                _ = ping.tick() => {
+                    if self.last_heard.elapsed() > self.config.idle_timeout() {
+                        return Ok(Ending { code: close::IDLE, reason: "idle" });
+                    }
+                    let ping = Message::Ping(Vec::new().into());
+                    timeout(self.config.send_timeout(), self.socket.send(ping))
+                        .await
+                        .map_err(|_| Ending { code: close::TRY_AGAIN_LATER, reason: "client reads too slowly" })?
+                        .map_err(|_| Ending { code: close::NORMAL, reason: "connection lost" })?;
+                }
+                () = shutdown.cancelled() => {
+                    return Ok(Ending { code: close::RESTART, reason: "gateway restarting; reconnect with resume" });
+                }
+            }
+        }
+    }
+
+    /// Waits for `hello` and checks its token.
+    async fn hello(&mut self) -> Result<(String, std::collections::HashMap<String, u64>), Ending> {
+        let deadline = TokioInstant::now() + self.config.hello_timeout();
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.socket.recv()).await;
+            let message = match next {
+                Err(_) => {
+                    self.send(frames::error(
+                        "hello_timeout",
+                        "no hello within the time limit",
+                        None,
+                    ))
+                    .await?;
+                    return Err(Ending {
+                        code: close::NO_HELLO,
+                        reason: "no hello in time",
+                    });
+                }
+                Ok(None) => {
+                    return Err(Ending {
+                        code: close::NORMAL,
+                        reason: "",
+                    });
+                }
+                Ok(Some(Err(error))) => return Err(too_big_or_lost(&error)),
+                Ok(Some(Ok(message))) => message,
+            };
+            let Message::Text(text) = message else {
+                if matches!(message, Message::Close(_)) {
+                    return Err(Ending {
+                        code: close::NORMAL,
+                        reason: "",
+                    });
+                }
+                continue;
+            };
+            match frames::parse(&text) {
+                Ok(ClientFrame::Hello { token, resume }) => {
+                    return match self.state.verifier.verify(&token).await {
+                        Ok(claims) => Ok((claims.sub, resume)),
+                        Err(error) => {
+                            self.send(frames::error("unauthenticated", &error.to_string(), None))
+                                .await?;
+                            Err(Ending {
+                                code: close::BAD_TOKEN,
+                                reason: "invalid token",
+                            })
+                        }
+                    };
+                }
+                Ok(_) => {
+                    self.send(frames::error(
+                        "invalid_argument",
+                        "the first frame must be hello",
+                        None,
+                    ))
+                    .await?;
+                }
+                Err(reason) => {
+                    self.send(frames::error("invalid_argument", &reason, None))
+                        .await?;
+                }
+            }
+        }
+    }
+
+    /// Handles one client message; `Some` ends the session.
+    async fn on_client(
+        &mut self,
+        user_id: &str,
+        message: Message,
+    ) -> Result<Option<Ending>, Ending> {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
+                self.send(frames::error(
+                    "invalid_argument",
+                    "frames must be JSON text",
+                    None,
+                ))
+                .await?;
+                return Ok(None);
+            }
+            Message::Close(_) => {
+                return Ok(Some(Ending {
+                    code: close::NORMAL,
+                    reason: "",
+                }));
+            }
+            Message::Ping(_) | Message::Pong(_) => return Ok(None),
+        };
+        if !self.bucket.take() {
+            if self.bucket.rejected_in_a_row() > self.config.max_rejected_in_a_row {
+                return Ok(Some(Ending {
+                    code: close::POLICY,
+                    reason: "too many frames",
+                }));
+            }
+            self.send(frames::error(
+                "rate_limited",
+                "too many frames; slow down",
+                None,
+            ))
+            .await?;
+            return Ok(None);
+        }
+        let frame = match frames::parse(&text) {
+            Ok(frame) => frame,
+            Err(reason) => {
+                self.send(frames::error("invalid_argument", &reason, None))
+                    .await?;
+                return Ok(None);
+            }
+        };
+        let answer = match frame {
+            ClientFrame::Ping => frames::pong(),
+            ClientFrame::Hello { .. } => {
+                frames::error("invalid_argument", "hello was already received", None)
+            }
+            ClientFrame::Send {
+                conversation_id,
+                client_msg_id,
+                text,
+            } => {
+                let result = send_message(
+                    &self.state,
+                    user_id.to_owned(),
+                    conversation_id,
+                    client_msg_id.clone(),
+                    text,
+                )
+                .await;
+                match result {
+                    Ok((message, _)) => frames::ack(&client_msg_id, &message),
+                    Err(error) => frames::error(error.code(), error.detail(), Some(&client_msg_id)),
+                }
+            }
+            ClientFrame::Read {
+                conversation_id,
+                seq,
+            } => match mark_read(&self.state, user_id, conversation_id, seq).await {
+                Ok(()) => return Ok(None),
+                Err(error) => frames::error(error.code(), error.detail(), None),
+            },
+            ClientFrame::Typing { conversation_id } => {
+                match self
+                    .state
+                    .typing
+                    .started(&self.state, user_id, &conversation_id)
+                    .await
+                {
+                    Ok(()) => return Ok(None),
+                    Err(error) => frames::error(error.code(), error.detail(), None),
+                }
+            }
+        };
+        self.send(answer).await?;
+        Ok(None)
+    }
+}
+
+async fn mark_read(
+    state: &AppState,
+    user_id: &str,
+    conversation_id: String,
+    seq: u64,
+) -> Result<(), ApiError> {
+    let request = pb::MarkReadRequest {
+        actor_id: user_id.to_owned(),
+        conversation_id,
+        seq,
+    };
+    state
+        .chat
+        .clone()
+        .mark_read(with_deadline(request, state.call_deadline))
+        .await?;
+    Ok(())
+}
+
+/// A read error: an oversized frame (1009) or a lost connection.
+fn too_big_or_lost(error: &axum::Error) -> Ending {
+    let text = error.to_string();
+    if text.contains("too long") || text.contains("Space limit") || text.contains("too big") {
+        Ending {
+            code: close::TOO_BIG,
+            reason: "frame too large",
+        }
+    } else {
+        Ending {
+            code: close::NORMAL,
+            reason: "connection lost",
+        }
+    }
+}
+
+/// A token bucket of client frames per connection.
+#[derive(Debug)]
+struct TokenBucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+    rejected_in_a_row: u32,
+}
+
+impl TokenBucket {
+    fn new(per_second: u32, burst: u32) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            rate: f64::from(per_second),
+            burst: f64::from(burst),
+            at: Instant::now(),
+            rejected_in_a_row: 0,
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.rejected_in_a_row = 0;
+            true
+        } else {
+            self.rejected_in_a_row += 1;
+            false
+        }
+    }
+
+    fn rejected_in_a_row(&self) -> u32 {
+        self.rejected_in_a_row
+    }
+}

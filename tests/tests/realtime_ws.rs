@@ -1,0 +1,415 @@
+//! The WebSocket protocol of CONTRACT.md ("Real-time") with real clients against the real
+//! services: handshake, delivery, ordering, resume, gap filling, limits and slow readers.
+
+use futures::{SinkExt as _, StreamExt as _};
+use prost::Message as _;
+use serde_json::{Value, json};
+use tertulia_proto::{
+    chat::v1 as chat_pb,
+    events::v1::{Delivery, MessageCreated, delivery::Event},
+};
+use tertulia_tests::{Session, Stack, WsClient};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn group(stack: &Stack, owner: &Session, members: &[&Session]) -> String {
+    let ids: Vec<&str> = members.iter().map(|m| m.user_id.as_str()).collect();
+    let answer = stack
+        .post(
+            "/api/v1/conversations",
+            &json!({"kind": "group", "member_ids": ids}),
+            Some(&owner.access_token),
+        )
+        .await;
+    assert_eq!(answer.status(), 201);
+    let body: Value = answer.json().await.unwrap();
+    body["id"].as_str().unwrap().to_owned()
+}
+
+async fn rest_send(
+    stack: &Stack,
+    who: &Session,
+    conversation: &str,
+    key: &str,
+    text: &str,
+) -> Value {
+    let answer = stack
+        .post(
+            &format!("/api/v1/conversations/{conversation}/messages"),
+            &json!({"client_msg_id": key, "text": text}),
+            Some(&who.access_token),
+        )
+        .await;
+    assert!(answer.status().is_success(), "{}", answer.status());
+    answer.json().await.unwrap()
+}
+
+/// Reads `message` frames of `conversation` until `count` arrived; returns their seqs.
+async fn message_seqs(client: &mut WsClient, conversation: &str, count: usize) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    while seqs.len() < count {
+        let frame = client.frame().await;
+        if frame["type"] == "message" && frame["conversation_id"] == conversation {
+            assert_eq!(frame["message"]["conversation_id"], conversation);
+            seqs.push(frame["message"]["seq"].as_u64().unwrap());
+        }
+    }
+    seqs
+}
+
+#[tokio::test]
+async fn hello_ready_and_the_handshake_errors() {
+    let stack = Stack::start_tuned(|_| {}, |bff| bff.realtime.hello_timeout_s = 1).await;
+    let ana = stack.signed_up("ana").await;
+    let client = stack.ws(&ana, &json!({})).await;
+    assert_eq!(client.ready["user_id"], ana.user_id.as_str());
+    assert!(client.ready["session_id"].is_string());
+
+    let mut bad = WsClient::open(stack.bff).await;
+    bad.send(Message::text(
+        json!({"type": "hello", "token": "forged"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let mut bad = WsClient {
+        socket: bad,
+        ready: Value::Null,
+    };
+    assert_eq!(bad.frame().await["code"], "unauthenticated");
+    assert_eq!(bad.closed().await, Some(4401));
+
+    let silent = WsClient::open(stack.bff).await;
+    let mut silent = WsClient {
+        socket: silent,
+        ready: Value::Null,
+    };
+    assert_eq!(silent.frame().await["code"], "hello_timeout");
+    assert_eq!(silent.closed().await, Some(4408));
+}
+
+#[tokio::test]
+async fn sends_are_acked_and_reach_every_device_of_every_member() {
+    let stack = Stack::start().await;
+    let ana = stack.signed_up("ana").await;
+    let ben = stack.signed_up("ben").await;
+    let conversation = group(&stack, &ana, &[&ben]).await;
+    let mut ana_phone = stack.ws(&ana, &json!({})).await;
+    let mut ben_phone = stack.ws(&ben, &json!({})).await;
+    let mut ben_laptop = stack.ws(&ben, &json!({})).await;
+
+    ana_phone
+        .send(&json!({"type": "send", "conversation_id": conversation, "client_msg_id": "k1", "text": "hola"}))
+        .await;
+    let ack = ana_phone.frame_of("ack").await;
+    assert_eq!(ack["client_msg_id"], "k1");
+    assert_eq!(ack["message"]["seq"], 1);
+    assert_eq!(ack["message"]["text"], "hola");
+    for device in [&mut ben_phone, &mut ben_laptop, &mut ana_phone] {
+        let frame = device.frame_of("message").await;
+        assert_eq!(frame["conversation_id"], conversation.as_str());
+        assert_eq!(frame["message"]["id"], ack["message"]["id"]);
+    }
+
+    // A retried send is acked with the first message, and nothing new is delivered.
+    ana_phone
+        .send(&json!({"type": "send", "conversation_id": conversation, "client_msg_id": "k1", "text": "hola?"}))
+        .await;
+    let again = ana_phone.frame_of("ack").await;
+    assert_eq!(again["message"]["seq"], 1);
+
+    // Errors name the client_msg_id; the connection stays open.
+    ana_phone
+        .send(&json!({"type": "send", "conversation_id": conversation, "client_msg_id": "k2", "text": ""}))
+        .await;
+    let error = ana_phone.frame_of("error").await;
+    assert_eq!(error["code"], "invalid_argument");
+    assert_eq!(error["client_msg_id"], "k2");
+    ana_phone
+        .send(&json!({"type": "send", "conversation_id": uuid::Uuid::now_v7().to_string(), "client_msg_id": "k3", "text": "x"}))
+        .await;
+    assert_eq!(ana_phone.frame_of("error").await["code"], "not_found");
+    ana_phone.send(&json!({"type": "ping"})).await;
+    ana_phone.frame_of("pong").await;
+}
+
+#[tokio::test]
+async fn concurrent_senders_are_seen_in_seq_order_without_gaps() {
+    let stack = Stack::start().await;
+    let ana = stack.signed_up("ana").await;
+    let ben = stack.signed_up("ben").await;
+    let cat = stack.signed_up("cat").await;
+    let conversation = group(&stack, &ana, &[&ben, &cat]).await;
+    let mut watcher = stack.ws(&cat, &json!({})).await;
+    let mut a = stack.ws(&ana, &json!({})).await;
+    let mut b = stack.ws(&ben, &json!({})).await;
+    for n in 0..20 {
+        for (client, who) in [(&mut a, "a"), (&mut b, "b")] {
+            client
+                .send(&json!({"type": "send", "conversation_id": conversation, "client_msg_id": format!("{who}{n}"), "text": "x"}))
+                .await;
+        }
+    }
+    let seqs = message_seqs(&mut watcher, &conversation, 40).await;
+    assert_eq!(seqs, (1..=40).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn resume_delivers_what_was_missed_once_then_live_traffic() {
+    let stack = Stack::start().await;
+    let ana = stack.signed_up("ana").await;
+    let ben = stack.signed_up("ben").await;
+    let conversation = group(&stack, &ana, &[&ben]).await;
+    let mut ben_ws = stack.ws(&ben, &json!({})).await;
+    for n in 1..=2 {
+        rest_send(&stack, &ana, &conversation, &format!("m{n}"), "before").await;
+    }
+    assert_eq!(message_seqs(&mut ben_ws, &conversation, 2).await, [1, 2]);
+    drop(ben_ws);
+
+    for n in 3..=7 {
+        rest_send(&stack, &ana, &conversation, &format!("m{n}"), "while away").await;
+    }
+    let mut ben_ws = stack.ws(&ben, &json!({ conversation.clone(): 2 })).await;
+    rest_send(&stack, &ana, &conversation, "m8", "live").await;
+    assert_eq!(
+        message_seqs(&mut ben_ws, &conversation, 6).await,
+        [3, 4, 5, 6, 7, 8]
+    );
+    // Nothing more: a ping is answered before any duplicate could show up.
+    ben_ws.send(&json!({"type": "ping"})).await;
+    assert_eq!(ben_ws.frame().await["type"], "pong");
+
+    // Resuming a conversation the user cannot see is an error frame, not a disconnect.
+    let stranger = stack.signed_up("eve").await;
+    let mut eve_ws = stack
+        .ws(&stranger, &json!({ conversation.clone(): 0 }))
+        .await;
+    assert_eq!(eve_ws.frame().await["code"], "not_found");
+}
+
+#[tokio::test]
+async fn a_gap_in_live_delivery_is_filled_from_history() {
+    let stack = Stack::start().await;
+    let ana = stack.signed_up("ana").await;
+    let ben = stack.signed_up("ben").await;
+    let conversation = group(&stack, &ana, &[&ben]).await;
+    let nats = tertulia_plumbing::nats::connect(&stack.nats, "test")
+        .await
+        .unwrap();
+    let subject = nats.subject(&tertulia_proto::subjects::deliver(&ben.user_id));
+    let mut real = nats.client.subscribe(subject.clone()).await.unwrap();
+    nats.client.flush().await.unwrap();
+    let mut sent = Vec::new();
+    for n in 1..=3 {
+        sent.push(rest_send(&stack, &ana, &conversation, &format!("g{n}"), "x").await);
+    }
+    // Ben connects after the real deliveries went by...
+    let mut delivered = 0;
+    while delivered < 3 {
+        let raw = tokio::time::timeout(tertulia_tests::FRAME_WAIT, real.next())
+            .await
+            .unwrap()
+            .unwrap();
+        if let Some(Event::MessageCreated(_)) = Delivery::decode(raw.payload).unwrap().event {
+            delivered += 1;
+        }
+    }
+    let mut ben_ws = stack.ws(&ben, &json!({})).await;
+    // ...then the broker "delivers" seq 1 and, skipping seq 2, seq 3.
+    for seq in [1, 3] {
+        let message = chat_pb::Message {
+            message_id: sent[seq - 1]["id"].as_str().unwrap().to_owned(),
+            conversation_id: conversation.clone(),
+            seq: seq as u64,
+            sender_id: ana.user_id.clone(),
+            client_msg_id: format!("g{seq}"),
+            text: "x".into(),
+            ..Default::default()
+        };
+        let delivery = Delivery {
+            event: Some(Event::MessageCreated(MessageCreated {
+                event_id: uuid::Uuid::now_v7().to_string(),
+                message: Some(message),
+            })),
+        };
+        nats.client
+            .publish(subject.clone(), delivery.encode_to_vec().into())
+            .await
+            .unwrap();
+    }
+    nats.client.flush().await.unwrap();
+    assert_eq!(message_seqs(&mut ben_ws, &conversation, 3).await, [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn malformed_frames_get_errors_and_oversized_frames_close_1009() {
+    let stack = Stack::start().await;
+    let ana = stack.signed_up("ana").await;
+    let mut client = stack.ws(&ana, &json!({})).await;
+    for bad in ["{", r#"{"type":"shout"}"#, r#"{"type":"send"}"#, "[]"] {
+        client.socket.send(Message::text(bad)).await.unwrap();
+        let frame = client.frame().await;
+        assert_eq!(frame["type"], "error", "{bad}");
+        assert_eq!(frame["code"], "invalid_argument", "{bad}");
+    }
+    client
+        .socket
+        .send(Message::binary(vec![1, 2, 3]))
+        .await
+        .unwrap();
+    assert_eq!(client.frame().await["code"], "invalid_argument");
+    client.send(&json!({"type": "ping"})).await;
+    assert_eq!(client.frame().await["type"], "pong", "still open");
+
+    let huge = json!({"type": "send", "conversation_id": "c", "client_msg_id": "k", "text": "x".repeat(70 * 1024)});
+    client.send(&huge).await;
+    assert_eq!(client.closed().await, Some(1009));
+}
+
+#[tokio::test]
+async fn flooding_gets_rate_limited_then_closed_1008() {
+    let stack = Stack::start().await;
+    let ana = stack.signed_up("ana").await;
+    let mut client = stack.ws(&ana, &json!({})).await;
+    for _ in 0..200 {
+        if client
+            .socket
+            .send(Message::text(r#"{"type":"ping"}"#))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let mut limited = 0;
+    let code = loop {
+        match client.next_text().await {
+            Ok(frame) if frame["code"] == "rate_limited" => limited += 1,
+            Ok(_) => {}
+            Err(code) => break code,
+        }
+    };
+    assert!(limited > 0, "rate_limited errors come first");
+    assert_eq!(code, Some(1008));
+}
+
+#[tokio::test]
+async fn receipts_typing_and_membership_changes_are_pushed() {
+    let stack = Stack::start().await;
+    let ana = stack.signed_up("ana").await;
+    let ben = stack.signed_up("ben").await;
+    let cat = stack.signed_up("cat").await;
+    let conversation = group(&stack, &ana, &[&ben]).await;
+    let mut ana_ws = stack.ws(&ana, &json!({})).await;
+    let mut ben_ws = stack.ws(&ben, &json!({})).await;
+    let mut cat_ws = stack.ws(&cat, &json!({})).await;
+    rest_send(&stack, &ana, &conversation, "r1", "read me").await;
+    ben_ws.frame_of("message").await;
+
+    ben_ws
+        .send(&json!({"type": "read", "conversation_id": conversation, "seq": 1}))
+        .await;
+    let receipt = ana_ws.frame_of("receipt").await;
+    assert_eq!(receipt["user_id"], ben.user_id.as_str());
+    assert_eq!(receipt["seq"], 1);
+
+    ben_ws
+        .send(&json!({"type": "typing", "conversation_id": conversation}))
+        .await;
+    let typing = ana_ws.frame_of("typing").await;
+    assert_eq!(typing["user_id"], ben.user_id.as_str());
+    assert_eq!(typing["conversation_id"], conversation.as_str());
+
+    let added = stack
+        .post(
+            &format!("/api/v1/conversations/{conversation}/members"),
+            &json!({"user_id": cat.user_id}),
+            Some(&ana.access_token),
+        )
+        .await;
+    assert_eq!(added.status(), 204);
+    let joined = cat_ws.frame_of("conversation").await;
+    assert_eq!(joined["conversation"]["id"], conversation.as_str());
+    assert_eq!(
+        joined["conversation"]["member_ids"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    cat_ws
+        .send(&json!({"type": "typing", "conversation_id": uuid::Uuid::now_v7().to_string()}))
+        .await;
+    assert_eq!(cat_ws.frame_of("error").await["code"], "not_found");
+}
+
+#[tokio::test]
+async fn users_on_different_gateways_talk_as_one_system() {
+    let stack = Stack::start().await;
+    let second = stack.another_bff().await;
+    let ana = stack.signed_up("ana").await;
+    let ben = stack.signed_up("ben").await;
+    let conversation = group(&stack, &ana, &[&ben]).await;
+    let mut ana_ws = stack.ws(&ana, &json!({})).await;
+    let mut ben_ws = WsClient::ready(second, &ben.access_token, &json!({})).await;
+    ana_ws
+        .send(&json!({"type": "send", "conversation_id": conversation, "client_msg_id": "x", "text": "across"}))
+        .await;
+    let frame = ben_ws.frame_of("message").await;
+    assert_eq!(frame["message"]["text"], "across");
+    ben_ws
+        .send(&json!({"type": "send", "conversation_id": conversation, "client_msg_id": "y", "text": "back"}))
+        .await;
+    let back = loop {
+        let frame = ana_ws.frame_of("message").await;
+        if frame["message"]["seq"] == 2 {
+            break frame;
+        }
+    };
+    assert_eq!(back["message"]["text"], "back");
+}
+
+#[tokio::test]
+async fn a_slow_reader_is_disconnected_and_loses_nothing_after_resume() {
+    let stack = Stack::start_tuned(
+        |_| {},
+        |bff| {
+            bff.realtime.outbound_queue = 8;
+            bff.realtime.send_timeout_ms = 300;
+        },
+    )
+    .await;
+    let ana = stack.signed_up("ana").await;
+    let ben = stack.signed_up("ben").await;
+    let conversation = group(&stack, &ana, &[&ben]).await;
+    let mut slow = stack.ws(&ben, &json!({})).await;
+    // Large messages fill the socket buffers fast; Ben does not read meanwhile.
+    let text = "\u{20ac}".repeat(4000);
+    let total: u64 = 600;
+    for n in 1..=total {
+        rest_send(&stack, &ana, &conversation, &format!("s{n}"), &text).await;
+    }
+    let mut seen = Vec::new();
+    let ending = loop {
+        match slow.next_text().await {
+            Ok(frame) if frame["type"] == "message" => {
+                seen.push(frame["message"]["seq"].as_u64().unwrap());
+            }
+            Ok(_) => {}
+            Err(code) => break code,
+        }
+    };
+    assert!(matches!(ending, Some(1013) | None), "{ending:?}");
+    assert!((seen.len() as u64) < total, "the slow reader was cut off");
+    let last = seen.iter().copied().max().unwrap_or(0);
+    assert_eq!(
+        seen,
+        (1..=last).collect::<Vec<u64>>(),
+        "no gap before the cut"
+    );
+
+    let mut again = stack.ws(&ben, &json!({ conversation.clone(): last })).await;
+    let missing = usize::try_from(total - last).unwrap();
+    let rest = message_seqs(&mut again, &conversation, missing).await;
+    assert_eq!(rest, (last + 1..=total).collect::<Vec<u64>>());
+}
