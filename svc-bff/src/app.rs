@@ -172,7 +172,9 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/api/v1",
             routes::auth::router()
                 .merge(routes::chat::router())
-                .route("/ws", axum::routing::get(crate::realtime::ws::upgrade)),
+                .route("/ws", axum::routing::get(crate::realtime::ws::upgrade))
+                .route("/events", axum::routing::get(crate::realtime::sse::events))
+                .route("/poll", axum::routing::get(crate::realtime::poll::poll)),
         )
         .merge(routes::ops::router())
         .fallback(|| async { ApiError::not_found("no such route") })

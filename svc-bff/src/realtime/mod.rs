@@ -6,17 +6,26 @@
 //!   drop duplicates, fill gaps from history, so a client never sees a hole or a reordering.
 //! - [`frames`]: the JSON frames of the protocol.
 //! - [`typing`]: ephemeral typing indicators, relayed over core NATS and never stored.
-//! - [`ws`]: the WebSocket transport.
+//! - [`ws`], [`sse`], [`poll`]: the transports, all carrying the same frames with the same
+//!   resume rule.
 
 pub mod feed;
 pub mod frames;
 pub mod hub;
+pub mod poll;
+pub mod sse;
 pub mod typing;
 pub mod ws;
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
+use axum::extract::ws::Utf8Bytes;
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::Deserialize;
+
+use crate::{app::AppState, problem::ApiError};
+use feed::Feed;
+use hub::Registration;
 
 /// Limits and timers of real-time connections.
 #[derive(Debug, Clone, Deserialize)]
@@ -39,6 +48,8 @@ pub struct RealtimeConfig {
     pub frame_burst: u32,
     /// Rejected frames in a row before the connection is closed (1008).
     pub max_rejected_in_a_row: u32,
+    /// Longest a long poll waits for something to answer, in seconds.
+    pub poll_wait_s: u64,
 }
 
 impl RealtimeConfig {
@@ -55,6 +66,7 @@ impl RealtimeConfig {
             frames_per_second: 20,
             frame_burst: 40,
             max_rejected_in_a_row: 20,
+            poll_wait_s: 25,
         }
     }
 
@@ -70,4 +82,36 @@ impl RealtimeConfig {
     fn send_timeout(&self) -> Duration {
         Duration::from_millis(self.send_timeout_ms)
     }
+}
+
+/// Registers `user_id` with the hub and only then reads the history after `resume`: in this
+/// order no event can fall between the history and the live traffic (at worst it arrives
+/// twice, and the feed drops the duplicate).
+pub async fn connect(
+    state: &AppState,
+    user_id: &str,
+    resume: &HashMap<String, u64>,
+) -> Result<(Registration, Feed, Vec<Utf8Bytes>), ApiError> {
+    let registration = state.hub.register(user_id).await.map_err(|error| {
+        tracing::warn!(message = "Cannot register for deliveries.", %error);
+        ApiError::unavailable("real-time delivery is unavailable, retry")
+    })?;
+    let mut feed = Feed::new(user_id.to_owned());
+    let frames = feed.resume(state, resume).await;
+    Ok((registration, feed, frames))
+}
+
+/// A cursor: the last `seq` per conversation, as opaque URL-safe text.
+#[must_use]
+pub fn encode_cursor(positions: &HashMap<String, u64>) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(positions).expect("a map serialises"))
+}
+
+/// Reads a cursor made by [`encode_cursor`].
+pub fn decode_cursor(cursor: &str) -> Result<HashMap<String, u64>, ApiError> {
+    URL_SAFE_NO_PAD
+        .decode(cursor.trim())
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .ok_or_else(|| ApiError::invalid_argument("cursor is not one this server issued"))
 }

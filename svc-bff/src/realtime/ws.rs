@@ -19,8 +19,7 @@ use tertulia_proto::chat::v1 as pb;
 use tokio::time::{Instant as TokioInstant, interval_at, timeout};
 
 use super::{
-    RealtimeConfig,
-    feed::Feed,
+    RealtimeConfig, connect,
     frames::{self, ClientFrame},
 };
 use crate::{app::AppState, problem::ApiError, routes::chat::send_message};
@@ -114,17 +113,15 @@ impl Session {
 
     async fn serve(&mut self) -> Result<Ending, Ending> {
         let (user_id, resume) = self.hello().await?;
-        let mut registration = self.state.hub.register(&user_id).await.map_err(|error| {
-            tracing::warn!(message = "Cannot register a connection.", %error);
-            Ending {
-                code: close::TRY_AGAIN_LATER,
-                reason: "delivery unavailable, retry",
-            }
+        let (mut registration, mut feed, backlog) = connect(&self.state, &user_id, &resume)
+            .await
+            .map_err(|_| Ending {
+            code: close::TRY_AGAIN_LATER,
+            reason: "delivery unavailable, retry",
         })?;
         let session_id = uuid::Uuid::now_v7().to_string();
         self.send(frames::ready(&user_id, &session_id)).await?;
-        let mut feed = Feed::new(user_id.clone());
-        for frame in feed.resume(&self.state, &resume).await {
+        for frame in backlog {
             self.send(frame).await?;
         }
         let period = self.config.ping_interval();
