@@ -28,6 +28,12 @@ service_env() {
       echo "TERTULIA_BFF_HTTP__LISTEN=127.0.0.1:$BFF_PORT"
       echo "TERTULIA_BFF_AUTH__URL=http://127.0.0.1:$AUTH_PORT"
       echo "TERTULIA_BFF_CHAT__URL=http://127.0.0.1:$CHAT_PORT"
+      echo "TERTULIA_BFF_PRESENCE__URL=http://127.0.0.1:$PRESENCE_PORT"
+      ;;
+    presence)
+      echo "TERTULIA_PRESENCE_GRPC__LISTEN=127.0.0.1:$PRESENCE_PORT"
+      echo "TERTULIA_PRESENCE_AUTH__URL=http://127.0.0.1:$AUTH_PORT"
+      echo "TERTULIA_PRESENCE_CHAT__URL=http://127.0.0.1:$CHAT_PORT"
       ;;
     *)
       echo "TERTULIA_${up}_GRPC__LISTEN=127.0.0.1:$(grpc_port "$svc")"

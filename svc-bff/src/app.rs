@@ -15,6 +15,7 @@ use tertulia_plumbing::{
 use tertulia_proto::{
     auth::v1::auth_service_client::AuthServiceClient,
     chat::v1::chat_service_client::ChatServiceClient,
+    presence::v1::presence_service_client::PresenceServiceClient,
 };
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
@@ -42,6 +43,10 @@ pub struct AppState {
     pub auth: AuthServiceClient<Channel>,
     /// svc-chat.
     pub chat: ChatServiceClient<Channel>,
+    /// svc-presence.
+    pub presence: PresenceServiceClient<Channel>,
+    /// This gateway's id, in presence records.
+    pub gateway_id: String,
     /// Every upstream by name, for readiness checks.
     pub upstreams: Vec<(&'static str, Channel)>,
     /// Verifies access tokens from svc-auth's published keys.
@@ -76,11 +81,18 @@ impl App {
         let auth_channel = channel(&config.auth)?;
         let nats = nats::connect(&config.nats, "svc-bff").await?;
         let chat_channel = channel(&config.chat)?;
+        let presence_channel = channel(&config.presence)?;
         let state = AppState {
             auth: AuthServiceClient::new(auth_channel.clone()),
             chat: ChatServiceClient::new(chat_channel.clone()),
+            presence: PresenceServiceClient::new(presence_channel.clone()),
+            gateway_id: uuid::Uuid::now_v7().to_string(),
             verifier: TokenVerifier::from_auth_service(&config.tokens, auth_channel.clone()),
-            upstreams: vec![("svc-auth", auth_channel), ("svc-chat", chat_channel)],
+            upstreams: vec![
+                ("svc-auth", auth_channel),
+                ("svc-chat", chat_channel),
+                ("svc-presence", presence_channel),
+            ],
             call_deadline: Duration::from_millis(config.auth.timeout_ms),
             trust_forwarded_for: config.http.trust_forwarded_for,
             hub: DeliveryHub::new(nats.clone(), config.realtime.outbound_queue),
@@ -172,6 +184,7 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/api/v1",
             routes::auth::router()
                 .merge(routes::chat::router())
+                .merge(routes::presence::router())
                 .route("/ws", axum::routing::get(crate::realtime::ws::upgrade))
                 .route("/events", axum::routing::get(crate::realtime::sse::events))
                 .route("/poll", axum::routing::get(crate::realtime::poll::poll)),

@@ -20,6 +20,8 @@ pub struct BffConfig {
     pub auth: UpstreamConfig,
     /// svc-chat's gRPC endpoint.
     pub chat: UpstreamConfig,
+    /// svc-presence's gRPC endpoint.
+    pub presence: UpstreamConfig,
     /// NATS, where deliveries for connected users arrive.
     pub nats: NatsConfig,
     /// Issuer and audience that access tokens must carry.

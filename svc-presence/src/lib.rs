@@ -1,24 +1,18 @@
-//! svc-presence will own who is online on which gateway, last seen and typing indicators (NATS KV with TTL, core NATS).
+//! svc-presence knows who is online and when users were last seen. Gateways send a
+//! heartbeat per connected session and a disconnect when it ends; state lives in NATS KV
+//! (bucket `PRESENCE`, compare-and-set per user, expiring on its own; bucket `LAST_SEEN`), so
+//! users of a crashed gateway go offline within the session TTL with no one telling us. A
+//! sweeper announces those expiries. Online/offline changes are pushed as `PresenceChanged`
+//! to the user's contacts and conversation peers on their `deliver.<user_id>` subjects
+//! (core NATS: ephemeral, never stored).
 //!
-//! Today it starts, binds its gRPC port and answers `grpc.health.v1` (and drains on
-//! SIGTERM) so the stack, the mesh and the tests can rely on it; `tertulia.presence.v1.PresenceService` is
-//! defined in `proto/` and not served yet.
+//! Rooms: `store` (the KV buckets), `presence` (use cases and pushes), `grpc`, `app`.
 
+pub mod app;
 pub mod config;
+pub mod grpc;
+pub mod presence;
+pub mod store;
 
+pub use app::{App, run};
 pub use config::PresenceConfig;
-
-use tertulia_plumbing::{StartError, grpc::GrpcServer, shutdown::Shutdown};
-
-/// A built, bound svc-presence: today its gRPC server with health only.
-pub type App = GrpcServer;
-
-/// Binds the listener.
-pub async fn build(config: PresenceConfig) -> Result<App, StartError> {
-    Ok(GrpcServer::bind(config.grpc).await?)
-}
-
-/// Builds and runs svc-presence until `shutdown` trips.
-pub async fn run(config: PresenceConfig, shutdown: Shutdown) -> Result<(), StartError> {
-    Ok(build(config).await?.serve(shutdown).await?)
-}

@@ -92,6 +92,12 @@ pub fn drop_streams(nats: &NatsConfig) {
             for name in [tertulia_proto::subjects::CHAT_STREAM] {
                 let _ = conn.jetstream.delete_stream(conn.stream_name(name)).await;
             }
+            for bucket in ["PRESENCE", "LAST_SEEN"] {
+                let _ = conn
+                    .jetstream
+                    .delete_key_value(conn.stream_name(bucket))
+                    .await;
+            }
         });
     });
     let _ = worker.join();
@@ -116,7 +122,7 @@ pub fn auth_config(
     }
 }
 
-/// svc-auth, svc-chat and svc-bff running in-process, with an HTTP client pointed at the
+/// svc-auth, svc-chat, svc-presence and svc-bff running in-process, with an HTTP client pointed at the
 /// BFF. svc-auth uses schema `<schema>`, svc-chat `<schema>_chat`, both dropped at the end.
 pub struct Stack {
     /// The BFF's address.
@@ -127,6 +133,8 @@ pub struct Stack {
     pub auth: SocketAddr,
     /// svc-chat's gRPC address.
     pub chat: SocketAddr,
+    /// svc-presence's gRPC address.
+    pub presence: SocketAddr,
     /// svc-chat's store (to inspect the outbox).
     pub chat_store: svc_chat::store::ChatStore,
     /// svc-auth's use cases (to mint tokens with other timestamps).
@@ -147,12 +155,12 @@ pub struct Stack {
 impl Stack {
     /// Boots the stack with svc-auth's default configuration.
     pub async fn start() -> Self {
-        Self::start_with(|_| {}).await
+        Box::pin(Self::start_with(|_| {})).await
     }
 
     /// Boots the stack after `adjust` has changed svc-auth's configuration.
     pub async fn start_with(adjust: impl FnOnce(&mut svc_auth::config::AuthConfig)) -> Self {
-        Self::start_tuned(adjust, |_| {}).await
+        Box::pin(Self::start_tuned(adjust, |_| {})).await
     }
 
     /// Boots the stack with svc-auth's and svc-bff's configurations adjusted.
@@ -160,7 +168,12 @@ impl Stack {
         adjust: impl FnOnce(&mut svc_auth::config::AuthConfig),
         adjust_bff: impl FnOnce(&mut svc_bff::config::BffConfig),
     ) -> Self {
-        Self::start_full(adjust, adjust_bff, fresh_nats()).await
+        Box::pin(Self::start_full(adjust, adjust_bff, fresh_nats(), 60)).await
+    }
+
+    /// Boots the stack with sessions expiring `ttl_s` seconds after their last heartbeat.
+    pub async fn start_with_presence_ttl(ttl_s: u64) -> Self {
+        Box::pin(Self::start_full(|_| {}, |_| {}, fresh_nats(), ttl_s)).await
     }
 
     /// Boots the stack against the NATS server at `url` (a [`TestNats`] of the test's own).
@@ -169,13 +182,14 @@ impl Stack {
             url: url.to_owned(),
             ..fresh_nats()
         };
-        Self::start_full(|_| {}, |_| {}, nats).await
+        Box::pin(Self::start_full(|_| {}, |_| {}, nats, 60)).await
     }
 
     async fn start_full(
         adjust: impl FnOnce(&mut svc_auth::config::AuthConfig),
         adjust_bff: impl FnOnce(&mut svc_bff::config::BffConfig),
         nats: NatsConfig,
+        presence_ttl_s: u64,
     ) -> Self {
         tertulia_plumbing::logging::init_for_tests();
         let shutdown = Shutdown::new();
@@ -208,10 +222,25 @@ impl Stack {
         let chat_shutdown = shutdown.child_token();
         let chat_task = Some(tokio::spawn(chat_app.run(chat_shutdown.clone())));
 
+        let presence_config = svc_presence::PresenceConfig {
+            grpc: GrpcServerConfig::on(loopback()),
+            nats: nats.clone(),
+            auth: UpstreamConfig::at(format!("http://{auth}")),
+            chat: UpstreamConfig::at(format!("http://{chat}")),
+            session_ttl_s: presence_ttl_s,
+            kv_replicas: 1,
+        };
+        let presence_app = svc_presence::App::build(presence_config)
+            .await
+            .expect("svc-presence starts");
+        let presence = presence_app.grpc_addr();
+        tokio::spawn(presence_app.run(shutdown.clone()));
+
         let mut bff_config = svc_bff::config::BffConfig {
             http: svc_bff::config::HttpConfig::on(loopback()),
             auth: UpstreamConfig::at(format!("http://{auth}")),
             chat: UpstreamConfig::at(format!("http://{chat}")),
+            presence: UpstreamConfig::at(format!("http://{presence}")),
             nats: nats.clone(),
             tokens: TokenPolicy::standard(),
             realtime: svc_bff::realtime::RealtimeConfig::standard(),
@@ -229,6 +258,7 @@ impl Stack {
             bff_config,
             auth,
             chat,
+            presence,
             chat_store,
             accounts,
             http,

@@ -25,24 +25,16 @@ async fn assert_serving(addr: SocketAddr) {
 }
 
 #[tokio::test]
-async fn presence_catalog_and_media_start_and_serve_health() {
+async fn catalog_and_media_start_and_serve_health() {
     let shutdown = Shutdown::new();
-    let presence = svc_presence::build(svc_presence::PresenceConfig { grpc: grpc() })
-        .await
-        .unwrap();
     let catalog = svc_catalog::build(svc_catalog::CatalogConfig { grpc: grpc() })
         .await
         .unwrap();
     let media = svc_media::build(svc_media::MediaConfig { grpc: grpc() })
         .await
         .unwrap();
-    let addrs = [
-        presence.local_addr(),
-        catalog.local_addr(),
-        media.local_addr(),
-    ];
+    let addrs = [catalog.local_addr(), media.local_addr()];
     let servers = [
-        tokio::spawn(presence.serve(shutdown.clone())),
         tokio::spawn(catalog.serve(shutdown.clone())),
         tokio::spawn(media.serve(shutdown.clone())),
     ];

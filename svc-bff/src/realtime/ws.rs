@@ -15,7 +15,7 @@ use axum::{
     response::Response,
 };
 use tertulia_plumbing::client::with_deadline;
-use tertulia_proto::chat::v1 as pb;
+use tertulia_proto::{chat::v1 as pb, presence::v1 as presence_pb};
 use tokio::time::{Instant as TokioInstant, interval_at, timeout};
 
 use super::{
@@ -121,6 +121,7 @@ impl Session {
         })?;
         let session_id = uuid::Uuid::now_v7().to_string();
         self.send(frames::ready(&user_id, &session_id)).await?;
+        let _online = OnlineSession::start(&self.state, &user_id, &session_id).await;
         for frame in backlog {
             self.send(frame).await?;
         }
@@ -161,6 +162,7 @@ impl Session {
                     if self.last_heard.elapsed() > self.config.idle_timeout() {
                         return Ok(Ending { code: close::IDLE, reason: "idle" });
                     }
+                    heartbeat(&self.state, &user_id, &session_id).await;
                     let ping = Message::Ping(Vec::new().into());
                     timeout(self.config.send_timeout(), self.socket.send(ping))
                         .await
@@ -352,6 +354,63 @@ async fn mark_read(
         .mark_read(with_deadline(request, state.call_deadline))
         .await?;
     Ok(())
+}
+
+/// Tells svc-presence a session is alive. Presence is best effort: a failure is logged and
+/// the connection goes on (the next heartbeat repairs it).
+async fn heartbeat(state: &AppState, user_id: &str, session_id: &str) {
+    let request = presence_pb::HeartbeatRequest {
+        user_id: user_id.to_owned(),
+        session_id: session_id.to_owned(),
+        gateway_id: state.gateway_id.clone(),
+    };
+    if let Err(status) = state
+        .presence
+        .clone()
+        .heartbeat(with_deadline(request, state.call_deadline))
+        .await
+    {
+        tracing::warn!(message = "Presence heartbeat failed.", error = %status);
+    }
+}
+
+/// A session marked online for as long as this value lives; dropping it reports the
+/// disconnect (in the background, so closing never waits on svc-presence).
+struct OnlineSession {
+    state: AppState,
+    user_id: String,
+    session_id: String,
+}
+
+impl OnlineSession {
+    async fn start(state: &AppState, user_id: &str, session_id: &str) -> Self {
+        heartbeat(state, user_id, session_id).await;
+        Self {
+            state: state.clone(),
+            user_id: user_id.to_owned(),
+            session_id: session_id.to_owned(),
+        }
+    }
+}
+
+impl Drop for OnlineSession {
+    fn drop(&mut self) {
+        let state = self.state.clone();
+        let request = presence_pb::DisconnectRequest {
+            user_id: std::mem::take(&mut self.user_id),
+            session_id: std::mem::take(&mut self.session_id),
+        };
+        tokio::spawn(async move {
+            if let Err(status) = state
+                .presence
+                .clone()
+                .disconnect(with_deadline(request, state.call_deadline))
+                .await
+            {
+                tracing::warn!(message = "Presence disconnect failed.", error = %status);
+            }
+        });
+    }
 }
 
 /// A read error: an oversized frame (1009) or a lost connection.

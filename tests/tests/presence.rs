@@ -1,0 +1,114 @@
+//! Presence: online while connected, offline with last seen after, pushed to conversation
+//! peers; a gateway that dies without a word takes its users offline within the TTL.
+
+use serde_json::{Value, json};
+use tertulia_proto::presence::v1::{
+    HeartbeatRequest, presence_service_client::PresenceServiceClient,
+};
+use tertulia_tests::{Session, Stack, assert_problem, grpc_channel};
+
+async fn group(stack: &Stack, owner: &Session, member: &Session) {
+    let answer = stack
+        .post(
+            "/api/v1/conversations",
+            &json!({"kind": "group", "member_ids": [member.user_id]}),
+            Some(&owner.access_token),
+        )
+        .await;
+    assert_eq!(answer.status(), 201);
+}
+
+async fn presence_of(stack: &Stack, asker: &Session, user: &Session) -> Value {
+    let answer = stack
+        .get(
+            &format!("/api/v1/presence?user_ids={}", user.user_id),
+            Some(&asker.access_token),
+        )
+        .await;
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.unwrap();
+    body["presence"][0].clone()
+}
+
+/// The next presence frame about `user`.
+async fn presence_frame(client: &mut tertulia_tests::WsClient, user: &Session) -> Value {
+    loop {
+        let frame = client.frame_of("presence").await;
+        if frame["user_id"] == user.user_id.as_str() {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test]
+async fn connecting_and_leaving_is_pushed_to_peers_and_answered_by_rest() {
+    let stack = Stack::start().await;
+    let ana = stack.signed_up("ana").await;
+    let ben = stack.signed_up("ben").await;
+    group(&stack, &ana, &ben).await;
+    assert_eq!(presence_of(&stack, &ana, &ben).await["status"], "offline");
+
+    let mut ana_ws = stack.ws(&ana, &json!({})).await;
+    let ben_ws = stack.ws(&ben, &json!({})).await;
+    let online = presence_frame(&mut ana_ws, &ben).await;
+    assert_eq!(online["status"], "online");
+    assert_eq!(presence_of(&stack, &ana, &ben).await["status"], "online");
+
+    // Ben has two devices; when both have left he goes offline.
+    let ben_laptop = stack.ws(&ben, &json!({})).await;
+    drop(ben_ws);
+    drop(ben_laptop);
+    let offline = presence_frame(&mut ana_ws, &ben).await;
+    assert_eq!(offline["status"], "offline");
+    assert!(offline["last_seen"].as_str().unwrap().ends_with('Z'));
+    let answered = presence_of(&stack, &ana, &ben).await;
+    assert_eq!(answered["status"], "offline");
+    assert!(answered["last_seen"].is_string());
+}
+
+#[tokio::test]
+async fn users_of_a_gateway_that_died_go_offline_on_their_own() {
+    let stack = Stack::start_with_presence_ttl(2).await;
+    let ana = stack.signed_up("ana").await;
+    let ben = stack.signed_up("ben").await;
+    group(&stack, &ana, &ben).await;
+    let mut ana_ws = stack.ws(&ana, &json!({})).await;
+    // A gateway announces Ben's session, then dies: no heartbeat, no disconnect, ever again.
+    PresenceServiceClient::new(grpc_channel(stack.presence).await)
+        .heartbeat(HeartbeatRequest {
+            user_id: ben.user_id.clone(),
+            session_id: "doomed".into(),
+            gateway_id: "gateway-that-dies".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(presence_frame(&mut ana_ws, &ben).await["status"], "online");
+    assert_eq!(presence_frame(&mut ana_ws, &ben).await["status"], "offline");
+    assert_eq!(presence_of(&stack, &ana, &ben).await["status"], "offline");
+}
+
+#[tokio::test]
+async fn presence_queries_are_validated() {
+    let stack = Stack::start().await;
+    let ana = stack.signed_up("ana").await;
+    let token = Some(ana.access_token.as_str());
+    let many = vec![uuid::Uuid::now_v7().to_string(); 201].join(",");
+    for query in [
+        "",
+        "?user_ids=",
+        "?user_ids=not-an-id",
+        &format!("?user_ids={many}"),
+    ] {
+        let answer = stack.get(&format!("/api/v1/presence{query}"), token).await;
+        assert_problem(answer, 400, "invalid_argument").await;
+    }
+    let unknown = stack
+        .get(
+            &format!("/api/v1/presence?user_ids={}", uuid::Uuid::now_v7()),
+            token,
+        )
+        .await;
+    let body: Value = unknown.json().await.unwrap();
+    assert_eq!(body["presence"][0]["status"], "offline");
+    assert!(body["presence"][0].get("last_seen").is_none());
+}
