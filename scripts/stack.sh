@@ -5,7 +5,15 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
+# TERTULIA_INSTANCES=2 runs a second svc-chat and a second svc-bff over the same PostgreSQL
+# and NATS: the gateways balance calls over both chat instances.
+INSTANCES=${TERTULIA_INSTANCES:-1}
 SERVICES=(auth chat presence catalog media bff)
+if [ "$INSTANCES" = 2 ]; then
+  SERVICES+=(chat-2 bff-2)
+fi
+CHAT_URLS="http://127.0.0.1:$CHAT_PORT"
+[ "$INSTANCES" = 2 ] && CHAT_URLS="$CHAT_URLS,http://127.0.0.1:$((CHAT_PORT + 10))"
 PIDS="$RUN/pids"
 LOGS="$RUN/logs"
 BIN="$ROOT/target/debug"
@@ -13,30 +21,38 @@ BIN="$ROOT/target/debug"
 grpc_port() {
   case $1 in
     auth) echo "$AUTH_PORT" ;; chat) echo "$CHAT_PORT" ;; presence) echo "$PRESENCE_PORT" ;;
-    catalog) echo "$CATALOG_PORT" ;; media) echo "$MEDIA_PORT" ;;
+    catalog) echo "$CATALOG_PORT" ;; media) echo "$MEDIA_PORT" ;; chat-2) echo $((CHAT_PORT + 10)) ;;
   esac
 }
 
+http_port() {
+  case $1 in bff) echo "$BFF_PORT" ;; bff-2) echo $((BFF_PORT + 1)) ;; esac
+}
+
+# The binary of an instance: chat-2 runs svc-chat.
+binary() { echo "svc-${1%-2}"; }
+
 # The environment of one service: its own listener, and what it talks to.
 service_env() {
-  local svc=$1 up
+  local instance=$1 svc up
+  svc=${instance%-2}
   up=$(echo "$svc" | tr a-z A-Z)
   echo "TERTULIA_DATABASE__URL=$DATABASE_URL"
   echo "TERTULIA_NATS__URL=$NATS_URL"
   case $svc in
     bff)
-      echo "TERTULIA_BFF_HTTP__LISTEN=127.0.0.1:$BFF_PORT"
+      echo "TERTULIA_BFF_HTTP__LISTEN=127.0.0.1:$(http_port "$instance")"
       echo "TERTULIA_BFF_AUTH__URL=http://127.0.0.1:$AUTH_PORT"
-      echo "TERTULIA_BFF_CHAT__URL=http://127.0.0.1:$CHAT_PORT"
+      echo "TERTULIA_BFF_CHAT__URL=$CHAT_URLS"
       echo "TERTULIA_BFF_PRESENCE__URL=http://127.0.0.1:$PRESENCE_PORT"
       ;;
     presence)
       echo "TERTULIA_PRESENCE_GRPC__LISTEN=127.0.0.1:$PRESENCE_PORT"
       echo "TERTULIA_PRESENCE_AUTH__URL=http://127.0.0.1:$AUTH_PORT"
-      echo "TERTULIA_PRESENCE_CHAT__URL=http://127.0.0.1:$CHAT_PORT"
+      echo "TERTULIA_PRESENCE_CHAT__URL=$CHAT_URLS"
       ;;
     *)
-      echo "TERTULIA_${up}_GRPC__LISTEN=127.0.0.1:$(grpc_port "$svc")"
+      echo "TERTULIA_${up}_GRPC__LISTEN=127.0.0.1:$(grpc_port "$instance")"
       echo "TERTULIA_${up}_DATABASE__SCHEMA=$svc"
       ;;
   esac
@@ -44,15 +60,16 @@ service_env() {
 
 healthy() {
   local svc=$1
-  if [ "$svc" = bff ]; then
-    curl -fsS "http://127.0.0.1:$BFF_PORT/readyz" >/dev/null 2>&1
+  if [ "${svc%-2}" = bff ]; then
+    curl -fsS "http://127.0.0.1:$(http_port "$svc")/readyz" >/dev/null 2>&1
   else
     "$BIN/tertulia-health" "http://127.0.0.1:$(grpc_port "$svc")" >/dev/null 2>&1
   fi
 }
 
 stop_services() {
-  for svc in "${SERVICES[@]}"; do
+  # Every instance that may have been started, whatever TERTULIA_INSTANCES is now.
+  for svc in auth chat presence catalog media bff chat-2 bff-2; do
     stop_pidfile "$PIDS/$svc.pid"
   done
 }
@@ -68,7 +85,7 @@ start() {
     log "Starting svc-$svc"
     # shellcheck disable=SC2046
     env $(service_env "$svc") RUST_LOG="${RUST_LOG:-info}" \
-      "$BIN/svc-$svc" >>"$LOGS/svc-$svc.log" 2>&1 &
+      "$BIN/$(binary "$svc")" >>"$LOGS/svc-$svc.log" 2>&1 &
     echo $! > "$PIDS/$svc.pid"
   done
   for svc in "${SERVICES[@]}"; do
@@ -86,6 +103,8 @@ TERTULIA_CHAT_GRPC=http://127.0.0.1:$CHAT_PORT
 TERTULIA_PRESENCE_GRPC=http://127.0.0.1:$PRESENCE_PORT
 TERTULIA_CATALOG_GRPC=http://127.0.0.1:$CATALOG_PORT
 TERTULIA_MEDIA_GRPC=http://127.0.0.1:$MEDIA_PORT
+TERTULIA_BFF_URLS=$( [ "$INSTANCES" = 2 ] && echo "http://127.0.0.1:$BFF_PORT,http://127.0.0.1:$((BFF_PORT + 1))" || echo "http://127.0.0.1:$BFF_PORT")
+TERTULIA_CHAT_GRPC_URLS=$CHAT_URLS
 TERTULIA_NATS_URL=$NATS_URL
 TERTULIA_DATABASE_URL=$DATABASE_URL
 ENV

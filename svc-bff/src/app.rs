@@ -95,7 +95,12 @@ impl App {
             ],
             call_deadline: Duration::from_millis(config.auth.timeout_ms),
             trust_forwarded_for: config.http.trust_forwarded_for,
-            hub: DeliveryHub::new(nats.clone(), config.realtime.outbound_queue),
+            hub: DeliveryHub::new(
+                nats.clone(),
+                config.realtime.outbound_queue,
+                config.realtime.frames_per_second,
+                config.realtime.frame_burst,
+            ),
             typing: Arc::new(TypingRelay::new(nats)),
             realtime: config.realtime.clone(),
             shutdown: Shutdown::new(),

@@ -216,7 +216,12 @@ impl Stack {
         };
         let chat_app = svc_chat::App::build(chat_config.clone())
             .await
-            .expect("svc-chat starts");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "svc-chat cannot start ({e}); is NATS at {} running? `make test` starts it",
+                    chat_config.nats.url
+                )
+            });
         let chat = chat_app.grpc_addr();
         let chat_store = chat_app.store().clone();
         let chat_shutdown = shutdown.child_token();

@@ -413,3 +413,42 @@ async fn a_slow_reader_is_disconnected_and_loses_nothing_after_resume() {
     let rest = message_seqs(&mut again, &conversation, missing).await;
     assert_eq!(rest, (last + 1..=total).collect::<Vec<u64>>());
 }
+
+#[tokio::test]
+async fn the_frame_budget_is_shared_by_all_of_a_users_connections() {
+    let stack = Stack::start_tuned(
+        |_| {},
+        |bff| {
+            bff.realtime.frames_per_second = 1;
+            bff.realtime.frame_burst = 5;
+        },
+    )
+    .await;
+    let ana = stack.signed_up("ana").await;
+    let mut phone = stack.ws(&ana, &json!({})).await;
+    let mut laptop = stack.ws(&ana, &json!({})).await;
+    for _ in 0..5 {
+        phone.send(&json!({"type": "ping"})).await;
+        assert_eq!(phone.frame().await["type"], "pong");
+    }
+    laptop.send(&json!({"type": "ping"})).await;
+    assert_eq!(laptop.frame().await["code"], "rate_limited");
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_as_idle() {
+    let stack = Stack::start_tuned(
+        |_| {},
+        |bff| {
+            bff.realtime.ping_interval_s = 1;
+            bff.realtime.idle_timeout_s = 2;
+        },
+    )
+    .await;
+    let ana = stack.signed_up("ana").await;
+    let mut client = stack.ws(&ana, &json!({})).await;
+    // A client that stops reading stops answering pings: the server hears nothing for longer
+    // than the idle timeout. The pause is the stalled client, not a wait for readiness.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert_eq!(client.closed().await, Some(1001));
+}

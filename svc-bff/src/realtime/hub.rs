@@ -8,6 +8,7 @@ use std::{
         Arc, Mutex as StdMutex,
         atomic::{AtomicU64, Ordering},
     },
+    time::Instant,
 };
 
 use axum::extract::ws::Utf8Bytes;
@@ -92,6 +93,43 @@ type Connections = Arc<StdMutex<HashMap<u64, Connection>>>;
 struct UserSlot {
     connections: Connections,
     dispatch: JoinHandle<()>,
+    frames: Arc<StdMutex<TokenBucket>>,
+}
+
+/// A token bucket: `rate` tokens a second, at most `burst` saved up.
+#[derive(Debug)]
+pub struct TokenBucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    #[must_use]
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            rate: f64::from(per_second),
+            burst: f64::from(burst),
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes a token if there is one.
+    pub fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Subscriptions of the users connected to this gateway.
@@ -101,6 +139,8 @@ pub struct DeliveryHub {
     users: Mutex<HashMap<String, UserSlot>>,
     queue: usize,
     next_id: AtomicU64,
+    frames_per_second: u32,
+    frame_burst: u32,
 }
 
 /// The NATS subscription could not be made.
@@ -115,9 +155,22 @@ pub struct Registration {
     pub events: mpsc::Receiver<Arc<LiveEvent>>,
     /// Trips when the queue overflowed: the client reads too slowly.
     pub too_slow: Shutdown,
+    frames: Arc<StdMutex<TokenBucket>>,
     hub: Arc<DeliveryHub>,
     user_id: String,
     id: u64,
+}
+
+impl Registration {
+    /// Whether the user may send another frame now: the budget is per user, shared by all
+    /// their connections on this gateway.
+    #[must_use]
+    pub fn admit_frame(&self) -> bool {
+        self.frames
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
 }
 
 impl Drop for Registration {
@@ -129,14 +182,17 @@ impl Drop for Registration {
 }
 
 impl DeliveryHub {
-    /// A hub over `nats` with `queue` events of room per connection.
+    /// A hub over `nats` with `queue` events of room per connection and a budget of client
+    /// frames per user.
     #[must_use]
-    pub fn new(nats: Nats, queue: usize) -> Arc<Self> {
+    pub fn new(nats: Nats, queue: usize, frames_per_second: u32, frame_burst: u32) -> Arc<Self> {
         Arc::new(Self {
             nats,
             users: Mutex::new(HashMap::new()),
             queue: queue.max(1),
             next_id: AtomicU64::new(1),
+            frames_per_second,
+            frame_burst,
         })
     }
 
@@ -152,8 +208,9 @@ impl DeliveryHub {
             too_slow: too_slow.clone(),
         };
         let mut users = self.users.lock().await;
-        if let Some(slot) = users.get(user_id) {
+        let frames = if let Some(slot) = users.get(user_id) {
             lock(&slot.connections).insert(id, connection);
+            Arc::clone(&slot.frames)
         } else {
             let subject = self.nats.subject(&subjects::deliver(user_id));
             let subscriber = self
@@ -170,17 +227,24 @@ impl DeliveryHub {
                 Arc::new(StdMutex::new(HashMap::from([(id, connection)])));
             tracing::debug!(message = "Subscribed to deliveries.", user_id);
             let dispatch = tokio::spawn(dispatch(subscriber, Arc::clone(&connections)));
+            let frames = Arc::new(StdMutex::new(TokenBucket::new(
+                self.frames_per_second,
+                self.frame_burst,
+            )));
             users.insert(
                 user_id.to_owned(),
                 UserSlot {
                     connections,
                     dispatch,
+                    frames: Arc::clone(&frames),
                 },
             );
-        }
+            frames
+        };
         Ok(Registration {
             events,
             too_slow,
+            frames,
             hub: Arc::clone(self),
             user_id: user_id.to_owned(),
             id,

@@ -42,7 +42,8 @@ pub struct RealtimeConfig {
     pub send_timeout_ms: u64,
     /// Largest client frame, in bytes (close 1009 above).
     pub max_frame_bytes: usize,
-    /// Client frames per second allowed on one connection, sustained.
+    /// Client frames per second allowed per user (all their connections on a gateway),
+    /// sustained.
     pub frames_per_second: u32,
     /// Client frames allowed in a burst.
     pub frame_burst: u32,

@@ -21,6 +21,7 @@ use tokio::time::{Instant as TokioInstant, interval_at, timeout};
 use super::{
     RealtimeConfig, connect,
     frames::{self, ClientFrame},
+    hub::Registration,
 };
 use crate::{app::AppState, problem::ApiError, routes::chat::send_message};
 
@@ -65,14 +66,14 @@ struct Session {
     socket: WebSocket,
     config: RealtimeConfig,
     last_heard: Instant,
-    bucket: TokenBucket,
+    rejected_in_a_row: u32,
 }
 
 impl Session {
     async fn run(state: AppState, socket: WebSocket) {
         let config = state.realtime.clone();
         let mut session = Self {
-            bucket: TokenBucket::new(config.frames_per_second, config.frame_burst),
+            rejected_in_a_row: 0,
             state,
             socket,
             config,
@@ -136,7 +137,7 @@ impl Session {
                     };
                     let message = incoming.map_err(|error| too_big_or_lost(&error))?;
                     self.last_heard = Instant::now();
-                    if let Some(ending) = self.on_client(&user_id, message).await? {
+                    if let Some(ending) = self.on_client(&user_id, &registration, message).await? {
                         return Ok(ending);
                     }
                 }
@@ -246,6 +247,7 @@ impl Session {
     async fn on_client(
         &mut self,
         user_id: &str,
+        registration: &Registration,
         message: Message,
     ) -> Result<Option<Ending>, Ending> {
         let text = match message {
@@ -267,8 +269,12 @@ impl Session {
             }
             Message::Ping(_) | Message::Pong(_) => return Ok(None),
         };
-        if !self.bucket.take() {
-            if self.bucket.rejected_in_a_row() > self.config.max_rejected_in_a_row {
+        // The budget is the user's, shared by all their connections on this gateway.
+        if registration.admit_frame() {
+            self.rejected_in_a_row = 0;
+        } else {
+            self.rejected_in_a_row += 1;
+            if self.rejected_in_a_row > self.config.max_rejected_in_a_row {
                 return Ok(Some(Ending {
                     code: close::POLICY,
                     reason: "too many frames",
@@ -426,46 +432,5 @@ fn too_big_or_lost(error: &axum::Error) -> Ending {
             code: close::NORMAL,
             reason: "connection lost",
         }
-    }
-}
-
-/// A token bucket of client frames per connection.
-#[derive(Debug)]
-struct TokenBucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    at: Instant,
-    rejected_in_a_row: u32,
-}
-
-impl TokenBucket {
-    fn new(per_second: u32, burst: u32) -> Self {
-        Self {
-            tokens: f64::from(burst),
-            rate: f64::from(per_second),
-            burst: f64::from(burst),
-            at: Instant::now(),
-            rejected_in_a_row: 0,
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            self.rejected_in_a_row = 0;
-            true
-        } else {
-            self.rejected_in_a_row += 1;
-            false
-        }
-    }
-
-    fn rejected_in_a_row(&self) -> u32 {
-        self.rejected_in_a_row
     }
 }
