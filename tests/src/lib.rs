@@ -62,17 +62,23 @@ pub fn fresh_nats() -> NatsConfig {
 pub fn drop_schema(schema: &str) {
     let sql = format!("SET lock_timeout = '3s'; DROP SCHEMA IF EXISTS {schema} CASCADE");
     let url = database_url();
+    on_own_thread(async move {
+        if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+            tokio::spawn(conn);
+            let _ = client.batch_execute(&sql).await;
+        }
+    });
+}
+
+/// Runs `work` to completion on a thread and runtime of its own, so cleanup works from `Drop`
+/// whatever runtime (if any) the caller is on.
+fn on_own_thread(work: impl std::future::Future<Output = ()> + Send + 'static) {
     let worker = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .expect("a current-thread runtime builds");
-        runtime.block_on(async move {
-            if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-                tokio::spawn(conn);
-                let _ = client.batch_execute(&sql).await;
-            }
-        });
+            .expect("a current-thread runtime builds")
+            .block_on(work);
     });
     let _ = worker.join();
 }
@@ -342,6 +348,21 @@ impl Stack {
             request = request.bearer_auth(token);
         }
         request.send().await.expect("the BFF answers")
+    }
+
+    /// Creates a group of `owner` and `members`; returns its id.
+    pub async fn group(&self, owner: &Session, members: &[&Session]) -> String {
+        let ids: Vec<&str> = members.iter().map(|m| m.user_id.as_str()).collect();
+        let answer = self
+            .post(
+                "/api/v1/conversations",
+                &json!({"kind": "group", "member_ids": ids}),
+                Some(&owner.access_token),
+            )
+            .await;
+        assert_eq!(answer.status(), 201, "group created");
+        let body: Value = answer.json().await.expect("a conversation");
+        body["id"].as_str().expect("an id").to_owned()
     }
 
     /// POSTs a login for `username` with `password`.

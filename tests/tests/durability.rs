@@ -4,7 +4,7 @@
 
 use futures::StreamExt as _;
 use prost::Message as _;
-use serde_json::{Value, json};
+use serde_json::json;
 use tertulia_proto::events::v1::{Delivery, delivery::Event};
 use tertulia_tests::{FRAME_WAIT, Session, Stack, TestNats};
 
@@ -26,17 +26,7 @@ async fn messages_acked_while_the_broker_and_chat_were_down_are_delivered_after(
     let mut stack = Stack::start_on_nats(&broker.url).await;
     let ana = stack.signed_up("ana").await;
     let ben = stack.signed_up("ben").await;
-    let created: Value = stack
-        .post(
-            "/api/v1/conversations",
-            &json!({"kind": "group", "member_ids": [ben.user_id]}),
-            Some(&ana.access_token),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let conversation = created["id"].as_str().unwrap().to_owned();
+    let conversation = stack.group(&ana, &[&ben]).await;
     let mut ben_ws = stack.ws(&ben, &json!({})).await;
     assert_eq!(send(&stack, &ana, &conversation, "m1").await, 201);
     assert_eq!(ben_ws.frame_of("message").await["message"]["seq"], 1);
@@ -90,17 +80,7 @@ async fn two_chat_instances_relay_one_outbox_without_duplicates() {
     stack.another_chat().await;
     let ana = stack.signed_up("ana").await;
     let ben = stack.signed_up("ben").await;
-    let created: Value = stack
-        .post(
-            "/api/v1/conversations",
-            &json!({"kind": "group", "member_ids": [ben.user_id]}),
-            Some(&ana.access_token),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let conversation = created["id"].as_str().unwrap();
+    let conversation = stack.group(&ana, &[&ben]).await;
     let mut ben_ws = stack.ws(&ben, &json!({})).await;
     for n in 0..30 {
         let answer = stack

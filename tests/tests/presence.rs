@@ -7,17 +7,6 @@ use tertulia_proto::presence::v1::{
 };
 use tertulia_tests::{Session, Stack, assert_problem, grpc_channel};
 
-async fn group(stack: &Stack, owner: &Session, member: &Session) {
-    let answer = stack
-        .post(
-            "/api/v1/conversations",
-            &json!({"kind": "group", "member_ids": [member.user_id]}),
-            Some(&owner.access_token),
-        )
-        .await;
-    assert_eq!(answer.status(), 201);
-}
-
 async fn presence_of(stack: &Stack, asker: &Session, user: &Session) -> Value {
     let answer = stack
         .get(
@@ -45,7 +34,7 @@ async fn connecting_and_leaving_is_pushed_to_peers_and_answered_by_rest() {
     let stack = Stack::start().await;
     let ana = stack.signed_up("ana").await;
     let ben = stack.signed_up("ben").await;
-    group(&stack, &ana, &ben).await;
+    stack.group(&ana, &[&ben]).await;
     assert_eq!(presence_of(&stack, &ana, &ben).await["status"], "offline");
 
     let mut ana_ws = stack.ws(&ana, &json!({})).await;
@@ -71,7 +60,7 @@ async fn users_of_a_gateway_that_died_go_offline_on_their_own() {
     let stack = Stack::start_with_presence_ttl(2).await;
     let ana = stack.signed_up("ana").await;
     let ben = stack.signed_up("ben").await;
-    group(&stack, &ana, &ben).await;
+    stack.group(&ana, &[&ben]).await;
     let mut ana_ws = stack.ws(&ana, &json!({})).await;
     // A gateway announces Ben's session, then dies: no heartbeat, no disconnect, ever again.
     PresenceServiceClient::new(grpc_channel(stack.presence).await)

@@ -7,20 +7,6 @@ use futures::StreamExt as _;
 use serde_json::{Value, json};
 use tertulia_tests::{FRAME_WAIT, Session, Stack, assert_problem};
 
-async fn group(stack: &Stack, owner: &Session, member: &Session) -> String {
-    let body: Value = stack
-        .post(
-            "/api/v1/conversations",
-            &json!({"kind": "group", "member_ids": [member.user_id]}),
-            Some(&owner.access_token),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    body["id"].as_str().unwrap().to_owned()
-}
-
 async fn say(stack: &Stack, who: &Session, conversation: &str, key: &str) {
     let answer = stack
         .post(
@@ -112,7 +98,7 @@ async fn server_sent_events_deliver_live_and_resume_from_last_event_id() {
     let stack = Stack::start().await;
     let ana = stack.signed_up("ana").await;
     let ben = stack.signed_up("ben").await;
-    let conversation = group(&stack, &ana, &ben).await;
+    let conversation = stack.group(&ana, &[&ben]).await;
 
     let mut events = EventStream::open(&stack, &ben, None, "").await;
     assert_eq!(events.next().await.1["type"], "ready");
@@ -165,7 +151,7 @@ async fn long_polling_waits_answers_and_resumes_by_cursor() {
     let stack = Stack::start_tuned(|_| {}, |bff| bff.realtime.poll_wait_s = 1).await;
     let ana = stack.signed_up("ana").await;
     let ben = stack.signed_up("ben").await;
-    let conversation = group(&stack, &ana, &ben).await;
+    let conversation = stack.group(&ana, &[&ben]).await;
     say(&stack, &ana, &conversation, "old").await;
 
     let poll = |cursor: Option<String>| {

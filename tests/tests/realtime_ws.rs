@@ -11,20 +11,6 @@ use tertulia_proto::{
 use tertulia_tests::{Session, Stack, WsClient};
 use tokio_tungstenite::tungstenite::Message;
 
-async fn group(stack: &Stack, owner: &Session, members: &[&Session]) -> String {
-    let ids: Vec<&str> = members.iter().map(|m| m.user_id.as_str()).collect();
-    let answer = stack
-        .post(
-            "/api/v1/conversations",
-            &json!({"kind": "group", "member_ids": ids}),
-            Some(&owner.access_token),
-        )
-        .await;
-    assert_eq!(answer.status(), 201);
-    let body: Value = answer.json().await.unwrap();
-    body["id"].as_str().unwrap().to_owned()
-}
-
 async fn rest_send(
     stack: &Stack,
     who: &Session,
@@ -91,7 +77,7 @@ async fn sends_are_acked_and_reach_every_device_of_every_member() {
     let stack = Stack::start().await;
     let ana = stack.signed_up("ana").await;
     let ben = stack.signed_up("ben").await;
-    let conversation = group(&stack, &ana, &[&ben]).await;
+    let conversation = stack.group(&ana, &[&ben]).await;
     let mut ana_phone = stack.ws(&ana, &json!({})).await;
     let mut ben_phone = stack.ws(&ben, &json!({})).await;
     let mut ben_laptop = stack.ws(&ben, &json!({})).await;
@@ -137,7 +123,7 @@ async fn concurrent_senders_are_seen_in_seq_order_without_gaps() {
     let ana = stack.signed_up("ana").await;
     let ben = stack.signed_up("ben").await;
     let cat = stack.signed_up("cat").await;
-    let conversation = group(&stack, &ana, &[&ben, &cat]).await;
+    let conversation = stack.group(&ana, &[&ben, &cat]).await;
     let mut watcher = stack.ws(&cat, &json!({})).await;
     let mut a = stack.ws(&ana, &json!({})).await;
     let mut b = stack.ws(&ben, &json!({})).await;
@@ -157,7 +143,7 @@ async fn resume_delivers_what_was_missed_once_then_live_traffic() {
     let stack = Stack::start().await;
     let ana = stack.signed_up("ana").await;
     let ben = stack.signed_up("ben").await;
-    let conversation = group(&stack, &ana, &[&ben]).await;
+    let conversation = stack.group(&ana, &[&ben]).await;
     let mut ben_ws = stack.ws(&ben, &json!({})).await;
     for n in 1..=2 {
         rest_send(&stack, &ana, &conversation, &format!("m{n}"), "before").await;
@@ -191,7 +177,7 @@ async fn a_gap_in_live_delivery_is_filled_from_history() {
     let stack = Stack::start().await;
     let ana = stack.signed_up("ana").await;
     let ben = stack.signed_up("ben").await;
-    let conversation = group(&stack, &ana, &[&ben]).await;
+    let conversation = stack.group(&ana, &[&ben]).await;
     let nats = tertulia_plumbing::nats::connect(&stack.nats, "test")
         .await
         .unwrap();
@@ -298,7 +284,7 @@ async fn receipts_typing_and_membership_changes_are_pushed() {
     let ana = stack.signed_up("ana").await;
     let ben = stack.signed_up("ben").await;
     let cat = stack.signed_up("cat").await;
-    let conversation = group(&stack, &ana, &[&ben]).await;
+    let conversation = stack.group(&ana, &[&ben]).await;
     let mut ana_ws = stack.ws(&ana, &json!({})).await;
     let mut ben_ws = stack.ws(&ben, &json!({})).await;
     let mut cat_ws = stack.ws(&cat, &json!({})).await;
@@ -349,7 +335,7 @@ async fn users_on_different_gateways_talk_as_one_system() {
     let second = stack.another_bff().await;
     let ana = stack.signed_up("ana").await;
     let ben = stack.signed_up("ben").await;
-    let conversation = group(&stack, &ana, &[&ben]).await;
+    let conversation = stack.group(&ana, &[&ben]).await;
     let mut ana_ws = stack.ws(&ana, &json!({})).await;
     let mut ben_ws = WsClient::ready(second, &ben.access_token, &json!({})).await;
     ana_ws
@@ -381,7 +367,7 @@ async fn a_slow_reader_is_disconnected_and_loses_nothing_after_resume() {
     .await;
     let ana = stack.signed_up("ana").await;
     let ben = stack.signed_up("ben").await;
-    let conversation = group(&stack, &ana, &[&ben]).await;
+    let conversation = stack.group(&ana, &[&ben]).await;
     let mut slow = stack.ws(&ben, &json!({})).await;
     // Large messages fill the socket buffers fast; Ben does not read meanwhile.
     let text = "\u{20ac}".repeat(4000);

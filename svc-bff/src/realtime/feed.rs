@@ -10,11 +10,9 @@
 use std::collections::HashMap;
 
 use axum::extract::ws::Utf8Bytes;
-use tertulia_plumbing::client::with_deadline;
-use tertulia_proto::chat::v1 as pb;
 
 use super::{frames, hub::LiveEvent};
-use crate::{app::AppState, problem::ApiError, views::MessageView};
+use crate::{app::AppState, problem::ApiError, routes::chat::list_messages, views::MessageView};
 
 /// History page size while catching up.
 const PAGE: u32 = 200;
@@ -115,20 +113,15 @@ impl Feed {
             .unwrap_or(0)
             .max(after);
         loop {
-            let request = pb::ListMessagesRequest {
-                actor_id: self.user_id.clone(),
-                conversation_id: conversation_id.to_owned(),
-                after_seq: Some(cursor),
-                before_seq: None,
-                limit: PAGE,
-            };
-            let page = state
-                .chat
-                .clone()
-                .list_messages(with_deadline(request, state.call_deadline))
-                .await?
-                .into_inner()
-                .messages;
+            let page = list_messages(
+                state,
+                &self.user_id,
+                conversation_id,
+                Some(cursor),
+                None,
+                PAGE,
+            )
+            .await?;
             let full = page.len() == PAGE as usize;
             for message in page {
                 cursor = cursor.max(message.seq);

@@ -15,7 +15,7 @@ use axum::{
     response::Response,
 };
 use tertulia_plumbing::client::with_deadline;
-use tertulia_proto::{chat::v1 as pb, presence::v1 as presence_pb};
+use tertulia_proto::presence::v1 as presence_pb;
 use tokio::time::{Instant as TokioInstant, interval_at, timeout};
 
 use super::{
@@ -23,7 +23,10 @@ use super::{
     frames::{self, ClientFrame},
     hub::Registration,
 };
-use crate::{app::AppState, problem::ApiError, routes::chat::send_message};
+use crate::{
+    app::AppState,
+    routes::chat::{mark_read_for, send_message},
+};
 
 /// Close codes of the protocol.
 pub mod close {
@@ -322,7 +325,7 @@ impl Session {
             ClientFrame::Read {
                 conversation_id,
                 seq,
-            } => match mark_read(&self.state, user_id, conversation_id, seq).await {
+            } => match mark_read_for(&self.state, user_id, conversation_id, seq).await {
                 Ok(()) => return Ok(None),
                 Err(error) => frames::error(error.code(), error.detail(), None),
             },
@@ -341,25 +344,6 @@ impl Session {
         self.send(answer).await?;
         Ok(None)
     }
-}
-
-async fn mark_read(
-    state: &AppState,
-    user_id: &str,
-    conversation_id: String,
-    seq: u64,
-) -> Result<(), ApiError> {
-    let request = pb::MarkReadRequest {
-        actor_id: user_id.to_owned(),
-        conversation_id,
-        seq,
-    };
-    state
-        .chat
-        .clone()
-        .mark_read(with_deadline(request, state.call_deadline))
-        .await?;
-    Ok(())
 }
 
 /// Tells svc-presence a session is alive. Presence is best effort: a failure is logged and

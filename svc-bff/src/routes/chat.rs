@@ -280,26 +280,48 @@ struct MessagePage {
     messages: Vec<MessageView>,
 }
 
+/// A page of `caller_id`'s view of a conversation's history; shared with the real-time
+/// transports, which resume and fill gaps with it.
+pub async fn list_messages(
+    state: &AppState,
+    caller_id: &str,
+    conversation_id: &str,
+    after_seq: Option<u64>,
+    before_seq: Option<u64>,
+    limit: u32,
+) -> Result<Vec<pb::Message>, ApiError> {
+    let request = pb::ListMessagesRequest {
+        actor_id: caller_id.to_owned(),
+        conversation_id: conversation_id.to_owned(),
+        after_seq,
+        before_seq,
+        limit,
+    };
+    Ok(state
+        .chat
+        .clone()
+        .list_messages(with_deadline(request, state.call_deadline))
+        .await?
+        .into_inner()
+        .messages)
+}
+
 async fn history(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Json<MessagePage>, ApiError> {
-    let request = pb::ListMessagesRequest {
-        actor_id: caller.user_id,
-        conversation_id: id,
-        after_seq: q.after_seq,
-        before_seq: q.before_seq,
-        limit: page_limit(q.limit)?,
-    };
-    let messages = state
-        .chat
-        .clone()
-        .list_messages(with_deadline(request, state.call_deadline))
-        .await?
-        .into_inner()
-        .messages;
+    let limit = page_limit(q.limit)?;
+    let messages = list_messages(
+        &state,
+        &caller.user_id,
+        &id,
+        q.after_seq,
+        q.before_seq,
+        limit,
+    )
+    .await?;
     Ok(Json(MessagePage {
         messages: messages.into_iter().map(MessageView::from).collect(),
     }))
@@ -354,21 +376,32 @@ struct ReadBody {
     seq: u64,
 }
 
-async fn mark_read(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    JsonBody(body): JsonBody<ReadBody>,
-) -> Result<StatusCode, ApiError> {
+/// Moves `caller_id`'s read position; shared with the real-time transports.
+pub async fn mark_read_for(
+    state: &AppState,
+    caller_id: &str,
+    conversation_id: String,
+    seq: u64,
+) -> Result<(), ApiError> {
     let request = pb::MarkReadRequest {
-        actor_id: caller.user_id,
-        conversation_id: id,
-        seq: body.seq,
+        actor_id: caller_id.to_owned(),
+        conversation_id,
+        seq,
     };
     state
         .chat
         .clone()
         .mark_read(with_deadline(request, state.call_deadline))
         .await?;
+    Ok(())
+}
+
+async fn mark_read(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ReadBody>,
+) -> Result<StatusCode, ApiError> {
+    mark_read_for(&state, &caller.user_id, id, body.seq).await?;
     Ok(StatusCode::NO_CONTENT)
 }
