@@ -10,7 +10,8 @@ healthy() { curl -fsS "http://127.0.0.1:$NATS_MONITOR_PORT/healthz?js-enabled-on
 
 case "${1:-}" in
   start)
-    if pid_alive "$PIDFILE" && healthy; then
+    # A healthy server on our port is reused, ours or not (streams are namespaced).
+    if healthy; then
       exit 0
     fi
     stop_pidfile "$PIDFILE"
@@ -25,7 +26,7 @@ case "${1:-}" in
     stop_pidfile "$PIDFILE"
     ;;
   running)
-    pid_alive "$PIDFILE" && healthy
+    healthy
     ;;
   *)
     die "usage: $0 start|stop|running"

@@ -174,12 +174,12 @@ impl Stack {
         adjust: impl FnOnce(&mut svc_auth::config::AuthConfig),
         adjust_bff: impl FnOnce(&mut svc_bff::config::BffConfig),
     ) -> Self {
-        Box::pin(Self::start_full(adjust, adjust_bff, fresh_nats(), 60)).await
+        Box::pin(Self::start_full(adjust, adjust_bff, fresh_nats(), 60, None)).await
     }
 
     /// Boots the stack with sessions expiring `ttl_s` seconds after their last heartbeat.
     pub async fn start_with_presence_ttl(ttl_s: u64) -> Self {
-        Box::pin(Self::start_full(|_| {}, |_| {}, fresh_nats(), ttl_s)).await
+        Box::pin(Self::start_full(|_| {}, |_| {}, fresh_nats(), ttl_s, None)).await
     }
 
     /// Boots the stack against the NATS server at `url` (a [`TestNats`] of the test's own).
@@ -188,7 +188,20 @@ impl Stack {
             url: url.to_owned(),
             ..fresh_nats()
         };
-        Box::pin(Self::start_full(|_| {}, |_| {}, nats, 60)).await
+        Box::pin(Self::start_full(|_| {}, |_| {}, nats, 60, None)).await
+    }
+
+    /// Boots the stack with svc-chat's schema on the PostgreSQL server at `url` (a
+    /// [`TestPostgres`] of the test's own).
+    pub async fn start_with_chat_database(url: &str) -> Self {
+        Box::pin(Self::start_full(
+            |_| {},
+            |_| {},
+            fresh_nats(),
+            60,
+            Some(url.to_owned()),
+        ))
+        .await
     }
 
     async fn start_full(
@@ -196,6 +209,7 @@ impl Stack {
         adjust_bff: impl FnOnce(&mut svc_bff::config::BffConfig),
         nats: NatsConfig,
         presence_ttl_s: u64,
+        chat_database_url: Option<String>,
     ) -> Self {
         tertulia_plumbing::logging::init_for_tests();
         let shutdown = Shutdown::new();
@@ -214,6 +228,7 @@ impl Stack {
             grpc: GrpcServerConfig::on(loopback()),
             database: PostgresConfig {
                 schema: format!("{schema}_chat"),
+                url: chat_database_url.unwrap_or_else(database_url).into(),
                 ..fresh_database()
             },
             nats: nats.clone(),
@@ -506,6 +521,140 @@ impl Drop for TestNats {
         if let Some(child) = self.child.as_mut() {
             let _ = child.start_kill();
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A PostgreSQL server of the test's own (own port and data directory, run as the `postgres`
+/// system user), so a test can crash and restart the database without disturbing others.
+pub struct TestPostgres {
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub url: String,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl TestPostgres {
+    /// The newest installed server's binaries (Debian layout).
+    fn bin() -> String {
+        let newest = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries under /usr/lib/postgresql")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .max()
+            .expect("an installed PostgreSQL version");
+        format!("/usr/lib/postgresql/{newest}/bin")
+    }
+
+    /// Initialises a cluster in a fresh directory and starts it.
+    pub async fn start() -> Self {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+            probe.local_addr().expect("an address").port()
+        };
+        let dir = std::env::temp_dir().join(unique_name("pg"));
+        std::fs::create_dir_all(&dir).expect("a data directory");
+        Self::as_postgres("chown", &["postgres".as_ref(), dir.as_os_str()], true).await;
+        let data = dir.join("data");
+        Self::as_postgres(
+            &format!("{}/initdb", Self::bin()),
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-A".as_ref(),
+                "trust".as_ref(),
+                "-U".as_ref(),
+                "postgres".as_ref(),
+            ],
+            false,
+        )
+        .await;
+        let server = Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            port,
+            dir,
+        };
+        server.restart().await;
+        server
+    }
+
+    /// Stops the server the hard way (`immediate`: no checkpoint, as in a crash).
+    pub async fn crash(&self) {
+        let data = self.dir.join("data");
+        Self::as_postgres(
+            &format!("{}/pg_ctl", Self::bin()),
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "stop".as_ref(),
+            ],
+            false,
+        )
+        .await;
+    }
+
+    /// Starts the server (again) and returns once it accepts connections.
+    pub async fn restart(&self) {
+        let data = self.dir.join("data");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("server.log");
+        Self::as_postgres(
+            &format!("{}/pg_ctl", Self::bin()),
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-o".as_ref(),
+                options.as_ref(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-w".as_ref(),
+                "start".as_ref(),
+            ],
+            false,
+        )
+        .await;
+    }
+
+    /// Runs a command as the `postgres` user (PostgreSQL refuses to run as root), or as is.
+    async fn as_postgres(program: &str, args: &[&std::ffi::OsStr], as_is: bool) {
+        let mut command = if as_is {
+            tokio::process::Command::new(program)
+        } else {
+            let mut c = tokio::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--", program]);
+            c
+        };
+        let output = command
+            .args(args)
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+        assert!(
+            output.status.success(),
+            "{program} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                &format!("{}/pg_ctl", Self::bin()),
+                "-D",
+            ])
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

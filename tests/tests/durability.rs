@@ -6,7 +6,7 @@ use futures::StreamExt as _;
 use prost::Message as _;
 use serde_json::json;
 use tertulia_proto::events::v1::{Delivery, delivery::Event};
-use tertulia_tests::{FRAME_WAIT, Session, Stack, TestNats};
+use tertulia_tests::{FRAME_WAIT, Session, Stack, TestNats, TestPostgres};
 
 async fn send(stack: &Stack, who: &Session, conversation: &str, key: &str) -> u16 {
     stack
@@ -104,4 +104,33 @@ async fn two_chat_instances_relay_one_outbox_without_duplicates() {
         "pong",
         "no duplicate came before the pong"
     );
+}
+
+#[tokio::test]
+async fn acknowledged_messages_survive_a_database_crash_and_unacknowledged_ones_can_be_retried() {
+    let database = TestPostgres::start().await;
+    let stack = Stack::start_with_chat_database(&database.url).await;
+    let ana = stack.signed_up("ana").await;
+    let ben = stack.signed_up("ben").await;
+    let conversation = stack.group(&ana, &[&ben]).await;
+    assert_eq!(send(&stack, &ana, &conversation, "m1").await, 201);
+    assert_eq!(send(&stack, &ana, &conversation, "m2").await, 201);
+
+    // The database crashes: a send cannot be stored, so it is refused, not acknowledged.
+    database.crash().await;
+    let refused = send(&stack, &ana, &conversation, "m3").await;
+    assert_eq!(refused, 503);
+
+    database.restart().await;
+    // The client retries with the same client_msg_id: stored once.
+    assert_eq!(send(&stack, &ana, &conversation, "m3").await, 201);
+    assert_eq!(send(&stack, &ana, &conversation, "m3").await, 200);
+
+    let mut ben_ws = stack.ws(&ben, &json!({ conversation.clone(): 0 })).await;
+    let mut seqs = Vec::new();
+    while seqs.len() < 3 {
+        let frame = ben_ws.frame_of("message").await;
+        seqs.push(frame["message"]["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs, [1, 2, 3]);
 }

@@ -1,6 +1,7 @@
 //! The gateway's side of delivery: one core NATS subscription to `deliver.<user_id>` per
 //! connected user, however many devices they have here, dispatched to a bounded queue per
-//! connection. Each delivery is decoded and rendered to a frame once, then shared.
+//! connection. Each event is rendered to a frame once per gateway, then shared by every
+//! recipient and connection here.
 
 use std::{
     collections::HashMap,
@@ -141,6 +142,7 @@ pub struct DeliveryHub {
     next_id: AtomicU64,
     frames_per_second: u32,
     frame_burst: u32,
+    renders: Arc<RenderCache>,
 }
 
 /// The NATS subscription could not be made.
@@ -193,6 +195,7 @@ impl DeliveryHub {
             next_id: AtomicU64::new(1),
             frames_per_second,
             frame_burst,
+            renders: Arc::new(RenderCache::default()),
         })
     }
 
@@ -226,7 +229,11 @@ impl DeliveryHub {
             let connections: Connections =
                 Arc::new(StdMutex::new(HashMap::from([(id, connection)])));
             tracing::debug!(message = "Subscribed to deliveries.", user_id);
-            let dispatch = tokio::spawn(dispatch(subscriber, Arc::clone(&connections)));
+            let dispatch = tokio::spawn(dispatch(
+                subscriber,
+                Arc::clone(&connections),
+                Arc::clone(&self.renders),
+            ));
             let frames = Arc::new(StdMutex::new(TokenBucket::new(
                 self.frames_per_second,
                 self.frame_burst,
@@ -280,19 +287,71 @@ fn lock(connections: &Connections) -> std::sync::MutexGuard<'_, HashMap<u64, Con
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Renders each delivery once and offers it to every connection of the user. A full queue
-/// means the client is not keeping up: it is told to go (1013) rather than buffered forever.
-async fn dispatch(mut subscriber: async_nats::Subscriber, connections: Connections) {
+/// Rendered frames by event id, so an event delivered to many users on this gateway is turned
+/// into JSON once, not once per recipient. Entries live a few seconds: long enough for one
+/// fan-out to pass through.
+#[derive(Debug, Default)]
+pub struct RenderCache {
+    frames: StdMutex<HashMap<String, (Instant, Arc<LiveEvent>)>>,
+}
+
+/// How long a rendered frame is kept for other recipients.
+const RENDER_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+/// Entries kept before stale ones are pruned.
+const RENDER_PRUNE_AT: usize = 4096;
+
+impl RenderCache {
+    /// The shared rendering of `delivery`; events without an id (typing, presence) are
+    /// rendered each time.
+    pub fn render(&self, delivery: Delivery) -> Option<Arc<LiveEvent>> {
+        let Some(id) = event_id(&delivery) else {
+            return render(delivery).map(Arc::new);
+        };
+        let now = Instant::now();
+        let mut frames = self
+            .frames
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, event)) = frames.get(&id) {
+            return Some(Arc::clone(event));
+        }
+        if frames.len() >= RENDER_PRUNE_AT {
+            frames.retain(|_, (at, _)| now.duration_since(*at) < RENDER_TTL);
+        }
+        let event = Arc::new(render(delivery)?);
+        frames.insert(id, (now, Arc::clone(&event)));
+        Some(event)
+    }
+}
+
+fn event_id(delivery: &Delivery) -> Option<String> {
+    let id = match delivery.event.as_ref()? {
+        Event::MessageCreated(e) => &e.event_id,
+        Event::MessageUpdated(e) => &e.event_id,
+        Event::ReceiptUpdated(e) => &e.event_id,
+        Event::MembershipChanged(e) => &e.event_id,
+        Event::TypingStarted(_) | Event::PresenceChanged(_) | Event::VideoChanged(_) => {
+            return None;
+        }
+    };
+    Some(id.clone()).filter(|id| !id.is_empty())
+}
+
+/// Offers each delivery to every connection of the user. A full queue means the client is
+/// not keeping up: it is told to go (1013) rather than buffered forever.
+async fn dispatch(
+    mut subscriber: async_nats::Subscriber,
+    connections: Connections,
+    cache: Arc<RenderCache>,
+) {
     while let Some(message) = subscriber.next().await {
         let Ok(delivery) = Delivery::decode(message.payload) else {
             tracing::warn!(message = "Undecodable delivery dropped.", subject = %message.subject);
             continue;
         };
-        let Some(event) = render(delivery) else {
+        let Some(event) = cache.render(delivery) else {
             continue;
         };
-        let event = Arc::new(event);
-        tracing::debug!(message = "Delivery dispatched.", subject = %message.subject);
         for connection in lock(&connections).values() {
             if let Err(mpsc::error::TrySendError::Full(_)) =
                 connection.queue.try_send(Arc::clone(&event))
@@ -300,5 +359,40 @@ async fn dispatch(mut subscriber: async_nats::Subscriber, connections: Connectio
                 connection.too_slow.cancel();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tertulia_proto::{chat::v1 as chat, events::v1::MessageCreated};
+
+    use super::*;
+
+    fn created(event_id: &str, seq: u64) -> Delivery {
+        Delivery {
+            event: Some(Event::MessageCreated(MessageCreated {
+                event_id: event_id.into(),
+                message: Some(chat::Message {
+                    conversation_id: "c".into(),
+                    seq,
+                    ..Default::default()
+                }),
+            })),
+        }
+    }
+
+    #[test]
+    fn one_event_is_rendered_once_for_all_recipients() {
+        let cache = RenderCache::default();
+        let first = cache.render(created("e1", 1)).unwrap();
+        let second = cache.render(created("e1", 1)).unwrap();
+        assert!(Arc::ptr_eq(&first, &second));
+        let other = cache.render(created("e2", 2)).unwrap();
+        assert!(!Arc::ptr_eq(&first, &other));
+        let LiveEvent::Message { seq, frame, .. } = &*other else {
+            panic!("a message event");
+        };
+        assert_eq!(*seq, 2);
+        assert!(frame.as_str().contains(r#""type":"message""#));
     }
 }
