@@ -177,6 +177,20 @@ async fn lock_as_member(
     Ok(row.map(|r| (ConversationKind::from_stored(r.get(0)), r.get(1), r.get(2))))
 }
 
+/// Locks a group conversation `actor` belongs to and returns its creator; or the outcome
+/// that ends a membership change (not visible, or not a group).
+async fn lock_group(
+    tx: &Transaction<'_>,
+    conversation_id: Uuid,
+    actor: Uuid,
+) -> Result<Result<Uuid, Membership>, DbError> {
+    Ok(match lock_as_member(tx, conversation_id, actor).await? {
+        None => Err(Membership::NotFound),
+        Some((ConversationKind::Direct, _, _)) => Err(Membership::NotGroup),
+        Some((ConversationKind::Group, creator, _)) => Ok(creator),
+    })
+}
+
 impl ChatStore {
     /// A store over `pool` (already migrated).
     #[must_use]
@@ -320,11 +334,8 @@ impl ChatStore {
     ) -> Result<Membership, DbError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let Some((kind, _, _)) = lock_as_member(&tx, conversation_id, actor).await? else {
-            return Ok(Membership::NotFound);
-        };
-        if kind == ConversationKind::Direct {
-            return Ok(Membership::NotGroup);
+        if let Err(outcome) = lock_group(&tx, conversation_id, actor).await? {
+            return Ok(outcome);
         }
         let added = tx
             .execute(
@@ -353,12 +364,10 @@ impl ChatStore {
     ) -> Result<Membership, DbError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let Some((kind, creator, _)) = lock_as_member(&tx, conversation_id, actor).await? else {
-            return Ok(Membership::NotFound);
+        let creator = match lock_group(&tx, conversation_id, actor).await? {
+            Ok(creator) => creator,
+            Err(outcome) => return Ok(outcome),
         };
-        if kind == ConversationKind::Direct {
-            return Ok(Membership::NotGroup);
-        }
         if user != actor && actor != creator {
             return Ok(Membership::NotAllowed);
         }
@@ -374,7 +383,7 @@ impl ChatStore {
         // The view of a remaining member (or of the creator's record) for the event.
         let row = tx
             .query_one(
-                "SELECT kind, title, creator_id, created_at, last_seq,
+                "SELECT title, creator_id, created_at, last_seq,
                         ARRAY(SELECT user_id FROM members WHERE conversation_id = $1
                               ORDER BY joined_at, user_id) AS member_ids
                  FROM conversations WHERE conversation_id = $1",
@@ -383,7 +392,7 @@ impl ChatStore {
             .await?;
         let view = Conversation {
             conversation_id,
-            kind,
+            kind: ConversationKind::Group,
             title: row.get("title"),
             creator_id: row.get("creator_id"),
             member_ids: row.get("member_ids"),
