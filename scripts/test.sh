@@ -19,7 +19,7 @@ psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qAt <<'SQL' >/dev/nu
 DO $$
 DECLARE s text;
 BEGIN
-  FOR s IN SELECT nspname FROM pg_namespace WHERE nspname ~ '^t_[0-9a-f]{32}(_chat)?$' LOOP
+  FOR s IN SELECT nspname FROM pg_namespace WHERE nspname ~ '^t_[0-9a-f]{32}(_chat|_catalog|_media)?$' LOOP
     EXECUTE format('DROP SCHEMA %I CASCADE', s);
   END LOOP;
 END $$;

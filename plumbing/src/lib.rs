@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod http;
 pub mod logging;
 pub mod main_loop;
 pub mod nats;

@@ -118,3 +118,126 @@ impl Nats {
             .map_err(|source| NatsError::Stream { name: full, source })
     }
 }
+
+/// What a handler decided about one JetStream message.
+#[derive(Debug)]
+pub enum Handled {
+    /// Done: acknowledge.
+    Done,
+    /// A dependency failed: redeliver after a pause.
+    Retry(String),
+    /// The message can never be handled (undecodable): terminate it.
+    Poison(String),
+}
+
+/// A durable pull consumer with explicit acks over one stream, and how it is worked.
+#[derive(Debug, Clone)]
+pub struct DurableConsumer {
+    /// Stream name without namespace (e.g. `CHAT`).
+    pub stream: &'static str,
+    /// Durable name, shared by every instance of the consuming service.
+    pub name: &'static str,
+    /// Subject filter without namespace; every subject of the stream when `None`.
+    pub filter: Option<&'static str>,
+    /// Redelivery after this long without an ack (a crashed worker's message comes back).
+    pub ack_wait: Duration,
+    /// Deliveries of one message before JetStream stops trying (`-1`: unlimited).
+    pub max_deliver: i64,
+    /// Messages handled at once by this instance; also bounds unacknowledged messages.
+    pub concurrency: usize,
+}
+
+/// Pause before redelivering a message whose handler asked for a retry, and before
+/// reconnecting a consumer whose stream failed.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+impl Nats {
+    /// Works `consumer` with `handler` until `shutdown` trips: creates the consumer if needed,
+    /// handles up to `concurrency` messages at once, acks, naks or terminates each by what the
+    /// handler answers, and reconnects after errors. Handlers must be idempotent: a message
+    /// is delivered at least once.
+    /// The handler gets its own handle on the message (for progress acks on long work).
+    pub async fn consume<H, F>(
+        &self,
+        consumer: &DurableConsumer,
+        shutdown: &crate::shutdown::Shutdown,
+        handler: H,
+    ) where
+        H: Fn(jetstream::Message) -> F + Sync,
+        F: std::future::Future<Output = Handled>,
+    {
+        loop {
+            let result = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = self.consume_once(consumer, &handler) => r,
+            };
+            if let Err(error) = result {
+                tracing::warn!(message = "Consumer failed, restarting.", consumer = consumer.name, error = %error);
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RETRY_PAUSE) => {}
+            }
+        }
+    }
+
+    async fn consume_once<H, F>(&self, spec: &DurableConsumer, handler: &H) -> Result<(), String>
+    where
+        H: Fn(jetstream::Message) -> F + Sync,
+        F: std::future::Future<Output = Handled>,
+    {
+        use futures::StreamExt as _;
+        use jetstream::{AckKind, consumer::pull};
+
+        let stream = self
+            .jetstream
+            .get_stream(self.stream_name(spec.stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        let consumer = stream
+            .get_or_create_consumer(
+                spec.name,
+                pull::Config {
+                    durable_name: Some(spec.name.to_owned()),
+                    filter_subject: spec.filter.map(|f| self.subject(f)).unwrap_or_default(),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: spec.ack_wait,
+                    max_deliver: spec.max_deliver,
+                    max_ack_pending: i64::try_from(spec.concurrency.max(1) * 64).unwrap_or(i64::MAX),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let mut failure = None;
+        messages
+            .take_while(|m| {
+                let ok = m.is_ok();
+                if let Err(e) = m {
+                    failure = Some(e.to_string());
+                }
+                std::future::ready(ok)
+            })
+            .filter_map(|m| std::future::ready(m.ok()))
+            .for_each_concurrent(spec.concurrency.max(1), |message| async move {
+                let ack = match handler(message.clone()).await {
+                    Handled::Done => message.ack().await,
+                    Handled::Poison(reason) => {
+                        tracing::error!(message = "Unusable event dropped.", subject = %message.subject, reason);
+                        message.ack_with(AckKind::Term).await
+                    }
+                    Handled::Retry(reason) => {
+                        tracing::warn!(message = "Event will be retried.", subject = %message.subject, reason);
+                        message.ack_with(AckKind::Nak(Some(RETRY_PAUSE))).await
+                    }
+                };
+                if let Err(error) = ack {
+                    // The message comes back after ack_wait; handlers are idempotent.
+                    tracing::warn!(message = "Ack failed.", error = %error);
+                }
+            })
+            .await;
+        failure.map_or(Ok(()), Err)
+    }
+}

@@ -85,6 +85,29 @@ pub mod subjects {
         pub const MEMBERSHIP: &str = "membership";
     }
 
+    /// The JetStream stream of media events.
+    pub const MEDIA_STREAM: &str = "MEDIA";
+    /// Every subject of [`MEDIA_STREAM`].
+    pub const MEDIA_STREAM_SUBJECTS: &[&str] = &["media.v1.video.>"];
+
+    /// Kinds of media events, the last token of their subject.
+    pub mod media_event {
+        /// `UploadCompleted`.
+        pub const UPLOADED: &str = "uploaded";
+        /// `ProcessingFinished`.
+        pub const PROCESSED: &str = "processed";
+        /// `ProcessingFailed`.
+        pub const FAILED: &str = "failed";
+        /// `MediaDeleted`.
+        pub const DELETED: &str = "deleted";
+    }
+
+    /// `media.v1.video.<video_id>.<event>`.
+    #[must_use]
+    pub fn media_video(video_id: &str, event: &str) -> String {
+        format!("media.v1.video.{video_id}.{event}")
+    }
+
     /// `chat.v1.conv.<conversation_id>.<event>`.
     #[must_use]
     pub fn chat_conversation(conversation_id: &str, event: &str) -> String {

@@ -5,24 +5,27 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use axum::{
     Router,
     extract::DefaultBodyLimit,
-    http::{HeaderValue, Request, StatusCode},
+    http::StatusCode,
     response::{IntoResponse, Response},
     serve::ListenerExt as _,
 };
 use tertulia_plumbing::{
-    StartError, client, error::chain, nats, shutdown::Shutdown, token::TokenVerifier,
+    StartError, client, error::chain, http::RequestIdV7, nats, shutdown::Shutdown,
+    token::TokenVerifier,
 };
 use tertulia_proto::{
     auth::v1::auth_service_client::AuthServiceClient,
     chat::v1::chat_service_client::ChatServiceClient,
     presence::v1::presence_service_client::PresenceServiceClient,
+    catalog::v1::catalog_service_client::CatalogServiceClient,
+    media::v1::media_service_client::MediaServiceClient,
 };
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer,
-    request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    request_id::{PropagateRequestIdLayer, SetRequestIdLayer},
     trace::TraceLayer,
 };
 
@@ -45,6 +48,10 @@ pub struct AppState {
     pub chat: ChatServiceClient<Channel>,
     /// svc-presence.
     pub presence: PresenceServiceClient<Channel>,
+    /// svc-catalog.
+    pub catalog: CatalogServiceClient<Channel>,
+    /// svc-media.
+    pub media: MediaServiceClient<Channel>,
     /// This gateway's id, in presence records.
     pub gateway_id: String,
     /// Every upstream by name, for readiness checks.
@@ -82,16 +89,22 @@ impl App {
         let nats = nats::connect(&config.nats, "svc-bff").await?;
         let chat_channel = channel(&config.chat)?;
         let presence_channel = channel(&config.presence)?;
+        let catalog_channel = channel(&config.catalog)?;
+        let media_channel = channel(&config.media)?;
         let state = AppState {
             auth: AuthServiceClient::new(auth_channel.clone()),
             chat: ChatServiceClient::new(chat_channel.clone()),
             presence: PresenceServiceClient::new(presence_channel.clone()),
+            catalog: CatalogServiceClient::new(catalog_channel.clone()),
+            media: MediaServiceClient::new(media_channel.clone()),
             gateway_id: uuid::Uuid::now_v7().to_string(),
             verifier: TokenVerifier::from_auth_service(&config.tokens, auth_channel.clone()),
             upstreams: vec![
                 ("svc-auth", auth_channel),
                 ("svc-chat", chat_channel),
                 ("svc-presence", presence_channel),
+                ("svc-catalog", catalog_channel),
+                ("svc-media", media_channel),
             ],
             call_deadline: Duration::from_millis(config.auth.timeout_ms),
             trust_forwarded_for: config.http.trust_forwarded_for,
@@ -190,6 +203,7 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
             routes::auth::router()
                 .merge(routes::chat::router())
                 .merge(routes::presence::router())
+                .merge(routes::videos::router())
                 .route("/ws", axum::routing::get(crate::realtime::ws::upgrade))
                 .route("/events", axum::routing::get(crate::realtime::sse::events))
                 .route("/poll", axum::routing::get(crate::realtime::poll::poll)),
@@ -207,17 +221,6 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
         .layer(layers)
 }
 
-/// Mints UUIDv7 request ids (time-ordered, so logs sort by them).
-#[derive(Debug, Clone, Copy)]
-struct RequestIdV7;
-
-impl MakeRequestId for RequestIdV7 {
-    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
-        HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
-            .ok()
-            .map(RequestId::new)
-    }
-}
 
 fn panic_problem(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!(message = "Handler panicked.");

@@ -22,6 +22,10 @@ pub struct BffConfig {
     pub chat: UpstreamConfig,
     /// svc-presence's gRPC endpoint.
     pub presence: UpstreamConfig,
+    /// svc-catalog's gRPC endpoint.
+    pub catalog: UpstreamConfig,
+    /// svc-media's gRPC endpoint.
+    pub media: UpstreamConfig,
     /// NATS, where deliveries for connected users arrive.
     pub nats: NatsConfig,
     /// Issuer and audience that access tokens must carry.

@@ -102,6 +102,33 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// The caller when a token is given, anonymous when none is (a bad token is still 401).
+#[derive(Debug, Clone)]
+pub struct MaybeCaller(pub Option<Caller>);
+
+impl FromRequestParts<AppState> for MaybeCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if parts.headers.contains_key(header::AUTHORIZATION) {
+            Caller::from_request_parts(parts, state).await.map(|c| Self(Some(c)))
+        } else {
+            Ok(Self(None))
+        }
+    }
+}
+
+impl MaybeCaller {
+    /// The caller's id, empty when anonymous (as the gRPC services expect).
+    #[must_use]
+    pub fn actor_id(&self) -> String {
+        self.0.as_ref().map(|c| c.user_id.clone()).unwrap_or_default()
+    }
+}
+
 fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
     let value = parts
         .headers

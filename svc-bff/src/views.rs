@@ -77,3 +77,102 @@ impl From<chat::Conversation> for ConversationView {
         }
     }
 }
+
+/// One rung of a video's HLS ladder.
+#[derive(Debug, Clone, Serialize)]
+pub struct RenditionView {
+    name: String,
+    width: u32,
+    height: u32,
+    bitrate: u32,
+}
+
+/// Signed, expiring media URLs of a video.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PlaybackView {
+    /// The HLS master playlist, once a rendition is playable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hls_url: Option<String>,
+    /// The original file, progressive (byte ranges supported).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mp4_url: Option<String>,
+    /// When these URLs stop working.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// A video (CONTRACT.md, "Video").
+#[derive(Debug, Clone, Serialize)]
+pub struct VideoView {
+    id: String,
+    owner_id: String,
+    title: String,
+    description: String,
+    tags: Vec<String>,
+    visibility: &'static str,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    height: Option<u32>,
+    renditions: Vec<RenditionView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure_reason: Option<String>,
+    /// Signed thumbnail URL, once processed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thumbnail_url: Option<String>,
+    /// Signed playback URLs (empty until the file arrives).
+    pub playback: PlaybackView,
+    created_at: Option<String>,
+}
+
+impl From<tertulia_proto::catalog::v1::Video> for VideoView {
+    fn from(v: tertulia_proto::catalog::v1::Video) -> Self {
+        use tertulia_proto::catalog::v1::{VideoStatus, Visibility};
+        Self {
+            visibility: match v.visibility() {
+                Visibility::Public => "public",
+                Visibility::Unlisted => "unlisted",
+                Visibility::Private | Visibility::Unspecified => "private",
+            },
+            status: match v.status() {
+                VideoStatus::AwaitingUpload | VideoStatus::Unspecified => "awaiting_upload",
+                VideoStatus::Processing => "processing",
+                VideoStatus::Ready => "ready",
+                VideoStatus::Failed => "failed",
+            },
+            created_at: rfc3339(v.created_at.as_ref()),
+            id: v.video_id,
+            owner_id: v.owner_id,
+            title: v.title,
+            description: v.description,
+            tags: v.tags,
+            duration_s: v.duration_s,
+            width: v.width,
+            height: v.height,
+            renditions: v
+                .renditions
+                .into_iter()
+                .map(|r| RenditionView {
+                    name: r.name,
+                    width: r.width,
+                    height: r.height,
+                    bitrate: r.bitrate,
+                })
+                .collect(),
+            failure_reason: Some(v.failure_reason).filter(|r| !r.is_empty()),
+            thumbnail_url: None,
+            playback: PlaybackView::default(),
+        }
+    }
+}
+
+impl VideoView {
+    /// Whether the video has a file whose URLs are worth signing.
+    #[must_use]
+    pub fn has_media(&self) -> bool {
+        matches!(self.status, "processing" | "ready")
+    }
+}

@@ -1,24 +1,27 @@
-//! svc-catalog will own video metadata and search (a document store behind a trait: PostgreSQL JSONB by default, MongoDB adapter), consuming media events.
+//! svc-catalog owns video metadata and search. It serves `tertulia.catalog.v1.CatalogService`
+//! over gRPC.
 //!
-//! Today it starts, binds its gRPC port and answers `grpc.health.v1` (and drains on
-//! SIGTERM) so the stack, the mesh and the tests can rely on it; `tertulia.catalog.v1.CatalogService` is
-//! defined in `proto/` and not served yet.
+//! Videos are documents in a store behind one trait ([`store::VideoStore`]): PostgreSQL
+//! JSONB with full-text search (the default) or MongoDB with a text index; both pass one
+//! contract suite. Visibility is enforced on every read. The lifecycle (`awaiting_upload →
+//! processing → ready | failed`) moves only on events from svc-media (JetStream stream
+//! `MEDIA`, durable consumer `catalog`); each change is pushed to the owner's live
+//! connections on `deliver.<owner_id>`. Deleting is a saga (tombstone, then media removal
+//! through svc-media, then forget) finished by a reconciler when a step fails.
+//!
+//! Rooms: `domain/` (rules), `store/` (adapters and their contract), `catalog` (use cases),
+//! `deletion` (the saga), `events` (consume and announce), `grpc` (protobuf translation),
+//! `app` (wiring).
 
+pub mod app;
+pub mod catalog;
 pub mod config;
+pub mod deletion;
+pub mod domain;
+pub mod error;
+pub mod events;
+pub mod grpc;
+pub mod store;
 
+pub use app::{App, run};
 pub use config::CatalogConfig;
-
-use tertulia_plumbing::{StartError, grpc::GrpcServer, shutdown::Shutdown};
-
-/// A built, bound svc-catalog: today its gRPC server with health only.
-pub type App = GrpcServer;
-
-/// Binds the listener.
-pub async fn build(config: CatalogConfig) -> Result<App, StartError> {
-    Ok(GrpcServer::bind(config.grpc).await?)
-}
-
-/// Builds and runs svc-catalog until `shutdown` trips.
-pub async fn run(config: CatalogConfig, shutdown: Shutdown) -> Result<(), StartError> {
-    Ok(build(config).await?.serve(shutdown).await?)
-}

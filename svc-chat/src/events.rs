@@ -8,13 +8,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use async_nats::{
-    HeaderMap,
-    jetstream::{self, AckKind, consumer::pull},
-};
-use futures::StreamExt as _;
+use async_nats::HeaderMap;
 use prost::Message as _;
-use tertulia_plumbing::{nats::Nats, postgres::DbError, shutdown::Shutdown, wire::timestamp};
+use tertulia_plumbing::{
+    nats::{DurableConsumer, Handled, Nats},
+    postgres::DbError,
+    shutdown::Shutdown,
+    wire::timestamp,
+};
 use tertulia_proto::{
     chat::v1 as chat_pb,
     events::v1::{self as pb, delivery::Event},
@@ -248,7 +249,7 @@ impl OutboxRelay {
     async fn publish(
         &self,
         row: &OutboxRow,
-    ) -> Result<jetstream::context::PublishAckFuture, RelayError> {
+    ) -> Result<async_nats::jetstream::context::PublishAckFuture, RelayError> {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", row.event_id.to_string().as_str());
         self.nats
@@ -288,65 +289,27 @@ impl FanOut {
         Self { store, nats }
     }
 
-    /// Consumes until `shutdown` trips; reconnects after errors.
+    /// Consumes until `shutdown` trips; reconnects after errors. One event at a time, so
+    /// each member receives a conversation's events in stream order.
     pub async fn run(self, shutdown: Shutdown) {
-        loop {
-            let result = tokio::select! {
-                () = shutdown.cancelled() => return,
-                r = self.consume() => r,
-            };
-            if let Err(error) = result {
-                tracing::warn!(message = "Fan-out consumer failed, restarting.", error = %error);
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(RELAY_BACKOFF) => {}
-            }
-        }
-    }
-
-    async fn consume(&self) -> Result<(), String> {
-        let stream = self
-            .nats
-            .jetstream
-            .get_stream(self.nats.stream_name(subjects::CHAT_STREAM))
-            .await
-            .map_err(|e| e.to_string())?;
-        let consumer = stream
-            .get_or_create_consumer(
-                FANOUT_CONSUMER,
-                pull::Config {
-                    durable_name: Some(FANOUT_CONSUMER.to_owned()),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    max_ack_pending: 10_000,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(|e| e.to_string())?;
-            match self.deliver(&message.subject, &message.payload).await {
-                Ok(()) => message.ack().await.map_err(|e| e.to_string())?,
-                Err(FanOutError::Poison(reason)) => {
-                    tracing::error!(message = "Undecodable chat event dropped.", subject = %message.subject, reason);
-                    message
-                        .ack_with(AckKind::Term)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-                Err(FanOutError::Retry(reason)) => {
-                    tracing::warn!(message = "Fan-out will retry an event.", reason);
-                    message
-                        .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-            }
-        }
-        Ok(())
+        let consumer = DurableConsumer {
+            stream: subjects::CHAT_STREAM,
+            name: FANOUT_CONSUMER,
+            filter: None,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: -1,
+            concurrency: 1,
+        };
+        let this = &self;
+        self.nats
+            .consume(&consumer, &shutdown, |message| async move {
+                    match this.deliver(&message.subject, &message.payload).await {
+                        Ok(()) => Handled::Done,
+                        Err(FanOutError::Poison(reason)) => Handled::Poison(reason),
+                        Err(FanOutError::Retry(reason)) => Handled::Retry(reason),
+                    }
+            })
+            .await;
     }
 
     /// Publishes one event to its recipients. Encodes the `Delivery` once for all of them.

@@ -8,6 +8,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+pub mod media;
+
 use futures::{SinkExt as _, StreamExt as _};
 
 use serde_json::{Value, json};
@@ -95,7 +97,7 @@ pub fn drop_streams(nats: &NatsConfig) {
             let Ok(conn) = tertulia_plumbing::nats::connect(&config, "test-cleanup").await else {
                 return;
             };
-            for name in [tertulia_proto::subjects::CHAT_STREAM] {
+            for name in [tertulia_proto::subjects::CHAT_STREAM, tertulia_proto::subjects::MEDIA_STREAM] {
                 let _ = conn.jetstream.delete_stream(conn.stream_name(name)).await;
             }
             for bucket in ["PRESENCE", "LAST_SEEN"] {
@@ -153,9 +155,55 @@ pub struct Stack {
     pub nats: NatsConfig,
     /// svc-chat's configuration (to start it again, or more instances).
     pub chat_config: svc_chat::ChatConfig,
+    /// svc-catalog's gRPC address.
+    pub catalog: SocketAddr,
+    /// svc-media's gRPC address.
+    pub media: SocketAddr,
+    /// svc-media's public HTTP address (tus and origin).
+    pub media_http: SocketAddr,
+    /// svc-media's shared state (to drive sweeps and the reconciler, to inspect blobs).
+    pub media_state: svc_media::media::Media,
+    /// svc-media's configuration.
+    pub media_config: svc_media::MediaConfig,
+    /// The catalog's delete saga (to drive the reconciler).
+    pub deletion: svc_catalog::deletion::Deletion,
+    /// Local folder of this stack's media (blobs and scratch space), removed at the end.
+    pub media_dir: std::path::PathBuf,
     chat_shutdown: Shutdown,
     chat_task: Option<tokio::task::JoinHandle<Result<(), tertulia_plumbing::StartError>>>,
     shutdown: Shutdown,
+}
+
+/// A signing key for tests (32 bytes or more, as svc-media requires).
+pub const TEST_SIGNING_KEY: &str = "test-signing-key-0123456789abcdef";
+
+/// svc-media's configuration for a test stack: blobs and scratch space under `dir`, small
+/// limits so the tests can exercise them.
+#[must_use]
+pub fn media_config(dir: &std::path::Path, database: PostgresConfig, nats: NatsConfig) -> svc_media::MediaConfig {
+    use secrecy::SecretString;
+    svc_media::MediaConfig {
+        grpc: GrpcServerConfig::on(loopback()),
+        http_listen: loopback(),
+        public_url: None,
+        upload_url: None,
+        database,
+        nats,
+        stream_replicas: 1,
+        blobs: svc_media::config::BlobConfig::Fs { root: dir.join("blobs") },
+        work_dir: dir.join("work"),
+        signing: svc_media::config::SigningConfig {
+            current: "test".into(),
+            keys: [("test".to_owned(), SecretString::from(TEST_SIGNING_KEY))].into_iter().collect(),
+        },
+        limits: svc_media::config::MediaLimits {
+            max_upload_bytes: 64 << 20,
+            stall_timeout_s: 30,
+            // Sweeps are driven by the tests themselves.
+            sweep_every_s: 3600,
+            ..svc_media::config::MediaLimits::default()
+        },
+    }
 }
 
 impl Stack {
@@ -174,12 +222,17 @@ impl Stack {
         adjust: impl FnOnce(&mut svc_auth::config::AuthConfig),
         adjust_bff: impl FnOnce(&mut svc_bff::config::BffConfig),
     ) -> Self {
-        Box::pin(Self::start_full(adjust, adjust_bff, fresh_nats(), 60, None)).await
+        Box::pin(Self::start_full(adjust, adjust_bff, |_| {}, fresh_nats(), 60, None)).await
+    }
+
+    /// Boots the stack after `adjust` has changed svc-media's configuration.
+    pub async fn start_with_media(adjust: impl FnOnce(&mut svc_media::MediaConfig)) -> Self {
+        Box::pin(Self::start_full(|_| {}, |_| {}, adjust, fresh_nats(), 60, None)).await
     }
 
     /// Boots the stack with sessions expiring `ttl_s` seconds after their last heartbeat.
     pub async fn start_with_presence_ttl(ttl_s: u64) -> Self {
-        Box::pin(Self::start_full(|_| {}, |_| {}, fresh_nats(), ttl_s, None)).await
+        Box::pin(Self::start_full(|_| {}, |_| {}, |_| {}, fresh_nats(), ttl_s, None)).await
     }
 
     /// Boots the stack against the NATS server at `url` (a [`TestNats`] of the test's own).
@@ -188,13 +241,14 @@ impl Stack {
             url: url.to_owned(),
             ..fresh_nats()
         };
-        Box::pin(Self::start_full(|_| {}, |_| {}, nats, 60, None)).await
+        Box::pin(Self::start_full(|_| {}, |_| {}, |_| {}, nats, 60, None)).await
     }
 
     /// Boots the stack with svc-chat's schema on the PostgreSQL server at `url` (a
     /// [`TestPostgres`] of the test's own).
     pub async fn start_with_chat_database(url: &str) -> Self {
         Box::pin(Self::start_full(
+            |_| {},
             |_| {},
             |_| {},
             fresh_nats(),
@@ -207,6 +261,7 @@ impl Stack {
     async fn start_full(
         adjust: impl FnOnce(&mut svc_auth::config::AuthConfig),
         adjust_bff: impl FnOnce(&mut svc_bff::config::BffConfig),
+        adjust_media: impl FnOnce(&mut svc_media::MediaConfig),
         nats: NatsConfig,
         presence_ttl_s: u64,
         chat_database_url: Option<String>,
@@ -262,11 +317,52 @@ impl Stack {
         let presence = presence_app.grpc_addr();
         tokio::spawn(presence_app.run(shutdown.clone()));
 
+        let media_dir = std::env::temp_dir().join("tertulia-tests").join(&schema);
+        let mut media_config = media_config(
+            &media_dir,
+            PostgresConfig {
+                schema: format!("{schema}_media"),
+                ..fresh_database()
+            },
+            nats.clone(),
+        );
+        adjust_media(&mut media_config);
+        let media_app = svc_media::App::build(media_config.clone())
+            .await
+            .expect("svc-media starts");
+        let media = media_app.grpc_addr();
+        let media_http = media_app.http_addr();
+        let media_state = media_app.media().clone();
+        tokio::spawn(media_app.run(shutdown.clone()));
+
+        let catalog_config = svc_catalog::CatalogConfig {
+            grpc: GrpcServerConfig::on(loopback()),
+            store: svc_catalog::config::StoreKind::Postgres,
+            database: PostgresConfig {
+                schema: format!("{schema}_catalog"),
+                ..fresh_database()
+            },
+            mongodb: None,
+            nats: nats.clone(),
+            media: UpstreamConfig::at(format!("http://{media}")),
+            stream_replicas: 1,
+            // The tests drive the reconciler themselves.
+            reconcile_every_s: 3600,
+        };
+        let catalog_app = svc_catalog::App::build(catalog_config)
+            .await
+            .expect("svc-catalog starts");
+        let catalog = catalog_app.grpc_addr();
+        let deletion = catalog_app.deletion().clone();
+        tokio::spawn(catalog_app.run(shutdown.clone()));
+
         let mut bff_config = svc_bff::config::BffConfig {
             http: svc_bff::config::HttpConfig::on(loopback()),
             auth: UpstreamConfig::at(format!("http://{auth}")),
             chat: UpstreamConfig::at(format!("http://{chat}")),
             presence: UpstreamConfig::at(format!("http://{presence}")),
+            catalog: UpstreamConfig::at(format!("http://{catalog}")),
+            media: UpstreamConfig::at(format!("http://{media}")),
             nats: nats.clone(),
             tokens: TokenPolicy::standard(),
             realtime: svc_bff::realtime::RealtimeConfig::standard(),
@@ -291,6 +387,13 @@ impl Stack {
             schema,
             nats,
             chat_config,
+            catalog,
+            media,
+            media_http,
+            media_state,
+            media_config,
+            deletion,
+            media_dir,
             chat_shutdown,
             chat_task,
             shutdown,
@@ -427,7 +530,10 @@ impl Drop for Stack {
         self.shutdown.cancel();
         drop_schema(&self.schema);
         drop_schema(&format!("{}_chat", self.schema));
+        drop_schema(&format!("{}_catalog", self.schema));
+        drop_schema(&format!("{}_media", self.schema));
         drop_streams(&self.nats);
+        let _ = std::fs::remove_dir_all(&self.media_dir);
     }
 }
 
@@ -734,9 +840,14 @@ impl WsClient {
 
     /// The next JSON frame, or how the socket ended (close code, or `None` without one).
     pub async fn next_text(&mut self) -> Result<Value, Option<u16>> {
+        self.next_text_within(FRAME_WAIT).await
+    }
+
+    /// [`Self::next_text`], waiting up to `wait` (for frames that follow slow work).
+    pub async fn next_text_within(&mut self, wait: Duration) -> Result<Value, Option<u16>> {
         use tokio_tungstenite::tungstenite::Message;
         loop {
-            let next = tokio::time::timeout(FRAME_WAIT, self.socket.next())
+            let next = tokio::time::timeout(wait, self.socket.next())
                 .await
                 .expect("a frame or the end arrives in time");
             match next {

@@ -3,15 +3,11 @@
 
 use std::net::SocketAddr;
 
-use tertulia_plumbing::{config::GrpcServerConfig, shutdown::Shutdown};
-use tertulia_tests::grpc_channel;
+use tertulia_plumbing::config::GrpcServerConfig;
+use tertulia_tests::{Stack, drop_schema, fresh_database, fresh_nats, grpc_channel, media_config, unique_name};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
-
-fn grpc() -> GrpcServerConfig {
-    GrpcServerConfig::on(SocketAddr::from(([127, 0, 0, 1], 0)))
-}
 
 async fn assert_serving(addr: SocketAddr) {
     let mut health = HealthClient::new(grpc_channel(addr).await);
@@ -26,34 +22,24 @@ async fn assert_serving(addr: SocketAddr) {
 
 #[tokio::test]
 async fn catalog_and_media_start_and_serve_health() {
-    let shutdown = Shutdown::new();
-    let catalog = svc_catalog::build(svc_catalog::CatalogConfig { grpc: grpc() })
-        .await
-        .unwrap();
-    let media = svc_media::build(svc_media::MediaConfig { grpc: grpc() })
-        .await
-        .unwrap();
-    let addrs = [catalog.local_addr(), media.local_addr()];
-    let servers = [
-        tokio::spawn(catalog.serve(shutdown.clone())),
-        tokio::spawn(media.serve(shutdown.clone())),
-    ];
-    for addr in addrs {
+    let stack = Stack::start().await;
+    for addr in [stack.catalog, stack.media] {
         assert_serving(addr).await;
-    }
-    shutdown.cancel();
-    for server in servers {
-        server.await.unwrap().unwrap();
     }
 }
 
 #[tokio::test]
 async fn a_taken_port_is_a_clear_start_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let config = svc_media::MediaConfig {
-        grpc: GrpcServerConfig::on(taken.local_addr().unwrap()),
-    };
-    let Err(err) = svc_media::build(config).await else {
+    let dir = std::env::temp_dir().join(unique_name("taken"));
+    let database = fresh_database();
+    let schema = database.schema.clone();
+    let mut config = media_config(&dir, database, fresh_nats());
+    config.grpc = GrpcServerConfig::on(taken.local_addr().unwrap());
+    let result = svc_media::App::build(config).await;
+    drop_schema(&schema);
+    let _ = std::fs::remove_dir_all(&dir);
+    let Err(err) = result else {
         panic!("binding a taken port must fail");
     };
     assert!(err.to_string().contains("cannot bind"), "{err}");

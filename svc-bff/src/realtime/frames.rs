@@ -7,7 +7,7 @@ use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::views::{ConversationView, MessageView};
+use crate::views::{ConversationView, MessageView, VideoView};
 
 /// A frame from the client.
 #[derive(Debug, Deserialize)]
@@ -118,6 +118,13 @@ pub fn presence(user_id: &str, online: bool, last_seen: Option<String>) -> Utf8B
 #[must_use]
 pub fn conversation(conversation: &ConversationView) -> Utf8Bytes {
     text(&json!({"type": "conversation", "conversation": conversation}))
+}
+
+/// `{"type":"video","video"}`: one of the user's videos changed state. Media URLs are
+/// not included (they are signed per request): `GET /api/v1/videos/{id}` has them.
+#[must_use]
+pub fn video(video: &VideoView) -> Utf8Bytes {
+    text(&json!({"type": "video", "video": video}))
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use tokio::{
 };
 
 use super::frames;
-use crate::views::{ConversationView, MessageView, rfc3339};
+use crate::views::{ConversationView, MessageView, VideoView, rfc3339};
 
 /// One event for a connection.
 #[derive(Debug)]
@@ -78,7 +78,7 @@ pub fn render(delivery: Delivery) -> Option<LiveEvent> {
             e.online,
             rfc3339(e.last_seen.as_ref()),
         )),
-        Event::VideoChanged(_) => return None,
+        Event::VideoChanged(e) => LiveEvent::Other(frames::video(&VideoView::from(e.video?))),
     })
 }
 

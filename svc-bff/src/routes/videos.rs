@@ -1,0 +1,296 @@
+//! `/api/v1/videos/*`: video metadata from svc-catalog, upload URLs and signed playback URLs
+//! from svc-media. Reading videos works without a token (anonymous callers see public and
+//! unlisted videos); writing needs one. The bytes never pass through the gateway: uploads
+//! go to svc-media's tus endpoint, playback to its origin (or the CDN in front of it).
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::StatusCode,
+    routing::{get, post},
+};
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use tertulia_plumbing::client::with_deadline;
+use tertulia_proto::{catalog::v1 as pb, media::v1 as media_pb};
+
+use crate::{
+    app::AppState,
+    extract::{ApiQuery, Caller, JsonBody, MaybeCaller, page_limit},
+    problem::ApiError,
+    views::{PlaybackView, VideoView, rfc3339},
+};
+
+/// Playback URLs signed at once while answering a list.
+const SIGNING_CONCURRENCY: usize = 16;
+
+/// The routes of this module, relative to `/api/v1`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/videos", post(create).get(list))
+        .route("/videos/{id}", get(get_one).patch(update).delete(remove))
+        .route("/videos/{id}/upload", post(new_upload))
+}
+
+fn visibility(raw: Option<&str>) -> Result<pb::Visibility, ApiError> {
+    match raw {
+        None => Ok(pb::Visibility::Unspecified),
+        Some("public") => Ok(pb::Visibility::Public),
+        Some("unlisted") => Ok(pb::Visibility::Unlisted),
+        Some("private") => Ok(pb::Visibility::Private),
+        Some(_) => Err(ApiError::invalid_argument(
+            "visibility must be \"public\", \"unlisted\" or \"private\"",
+        )),
+    }
+}
+
+fn video_of(v: Option<pb::Video>) -> Result<VideoView, ApiError> {
+    v.map(VideoView::from)
+        .ok_or_else(|| ApiError::unavailable("svc-catalog answered without a video"))
+}
+
+/// Adds signed media URLs to a video that has a file.
+async fn with_playback(state: &AppState, id: &str, mut video: VideoView) -> Result<VideoView, ApiError> {
+    if !video.has_media() {
+        return Ok(video);
+    }
+    let request = media_pb::GetPlaybackRequest { video_id: id.to_owned() };
+    let p = state
+        .media
+        .clone()
+        .get_playback(with_deadline(request, state.call_deadline))
+        .await?
+        .into_inner();
+    let some = |s: String| Some(s).filter(|s| !s.is_empty());
+    video.thumbnail_url = some(p.thumbnail_url);
+    video.playback = PlaybackView {
+        hls_url: some(p.hls_url),
+        mp4_url: some(p.mp4_url),
+        expires_at: rfc3339(p.expires_at.as_ref()),
+    };
+    Ok(video)
+}
+
+#[derive(Debug, Serialize)]
+struct UploadView {
+    url: String,
+    expires_at: Option<String>,
+    max_size: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct CreatedVideo {
+    #[serde(flatten)]
+    video: VideoView,
+    upload: UploadView,
+}
+
+async fn upload_for(state: &AppState, video_id: String, owner_id: String) -> Result<UploadView, ApiError> {
+    let request = media_pb::CreateUploadRequest { video_id, owner_id };
+    let u = state
+        .media
+        .clone()
+        .create_upload(with_deadline(request, state.call_deadline))
+        .await?
+        .into_inner();
+    Ok(UploadView {
+        url: u.upload_url,
+        expires_at: rfc3339(u.expires_at.as_ref()),
+        max_size: u.max_size,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateBody {
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    tags: Vec<String>,
+    visibility: Option<String>,
+}
+
+/// 201: the video, awaiting its file, and a tus upload URL for it.
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<CreateBody>,
+) -> Result<(StatusCode, Json<CreatedVideo>), ApiError> {
+    let request = pb::CreateVideoRequest {
+        actor_id: caller.user_id.clone(),
+        title: body.title,
+        description: body.description,
+        tags: body.tags,
+        visibility: visibility(body.visibility.as_deref())?.into(),
+    };
+    let answer = state
+        .catalog
+        .clone()
+        .create_video(with_deadline(request, state.call_deadline))
+        .await?
+        .into_inner();
+    let video = answer.video.ok_or_else(|| ApiError::unavailable("svc-catalog answered without a video"))?;
+    let upload = upload_for(&state, video.video_id.clone(), caller.user_id).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedVideo {
+            video: VideoView::from(video),
+            upload,
+        }),
+    ))
+}
+
+/// A fresh upload URL for a video still awaiting its file (owner only).
+async fn new_upload(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<UploadView>, ApiError> {
+    let request = pb::GetVideoRequest {
+        actor_id: caller.user_id.clone(),
+        video_id: id.clone(),
+    };
+    let video = state
+        .catalog
+        .clone()
+        .get_video(with_deadline(request, state.call_deadline))
+        .await?
+        .into_inner()
+        .video
+        .ok_or_else(|| ApiError::unavailable("svc-catalog answered without a video"))?;
+    if video.owner_id != caller.user_id {
+        return Err(ApiError::from(tonic::Status::permission_denied(
+            "only the video's owner may upload its file",
+        )));
+    }
+    if video.status() != pb::VideoStatus::AwaitingUpload {
+        return Err(ApiError::from(tonic::Status::failed_precondition(
+            "the video already has its file",
+        )));
+    }
+    Ok(Json(upload_for(&state, id, caller.user_id).await?))
+}
+
+async fn get_one(
+    State(state): State<AppState>,
+    caller: MaybeCaller,
+    Path(id): Path<String>,
+) -> Result<Json<VideoView>, ApiError> {
+    let request = pb::GetVideoRequest {
+        actor_id: caller.actor_id(),
+        video_id: id.clone(),
+    };
+    let answer = state
+        .catalog
+        .clone()
+        .get_video(with_deadline(request, state.call_deadline))
+        .await?
+        .into_inner();
+    Ok(Json(with_playback(&state, &id, video_of(answer.video)?).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    query: String,
+    #[serde(default)]
+    tag: String,
+    #[serde(default)]
+    owner_id: String,
+    #[serde(default)]
+    page_token: String,
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+struct VideoPage {
+    videos: Vec<VideoView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_page_token: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: MaybeCaller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<VideoPage>, ApiError> {
+    let request = pb::ListVideosRequest {
+        actor_id: caller.actor_id(),
+        query: q.query,
+        tag: q.tag,
+        owner_id: q.owner_id,
+        page_token: q.page_token,
+        limit: page_limit(q.limit)?,
+    };
+    let answer = state
+        .catalog
+        .clone()
+        .list_videos(with_deadline(request, state.call_deadline))
+        .await?
+        .into_inner();
+    let state = &state;
+    let videos: Vec<VideoView> = futures::stream::iter(answer.videos)
+        .map(|v| async move {
+            let id = v.video_id.clone();
+            with_playback(state, &id, VideoView::from(v)).await
+        })
+        .buffered(SIGNING_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    Ok(Json(VideoPage {
+        videos,
+        next_page_token: Some(answer.next_page_token).filter(|t| !t.is_empty()),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct UpdateBody {
+    title: Option<String>,
+    description: Option<String>,
+    tags: Option<Vec<String>>,
+    visibility: Option<String>,
+}
+
+async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<UpdateBody>,
+) -> Result<Json<VideoView>, ApiError> {
+    let request = pb::UpdateVideoRequest {
+        actor_id: caller.user_id,
+        video_id: id.clone(),
+        title: body.title,
+        description: body.description,
+        tags: body.tags.map(|tags| pb::TagList { tags }),
+        visibility: visibility(body.visibility.as_deref())?.into(),
+    };
+    let answer = state
+        .catalog
+        .clone()
+        .update_video(with_deadline(request, state.call_deadline))
+        .await?
+        .into_inner();
+    Ok(Json(with_playback(&state, &id, video_of(answer.video)?).await?))
+}
+
+/// 204: the video is gone for everyone; its media is removed now or by the reconciler.
+async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let request = pb::DeleteVideoRequest {
+        actor_id: caller.user_id,
+        video_id: id,
+    };
+    state
+        .catalog
+        .clone()
+        .delete_video(with_deadline(request, state.call_deadline))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,100 @@
+//! Wiring: the chosen store, the `MEDIA` stream and its consumer, the delete reconciler,
+//! the gRPC server.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use secrecy::ExposeSecret as _;
+use tertulia_plumbing::{StartError, client, grpc::GrpcServer, nats, postgres, shutdown::Shutdown};
+use tertulia_proto::catalog::v1::catalog_service_server::CatalogServiceServer;
+
+use crate::{
+    catalog::Catalog,
+    config::{CatalogConfig, StoreKind},
+    deletion::Deletion,
+    events,
+    grpc::CatalogGrpc,
+    store::{VideoStore, mongo::MongoVideos, postgres::{MIGRATIONS, PostgresVideos}},
+};
+
+/// A built, bound svc-catalog, ready to serve.
+pub struct App {
+    grpc: GrpcServer,
+    catalog: Catalog,
+    deletion: Deletion,
+    nats: nats::Nats,
+    reconcile_every: Duration,
+}
+
+/// Opens the configured store.
+pub async fn open_store(config: &CatalogConfig) -> Result<Arc<dyn VideoStore>, StartError> {
+    Ok(match config.store {
+        StoreKind::Postgres => {
+            let pool = postgres::connect(&config.database).await?;
+            postgres::migrate(&pool, MIGRATIONS).await?;
+            Arc::new(PostgresVideos::new(pool))
+        }
+        StoreKind::Mongodb => {
+            let mongo = config
+                .mongodb
+                .as_ref()
+                .ok_or_else(|| StartError::Other("store = mongodb needs a [mongodb] section".into()))?;
+            let store = MongoVideos::connect(mongo.url.expose_secret(), &mongo.database)
+                .await
+                .map_err(|e| StartError::Other(e.to_string()))?;
+            Arc::new(store)
+        }
+    })
+}
+
+impl App {
+    /// Opens the store, ensures the stream, binds the listener.
+    pub async fn build(config: CatalogConfig) -> Result<Self, StartError> {
+        let store = open_store(&config).await?;
+        let nats = nats::connect(&config.nats, "svc-catalog").await?;
+        events::ensure_stream(&nats, config.stream_replicas).await?;
+        let catalog = Catalog::new(store);
+        let media = client::channel(&config.media).map_err(|e| StartError::Other(e.to_string()))?;
+        let deletion = Deletion::new(catalog.clone(), media, Duration::from_millis(config.media.timeout_ms));
+        let grpc = GrpcServer::bind(config.grpc)
+            .await?
+            .add_service(CatalogServiceServer::new(CatalogGrpc::new(catalog.clone(), deletion.clone())));
+        Ok(Self {
+            grpc,
+            catalog,
+            deletion,
+            nats,
+            reconcile_every: Duration::from_secs(config.reconcile_every_s.max(1)),
+        })
+    }
+
+    /// The address the gRPC server is bound to.
+    #[must_use]
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr()
+    }
+
+    /// The use cases, for tests that reach below the wire.
+    #[must_use]
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The delete saga, for tests that drive the reconciler.
+    #[must_use]
+    pub fn deletion(&self) -> &Deletion {
+        &self.deletion
+    }
+
+    /// Serves until `shutdown` trips, with the media consumer and the reconciler beside.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
+        tokio::spawn(events::consume_media(self.catalog, self.nats, shutdown.clone()));
+        tokio::spawn(self.deletion.reconcile_until(self.reconcile_every, shutdown.clone()));
+        self.grpc.serve(shutdown).await?;
+        Ok(())
+    }
+}
+
+/// Builds and runs svc-catalog until `shutdown` trips.
+pub async fn run(config: CatalogConfig, shutdown: Shutdown) -> Result<(), StartError> {
+    App::build(config).await?.run(shutdown).await
+}

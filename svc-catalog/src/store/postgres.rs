@@ -1,0 +1,162 @@
+//! The PostgreSQL adapter: one `videos` table of JSONB documents. A generated `tsvector`
+//! column (title weighted over tags over description) with a GIN index serves full-text
+//! search; a GIN index on the tags and a b-tree on `(owner_id, id)` serve the filters; the
+//! primary key serves keyset pagination (UUIDv7 ids sort by creation time).
+
+use async_trait::async_trait;
+use deadpool_postgres::Pool;
+use tertulia_plumbing::postgres::{DbError, Migration};
+use tokio_postgres::types::Json;
+use uuid::Uuid;
+
+use super::{StoreError, VideoStore};
+use crate::domain::{Search, Video};
+
+/// Schema migrations, applied in order at start.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "videos",
+    sql: r"
+CREATE TABLE videos (
+    id uuid PRIMARY KEY,
+    owner_id uuid NOT NULL,
+    doc jsonb NOT NULL,
+    deleted boolean GENERATED ALWAYS AS ((doc->>'deleted')::boolean) STORED,
+    search tsvector GENERATED ALWAYS AS (
+        setweight(to_tsvector('english'::regconfig, coalesce(doc->>'title', '')), 'A') ||
+        setweight(to_tsvector('english'::regconfig, coalesce(doc->>'tags', '')), 'B') ||
+        setweight(to_tsvector('english'::regconfig, coalesce(doc->>'description', '')), 'C')
+    ) STORED
+);
+CREATE INDEX videos_search ON videos USING gin (search);
+CREATE INDEX videos_tags ON videos USING gin ((doc->'tags'));
+CREATE INDEX videos_owner ON videos (owner_id, id DESC);
+CREATE INDEX videos_listed ON videos (id DESC)
+    WHERE doc->>'visibility' = 'public' AND doc->>'status' = 'ready' AND NOT deleted;
+CREATE INDEX videos_tombstoned ON videos (id) WHERE deleted;
+",
+}];
+
+/// Videos in PostgreSQL.
+#[derive(Clone)]
+pub struct PostgresVideos {
+    pool: Pool,
+}
+
+impl PostgresVideos {
+    /// A store over a migrated pool.
+    #[must_use]
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|e| from_db(&DbError::from(e)))
+    }
+}
+
+fn from_db(error: &DbError) -> StoreError {
+    let chain = tertulia_plumbing::error::chain(error);
+    if error.is_unavailable() {
+        StoreError::Unavailable(chain)
+    } else {
+        StoreError::Failed(chain)
+    }
+}
+
+fn query_failed(error: tokio_postgres::Error) -> StoreError {
+    from_db(&DbError::from(error))
+}
+
+fn documents(rows: &[tokio_postgres::Row]) -> Vec<Video> {
+    rows.iter().map(|r| r.get::<_, Json<Video>>(0).0).collect()
+}
+
+#[async_trait]
+impl VideoStore for PostgresVideos {
+    async fn insert(&self, video: &Video) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO videos (id, owner_id, doc) VALUES ($1, $2, $3)",
+                &[&video.id, &video.owner_id, &Json(video)],
+            )
+            .await
+            .map_err(query_failed)?;
+        Ok(())
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<Video>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query("SELECT doc FROM videos WHERE id = $1", &[&id])
+            .await
+            .map_err(query_failed)?;
+        Ok(documents(&rows).pop())
+    }
+
+    async fn replace(&self, video: &Video, expected_revision: i64) -> Result<bool, StoreError> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE videos SET doc = $2 WHERE id = $1 AND (doc->>'revision')::bigint = $3",
+                &[&video.id, &Json(video), &expected_revision],
+            )
+            .await
+            .map_err(query_failed)?;
+        Ok(n == 1)
+    }
+
+    async fn search(&self, search: &Search) -> Result<Vec<Video>, StoreError> {
+        // The same rule as `Search::admits`, in SQL.
+        let limit = i64::try_from(search.limit).unwrap_or(i64::MAX);
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT doc FROM videos
+                 WHERE NOT deleted
+                   AND (owner_id = $1::uuid
+                        OR (doc->>'visibility' = 'public' AND doc->>'status' = 'ready'))
+                   AND ($2::uuid IS NULL OR owner_id = $2)
+                   AND ($3::text IS NULL OR doc->'tags' ? $3)
+                   AND ($4::text IS NULL OR search @@ websearch_to_tsquery('english', $4))
+                   AND ($5::uuid IS NULL OR id < $5)
+                 ORDER BY id DESC
+                 LIMIT $6",
+                &[
+                    &search.viewer,
+                    &search.owner_id,
+                    &search.tag,
+                    &search.text,
+                    &search.before,
+                    &limit,
+                ],
+            )
+            .await
+            .map_err(query_failed)?;
+        Ok(documents(&rows))
+    }
+
+    async fn tombstoned(&self, limit: usize) -> Result<Vec<Video>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .client()
+            .await?
+            .query("SELECT doc FROM videos WHERE deleted ORDER BY id LIMIT $1", &[&limit])
+            .await
+            .map_err(query_failed)?;
+        Ok(documents(&rows))
+    }
+
+    async fn remove(&self, id: Uuid) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute("DELETE FROM videos WHERE id = $1", &[&id])
+            .await
+            .map_err(query_failed)?;
+        Ok(())
+    }
+}

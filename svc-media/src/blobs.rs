@@ -1,0 +1,162 @@
+//! Blob storage behind one trait (`object_store::ObjectStore`): a local folder by default,
+//! S3-compatible object storage in production. Objects are content-addressed:
+//!
+//! ```text
+//! originals/<blake3>                 the uploaded file, stored once however often uploaded
+//! derived/<blake3>/thumbnail.jpg     derived from it, so a duplicate is never transcoded twice
+//! derived/<blake3>/hls/master.m3u8
+//! derived/<blake3>/hls/<rung>/index.m3u8, seg_00000.ts, ...
+//! ```
+
+use std::{path::Path as FsPath, sync::Arc};
+
+use futures::TryStreamExt as _;
+use object_store::{
+    GetOptions, GetResult, ObjectMeta, ObjectStore, PutPayload, aws::AmazonS3Builder, buffered::BufWriter,
+    local::LocalFileSystem, path::Path,
+};
+use secrecy::ExposeSecret as _;
+use tokio::io::AsyncWriteExt as _;
+
+use crate::config::BlobConfig;
+
+/// A blob operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("blob storage: {0}")]
+pub struct BlobError(String);
+
+impl From<object_store::Error> for BlobError {
+    fn from(e: object_store::Error) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for BlobError {
+    fn from(e: std::io::Error) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// The media blobs.
+#[derive(Clone, Debug)]
+pub struct Blobs {
+    store: Arc<dyn ObjectStore>,
+}
+
+/// Key of an original.
+#[must_use]
+pub fn original(hash: &str) -> Path {
+    Path::from(format!("originals/{hash}"))
+}
+
+/// Key of an object derived from an original (`rest` relative, already validated).
+#[must_use]
+pub fn derived(hash: &str, rest: &str) -> Path {
+    Path::from(format!("derived/{hash}/{rest}"))
+}
+
+impl Blobs {
+    /// Opens the configured backend (creating a local root when missing).
+    pub fn open(config: &BlobConfig) -> Result<Self, BlobError> {
+        let store: Arc<dyn ObjectStore> = match config {
+            BlobConfig::Fs { root } => {
+                std::fs::create_dir_all(root)?;
+                Arc::new(LocalFileSystem::new_with_prefix(root)?)
+            }
+            BlobConfig::S3 {
+                bucket,
+                endpoint,
+                region,
+                access_key_id,
+                secret_access_key,
+            } => {
+                let mut builder = AmazonS3Builder::new()
+                    .with_bucket_name(bucket)
+                    .with_region(region)
+                    .with_access_key_id(access_key_id)
+                    .with_secret_access_key(secret_access_key.expose_secret());
+                if let Some(endpoint) = endpoint {
+                    builder = builder
+                        .with_endpoint(endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"))
+                        .with_virtual_hosted_style_request(false);
+                }
+                Arc::new(builder.build()?)
+            }
+        };
+        Ok(Self { store })
+    }
+
+    /// Metadata of an object, `None` when absent.
+    pub async fn head(&self, key: &Path) -> Result<Option<ObjectMeta>, BlobError> {
+        match self.store.head(key).await {
+            Ok(meta) => Ok(Some(meta)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// An object or a byte range of it, `None` when absent.
+    pub async fn get(&self, key: &Path, options: GetOptions) -> Result<Option<GetResult>, BlobError> {
+        match self.store.get_opts(key, options).await {
+            Ok(r) => Ok(Some(r)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stores small bytes.
+    pub async fn put_bytes(&self, key: &Path, bytes: Vec<u8>) -> Result<(), BlobError> {
+        self.store.put(key, PutPayload::from(bytes)).await?;
+        Ok(())
+    }
+
+    /// Streams a local file into an object (multipart on S3), replacing it atomically.
+    pub async fn put_file(&self, key: &Path, file: &FsPath) -> Result<(), BlobError> {
+        let mut source = tokio::fs::File::open(file).await?;
+        let mut writer = BufWriter::new(Arc::clone(&self.store), key.clone());
+        if let Err(e) = tokio::io::copy(&mut source, &mut writer).await {
+            writer.abort().await.ok();
+            return Err(e.into());
+        }
+        writer.shutdown().await?;
+        Ok(())
+    }
+
+    /// Copies an object to a local file.
+    pub async fn fetch_to(&self, key: &Path, file: &FsPath) -> Result<(), BlobError> {
+        let result = self.store.get(key).await?;
+        let mut out = tokio::fs::File::create(file).await?;
+        let mut stream = result.into_stream();
+        while let Some(chunk) = stream.try_next().await? {
+            out.write_all(&chunk).await?;
+        }
+        out.flush().await?;
+        Ok(())
+    }
+
+    /// Every object under `prefix`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, BlobError> {
+        Ok(self
+            .store
+            .list(Some(&Path::from(prefix)))
+            .try_collect()
+            .await?)
+    }
+
+    /// Deletes an object; absent is fine.
+    pub async fn delete(&self, key: &Path) -> Result<(), BlobError> {
+        match self.store.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes the original and everything derived from `hash`.
+    pub async fn delete_content(&self, hash: &str) -> Result<(), BlobError> {
+        for meta in self.list(&format!("derived/{hash}")).await? {
+            self.delete(&meta.location).await?;
+        }
+        self.delete(&original(hash)).await
+    }
+}
