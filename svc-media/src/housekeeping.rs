@@ -33,7 +33,12 @@ pub async fn delete_media(media: &Media, video_id: Uuid) -> Result<(), String> {
 
 /// One sweep: expired uploads, unconfirmed announcements. Returns uploads removed.
 pub async fn sweep_once(media: &Media) -> Result<usize, String> {
-    let expired = media.store.expired_uploads(OffsetDateTime::now_utc()).await.map_err(|e| e.to_string())?;
+    sweep_at(media, OffsetDateTime::now_utc()).await
+}
+
+/// [`sweep_once`] as if it were `now` (tests look into the future instead of waiting).
+pub async fn sweep_at(media: &Media, now: OffsetDateTime) -> Result<usize, String> {
+    let expired = media.store.expired_uploads(now).await.map_err(|e| e.to_string())?;
     for upload_id in &expired {
         uploads::discard(media, *upload_id).await?;
     }

@@ -3,12 +3,13 @@
 
 use axum::{
     Router,
-    http::{HeaderName, HeaderValue, Method, StatusCode, header},
+    extract::Request,
+    http::{HeaderValue, Method, StatusCode, header},
+    middleware::Next,
     response::{IntoResponse, Response},
 };
 use tertulia_plumbing::http::RequestIdV7;
 use tower_http::{
-    cors::{Any, CorsLayer},
     request_id::{PropagateRequestIdLayer, SetRequestIdLayer},
     trace::TraceLayer,
 };
@@ -66,43 +67,46 @@ impl IntoResponse for Problem {
     }
 }
 
-/// The router of the public listener. CORS is open: uploads carry their own signed token
-/// and media URLs are signed, so browsers on any origin may use both.
+/// Response headers a browser may read (tus and range requests need them).
+const EXPOSED: &str = "Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, \
+    Tus-Checksum-Algorithm, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Expires, \
+    Location, ETag, Content-Range, Accept-Ranges, X-Request-Id";
+
+/// CORS for every origin: uploads carry their own signed token and media URLs are signed,
+/// so pages anywhere may use both. Only real preflights (with
+/// `Access-Control-Request-Method`) are answered here; a plain `OPTIONS` is tus discovery
+/// and reaches its handler.
+async fn cors(request: Request, next: Next) -> Response {
+    let preflight = request.method() == Method::OPTIONS
+        && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = if preflight {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, HEAD, POST, PATCH, DELETE, OPTIONS"),
+        );
+        if let Some(asked) = request.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+        }
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+        r
+    } else {
+        next.run(request).await
+    };
+    let h = response.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSED));
+    response
+}
+
+/// The router of the public listener.
 pub fn router(media: Media) -> Router {
-    let tus_headers = [
-        "tus-resumable",
-        "tus-version",
-        "tus-extension",
-        "tus-max-size",
-        "tus-checksum-algorithm",
-        "upload-offset",
-        "upload-length",
-        "upload-metadata",
-        "upload-expires",
-        "upload-checksum",
-        "location",
-        "etag",
-        "content-range",
-        "accept-ranges",
-    ]
-    .map(HeaderName::from_static);
-    let cors = CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods([
-            Method::GET,
-            Method::HEAD,
-            Method::POST,
-            Method::PATCH,
-            Method::DELETE,
-            Method::OPTIONS,
-        ])
-        .allow_headers(Any)
-        .expose_headers(tus_headers);
     Router::new()
         .merge(uploads::routes())
         .merge(origin::routes())
-        // Outermost first: an id for every request, traced, echoed back, CORS answered.
-        .layer(cors)
+        // Outermost last: an id for every request, traced, echoed back; CORS inside.
+        .layer(axum::middleware::from_fn(cors))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http())
         .layer(SetRequestIdLayer::x_request_id(RequestIdV7))
