@@ -167,6 +167,8 @@ pub struct Stack {
     pub media_config: svc_media::MediaConfig,
     /// The catalog's delete saga (to drive the reconciler).
     pub deletion: svc_catalog::deletion::Deletion,
+    /// The catalog's use cases (to run sagas against another media service).
+    pub catalog_state: svc_catalog::catalog::Catalog,
     /// Local folder of this stack's media (blobs and scratch space), removed at the end.
     pub media_dir: std::path::PathBuf,
     chat_shutdown: Shutdown,
@@ -354,6 +356,7 @@ impl Stack {
             .expect("svc-catalog starts");
         let catalog = catalog_app.grpc_addr();
         let deletion = catalog_app.deletion().clone();
+        let catalog_state = catalog_app.catalog().clone();
         tokio::spawn(catalog_app.run(shutdown.clone()));
 
         let mut bff_config = svc_bff::config::BffConfig {
@@ -393,6 +396,7 @@ impl Stack {
             media_state,
             media_config,
             deletion,
+            catalog_state,
             media_dir,
             chat_shutdown,
             chat_task,
