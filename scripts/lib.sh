@@ -29,6 +29,7 @@ CHAT_PORT=50052
 PRESENCE_PORT=50053
 CATALOG_PORT=50054
 MEDIA_PORT=50055
+MEDIA_HTTP_PORT=${TERTULIA_MEDIA_HTTP_PORT:-8090}
 
 log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

@@ -45,6 +45,24 @@ service_env() {
       echo "TERTULIA_BFF_AUTH__URL=http://127.0.0.1:$AUTH_PORT"
       echo "TERTULIA_BFF_CHAT__URL=$CHAT_URLS"
       echo "TERTULIA_BFF_PRESENCE__URL=http://127.0.0.1:$PRESENCE_PORT"
+      echo "TERTULIA_BFF_CATALOG__URL=http://127.0.0.1:$CATALOG_PORT"
+      echo "TERTULIA_BFF_MEDIA__URL=http://127.0.0.1:$MEDIA_PORT"
+      ;;
+    catalog)
+      echo "TERTULIA_CATALOG_GRPC__LISTEN=127.0.0.1:$CATALOG_PORT"
+      echo "TERTULIA_CATALOG_DATABASE__SCHEMA=catalog"
+      echo "TERTULIA_CATALOG_MEDIA__URL=http://127.0.0.1:$MEDIA_PORT"
+      ;;
+    media)
+      echo "TERTULIA_MEDIA_GRPC__LISTEN=127.0.0.1:$MEDIA_PORT"
+      echo "TERTULIA_MEDIA_DATABASE__SCHEMA=media"
+      echo "TERTULIA_MEDIA_HTTP_LISTEN=127.0.0.1:$MEDIA_HTTP_PORT"
+      echo "TERTULIA_MEDIA_PUBLIC_URL=http://127.0.0.1:$MEDIA_HTTP_PORT"
+      echo "TERTULIA_MEDIA_BLOBS__KIND=fs"
+      echo "TERTULIA_MEDIA_BLOBS__ROOT=$RUN/media/blobs"
+      echo "TERTULIA_MEDIA_WORK_DIR=$RUN/media/work"
+      echo "TERTULIA_MEDIA_SIGNING__CURRENT=local"
+      echo "TERTULIA_MEDIA_SIGNING__KEYS__local=$(signing_key)"
       ;;
     presence)
       echo "TERTULIA_PRESENCE_GRPC__LISTEN=127.0.0.1:$PRESENCE_PORT"
@@ -56,6 +74,16 @@ service_env() {
       echo "TERTULIA_${up}_DATABASE__SCHEMA=$svc"
       ;;
   esac
+}
+
+# The local stack's media signing key: random, made once, kept in .run.
+signing_key() {
+  local file="$RUN/media-signing-key"
+  if [ ! -s "$file" ]; then
+    mkdir -p "$RUN"
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$file"
+  fi
+  cat "$file"
 }
 
 healthy() {
@@ -103,6 +131,7 @@ TERTULIA_CHAT_GRPC=http://127.0.0.1:$CHAT_PORT
 TERTULIA_PRESENCE_GRPC=http://127.0.0.1:$PRESENCE_PORT
 TERTULIA_CATALOG_GRPC=http://127.0.0.1:$CATALOG_PORT
 TERTULIA_MEDIA_GRPC=http://127.0.0.1:$MEDIA_PORT
+TERTULIA_MEDIA_URL=http://127.0.0.1:$MEDIA_HTTP_PORT
 TERTULIA_BFF_URLS=$( [ "$INSTANCES" = 2 ] && echo "http://127.0.0.1:$BFF_PORT,http://127.0.0.1:$((BFF_PORT + 1))" || echo "http://127.0.0.1:$BFF_PORT")
 TERTULIA_CHAT_GRPC_URLS=$CHAT_URLS
 TERTULIA_NATS_URL=$NATS_URL

@@ -52,7 +52,8 @@ const LADDER: &[(u32, u32)] = &[
 ];
 /// Audio bitrate of every rung.
 const AUDIO_BITRATE: u32 = 96_000;
-/// How often a long transcode tells JetStream it is still working.
+/// Longest pause between "still working" acks of a long transcode (shorter when the ack
+/// deadline, the stall timeout, is shorter).
 const PROGRESS_ACK_EVERY: Duration = Duration::from_secs(5);
 /// What the owner reads when the file is not a video.
 pub const NOT_A_VIDEO: &str = "the uploaded file is not a video that can be played";
@@ -118,7 +119,9 @@ pub async fn run_transcoder(media: Media, shutdown: Shutdown) {
         stream: subjects::MEDIA_STREAM,
         name: TRANSCODER_CONSUMER,
         filter: Some("media.v1.video.*.uploaded"),
-        ack_wait: Duration::from_secs(media.limits.stall_timeout_s.max(1)),
+        // Progress acks keep live work; a stall is killed at `stall_timeout_s` and retried; a
+        // crashed worker's video comes back after twice that.
+        ack_wait: Duration::from_secs(media.limits.stall_timeout_s.max(1) * 2),
         max_deliver: media.limits.max_attempts.max(1),
         concurrency: media.limits.workers.max(1),
     };
@@ -397,6 +400,8 @@ async fn ffmpeg(media: &Media, args: &[String], message: &jetstream::Message) ->
         text
     });
     let mut progress = BufReader::new(child.stdout.take().expect("piped")).lines();
+    // Well inside the ack deadline (= the stall timeout), so live work is never redelivered.
+    let ack_every = PROGRESS_ACK_EVERY.min(stall / 3);
     let mut last_ack = tokio::time::Instant::now();
     loop {
         match tokio::time::timeout(stall, progress.next_line()).await {
@@ -405,7 +410,7 @@ async fn ffmpeg(media: &Media, args: &[String], message: &jetstream::Message) ->
                 return Err(Failure::Transient(format!("ffmpeg stalled for {}s", stall.as_secs())));
             }
             Ok(Ok(Some(_))) => {
-                if last_ack.elapsed() >= PROGRESS_ACK_EVERY {
+                if last_ack.elapsed() >= ack_every {
                     message.ack_with(AckKind::Progress).await.ok();
                     last_ack = tokio::time::Instant::now();
                 }

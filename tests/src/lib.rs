@@ -171,6 +171,8 @@ pub struct Stack {
     pub catalog_state: svc_catalog::catalog::Catalog,
     /// Local folder of this stack's media (blobs and scratch space), removed at the end.
     pub media_dir: std::path::PathBuf,
+    /// Stops the first svc-media instance alone.
+    pub media_shutdown: Shutdown,
     chat_shutdown: Shutdown,
     chat_task: Option<tokio::task::JoinHandle<Result<(), tertulia_plumbing::StartError>>>,
     shutdown: Shutdown,
@@ -335,7 +337,8 @@ impl Stack {
         let media = media_app.grpc_addr();
         let media_http = media_app.http_addr();
         let media_state = media_app.media().clone();
-        tokio::spawn(media_app.run(shutdown.clone()));
+        let media_shutdown = shutdown.child_token();
+        tokio::spawn(media_app.run(media_shutdown.clone()));
 
         let catalog_config = svc_catalog::CatalogConfig {
             grpc: GrpcServerConfig::on(loopback()),
@@ -398,6 +401,7 @@ impl Stack {
             deletion,
             catalog_state,
             media_dir,
+            media_shutdown,
             chat_shutdown,
             chat_task,
             shutdown,
@@ -428,6 +432,19 @@ impl Stack {
         let mut config = self.chat_config.clone();
         config.grpc.listen = loopback();
         let app = svc_chat::App::build(config).await.expect("svc-chat starts");
+        let addr = app.grpc_addr();
+        tokio::spawn(app.run(self.shutdown.clone()));
+        addr
+    }
+
+    /// Starts another svc-media instance over the same database, NATS and blobs (its own
+    /// ports), after `adjust` has changed its configuration.
+    pub async fn another_media(&self, adjust: impl FnOnce(&mut svc_media::MediaConfig)) -> SocketAddr {
+        let mut config = self.media_config.clone();
+        config.grpc.listen = loopback();
+        config.http_listen = loopback();
+        adjust(&mut config);
+        let app = svc_media::App::build(config).await.expect("svc-media starts");
         let addr = app.grpc_addr();
         tokio::spawn(app.run(self.shutdown.clone()));
         addr
