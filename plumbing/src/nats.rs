@@ -203,7 +203,8 @@ impl Nats {
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     ack_wait: spec.ack_wait,
                     max_deliver: spec.max_deliver,
-                    max_ack_pending: i64::try_from(spec.concurrency.max(1) * 64).unwrap_or(i64::MAX),
+                    max_ack_pending: i64::try_from(spec.concurrency.max(1) * 64)
+                        .unwrap_or(i64::MAX),
                     ..Default::default()
                 },
             )

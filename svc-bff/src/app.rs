@@ -15,10 +15,10 @@ use tertulia_plumbing::{
 };
 use tertulia_proto::{
     auth::v1::auth_service_client::AuthServiceClient,
-    chat::v1::chat_service_client::ChatServiceClient,
-    presence::v1::presence_service_client::PresenceServiceClient,
     catalog::v1::catalog_service_client::CatalogServiceClient,
+    chat::v1::chat_service_client::ChatServiceClient,
     media::v1::media_service_client::MediaServiceClient,
+    presence::v1::presence_service_client::PresenceServiceClient,
 };
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
@@ -220,7 +220,6 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
         .with_state(state)
         .layer(layers)
 }
-
 
 fn panic_problem(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!(message = "Handler panicked.");

@@ -114,7 +114,9 @@ impl FromRequestParts<AppState> for MaybeCaller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         if parts.headers.contains_key(header::AUTHORIZATION) {
-            Caller::from_request_parts(parts, state).await.map(|c| Self(Some(c)))
+            Caller::from_request_parts(parts, state)
+                .await
+                .map(|c| Self(Some(c)))
         } else {
             Ok(Self(None))
         }
@@ -125,7 +127,10 @@ impl MaybeCaller {
     /// The caller's id, empty when anonymous (as the gRPC services expect).
     #[must_use]
     pub fn actor_id(&self) -> String {
-        self.0.as_ref().map(|c| c.user_id.clone()).unwrap_or_default()
+        self.0
+            .as_ref()
+            .map(|c| c.user_id.clone())
+            .unwrap_or_default()
     }
 }
 

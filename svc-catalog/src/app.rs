@@ -13,7 +13,11 @@ use crate::{
     deletion::Deletion,
     events,
     grpc::CatalogGrpc,
-    store::{VideoStore, mongo::MongoVideos, postgres::{MIGRATIONS, PostgresVideos}},
+    store::{
+        VideoStore,
+        mongo::MongoVideos,
+        postgres::{MIGRATIONS, PostgresVideos},
+    },
 };
 
 /// A built, bound svc-catalog, ready to serve.
@@ -34,10 +38,9 @@ pub async fn open_store(config: &CatalogConfig) -> Result<Arc<dyn VideoStore>, S
             Arc::new(PostgresVideos::new(pool))
         }
         StoreKind::Mongodb => {
-            let mongo = config
-                .mongodb
-                .as_ref()
-                .ok_or_else(|| StartError::Other("store = mongodb needs a [mongodb] section".into()))?;
+            let mongo = config.mongodb.as_ref().ok_or_else(|| {
+                StartError::Other("store = mongodb needs a [mongodb] section".into())
+            })?;
             let store = MongoVideos::connect(mongo.url.expose_secret(), &mongo.database)
                 .await
                 .map_err(|e| StartError::Other(e.to_string()))?;
@@ -54,10 +57,17 @@ impl App {
         events::ensure_stream(&nats, config.stream_replicas).await?;
         let catalog = Catalog::new(store);
         let media = client::channel(&config.media).map_err(|e| StartError::Other(e.to_string()))?;
-        let deletion = Deletion::new(catalog.clone(), media, Duration::from_millis(config.media.timeout_ms));
+        let deletion = Deletion::new(
+            catalog.clone(),
+            media,
+            Duration::from_millis(config.media.timeout_ms),
+        );
         let grpc = GrpcServer::bind(config.grpc)
             .await?
-            .add_service(CatalogServiceServer::new(CatalogGrpc::new(catalog.clone(), deletion.clone())));
+            .add_service(CatalogServiceServer::new(CatalogGrpc::new(
+                catalog.clone(),
+                deletion.clone(),
+            )));
         Ok(Self {
             grpc,
             catalog,
@@ -87,8 +97,15 @@ impl App {
 
     /// Serves until `shutdown` trips, with the media consumer and the reconciler beside.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
-        tokio::spawn(events::consume_media(self.catalog, self.nats, shutdown.clone()));
-        tokio::spawn(self.deletion.reconcile_until(self.reconcile_every, shutdown.clone()));
+        tokio::spawn(events::consume_media(
+            self.catalog,
+            self.nats,
+            shutdown.clone(),
+        ));
+        tokio::spawn(
+            self.deletion
+                .reconcile_until(self.reconcile_every, shutdown.clone()),
+        );
         self.grpc.serve(shutdown).await?;
         Ok(())
     }

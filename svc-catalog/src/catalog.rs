@@ -79,7 +79,11 @@ impl Catalog {
     }
 
     /// Records a new video of `actor_id`, awaiting its upload.
-    pub async fn create(&self, actor_id: &str, changes: VideoChanges) -> Result<Video, CatalogError> {
+    pub async fn create(
+        &self,
+        actor_id: &str,
+        changes: VideoChanges,
+    ) -> Result<Video, CatalogError> {
         let owner = viewer(actor_id)?.ok_or_else(|| Invalid("actor_id is required".into()))?;
         let video = Video::create(owner, changes, OffsetDateTime::now_utc())?;
         self.store.insert(&video).await?;
@@ -108,7 +112,10 @@ impl Catalog {
         };
         let owner_id = match non_empty(request.owner_id) {
             None => None,
-            Some(o) => Some(o.parse().map_err(|_| Invalid("owner_id is not a valid id".into()))?),
+            Some(o) => Some(
+                o.parse()
+                    .map_err(|_| Invalid("owner_id is not a valid id".into()))?,
+            ),
         };
         let before = match non_empty(request.page_token) {
             None => None,
@@ -137,7 +144,12 @@ impl Catalog {
     }
 
     /// Edits a video (owner only).
-    pub async fn update(&self, actor_id: &str, id: &str, changes: VideoChanges) -> Result<Video, CatalogError> {
+    pub async fn update(
+        &self,
+        actor_id: &str,
+        id: &str,
+        changes: VideoChanges,
+    ) -> Result<Video, CatalogError> {
         let viewer = viewer(actor_id)?;
         let id = video_id(id)?;
         self.modify(id, |video| {
@@ -175,9 +187,15 @@ impl Catalog {
 
     /// Applies a media event; returns the video when it changed. Unknown or tombstoned
     /// videos ignore events (their media is being removed).
-    pub async fn on_media(&self, id: Uuid, event: MediaEvent) -> Result<Option<Video>, CatalogError> {
+    pub async fn on_media(
+        &self,
+        id: Uuid,
+        event: MediaEvent,
+    ) -> Result<Option<Video>, CatalogError> {
         let changed = self
-            .modify(id, |video| Ok(!video.deleted && video.on_media(event.clone())))
+            .modify(id, |video| {
+                Ok(!video.deleted && video.on_media(event.clone()))
+            })
             .await?;
         Ok(changed)
     }

@@ -57,20 +57,20 @@ pub async fn consume_media(catalog: Catalog, nats: Nats, shutdown: Shutdown) {
     };
     let (catalog, nats) = (&catalog, &nats);
     nats.consume(&consumer, &shutdown, |message| async move {
-            let (id, event) = match decode(&message.subject, &message.payload) {
-                Ok(Some(decoded)) => decoded,
-                Ok(None) => return Handled::Done,
-                Err(reason) => return Handled::Poison(reason),
-            };
-            match catalog.on_media(id, event).await {
-                Ok(Some(video)) => {
-                    announce(nats, &video).await;
-                    Handled::Done
-                }
-                Ok(None) => Handled::Done,
-                Err(CatalogError::Store(StoreError::Unavailable(e))) => Handled::Retry(e),
-                Err(e) => Handled::Retry(e.to_string()),
+        let (id, event) = match decode(&message.subject, &message.payload) {
+            Ok(Some(decoded)) => decoded,
+            Ok(None) => return Handled::Done,
+            Err(reason) => return Handled::Poison(reason),
+        };
+        match catalog.on_media(id, event).await {
+            Ok(Some(video)) => {
+                announce(nats, &video).await;
+                Handled::Done
             }
+            Ok(None) => Handled::Done,
+            Err(CatalogError::Store(StoreError::Unavailable(e))) => Handled::Retry(e),
+            Err(e) => Handled::Retry(e.to_string()),
+        }
     })
     .await;
 }
@@ -84,7 +84,11 @@ pub async fn announce(nats: &Nats, video: &Video) {
         })),
     };
     let subject = nats.subject(&subjects::deliver(&video.owner_id.to_string()));
-    if let Err(error) = nats.client.publish(subject, delivery.encode_to_vec().into()).await {
+    if let Err(error) = nats
+        .client
+        .publish(subject, delivery.encode_to_vec().into())
+        .await
+    {
         tracing::warn!(message = "Video change not announced.", video_id = %video.id, error = %error);
     }
 }

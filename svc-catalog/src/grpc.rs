@@ -57,12 +57,10 @@ fn visibility(raw: i32) -> Result<Option<Visibility>, Invalid> {
         Ok(pb::Visibility::Public) => Ok(Some(Visibility::Public)),
         Ok(pb::Visibility::Unlisted) => Ok(Some(Visibility::Unlisted)),
         Ok(pb::Visibility::Private) => Ok(Some(Visibility::Private)),
-        Err(_) => Err(Invalid("visibility must be public, unlisted or private".into())),
+        Err(_) => Err(Invalid(
+            "visibility must be public, unlisted or private".into(),
+        )),
     }
-}
-
-fn video_response(video: &Video) -> Option<pb::Video> {
-    Some(video_pb(video))
 }
 
 /// The gRPC face of [`Catalog`].
@@ -95,7 +93,7 @@ impl pb::catalog_service_server::CatalogService for CatalogGrpc {
         };
         let video = self.catalog.create(&r.actor_id, changes).await?;
         Ok(Response::new(pb::CreateVideoResponse {
-            video: video_response(&video),
+            video: Some(video_pb(&video)),
         }))
     }
 
@@ -106,7 +104,7 @@ impl pb::catalog_service_server::CatalogService for CatalogGrpc {
         let r = request.into_inner();
         let video = self.catalog.get(&r.actor_id, &r.video_id).await?;
         Ok(Response::new(pb::GetVideoResponse {
-            video: video_response(&video),
+            video: Some(video_pb(&video)),
         }))
     }
 
@@ -145,9 +143,12 @@ impl pb::catalog_service_server::CatalogService for CatalogGrpc {
             tags: r.tags.map(|t| t.tags),
             visibility: visibility(r.visibility).map_err(crate::error::CatalogError::from)?,
         };
-        let video = self.catalog.update(&r.actor_id, &r.video_id, changes).await?;
+        let video = self
+            .catalog
+            .update(&r.actor_id, &r.video_id, changes)
+            .await?;
         Ok(Response::new(pb::UpdateVideoResponse {
-            video: video_response(&video),
+            video: Some(video_pb(&video)),
         }))
     }
 

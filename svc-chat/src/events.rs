@@ -303,11 +303,11 @@ impl FanOut {
         let this = &self;
         self.nats
             .consume(&consumer, &shutdown, |message| async move {
-                    match this.deliver(&message.subject, &message.payload).await {
-                        Ok(()) => Handled::Done,
-                        Err(FanOutError::Poison(reason)) => Handled::Poison(reason),
-                        Err(FanOutError::Retry(reason)) => Handled::Retry(reason),
-                    }
+                match this.deliver(&message.subject, &message.payload).await {
+                    Ok(()) => Handled::Done,
+                    Err(FanOutError::Poison(reason)) => Handled::Poison(reason),
+                    Err(FanOutError::Retry(reason)) => Handled::Retry(reason),
+                }
             })
             .await;
     }

@@ -54,15 +54,23 @@ impl App {
                 context: format!("cannot bind HTTP listener on {}", config.http_listen),
                 source,
             })?;
-        let own_url = format!("http://{}", listener.local_addr().map_err(|source| StartError::Io {
-            context: "HTTP listener has no address".into(),
-            source,
-        })?);
-        let public_url = config.public_url.as_deref().unwrap_or(&own_url).trim_end_matches('/').to_owned();
-        let upload_url = config
-            .upload_url
+        let own_url = format!(
+            "http://{}",
+            listener.local_addr().map_err(|source| StartError::Io {
+                context: "HTTP listener has no address".into(),
+                source,
+            })?
+        );
+        let public_url = config
+            .public_url
             .as_deref()
-            .map_or_else(|| public_url.clone(), |u| u.trim_end_matches('/').to_owned());
+            .unwrap_or(&own_url)
+            .trim_end_matches('/')
+            .to_owned();
+        let upload_url = config.upload_url.as_deref().map_or_else(
+            || public_url.clone(),
+            |u| u.trim_end_matches('/').to_owned(),
+        );
         let media = Media {
             store: MediaStore::new(pool),
             blobs,
@@ -77,7 +85,11 @@ impl App {
         let grpc = GrpcServer::bind(config.grpc)
             .await?
             .add_service(MediaServiceServer::new(MediaGrpc::new(media.clone())));
-        Ok(Self { grpc, listener, media })
+        Ok(Self {
+            grpc,
+            listener,
+            media,
+        })
     }
 
     /// The address the gRPC server is bound to.
@@ -100,7 +112,10 @@ impl App {
 
     /// Serves until `shutdown` trips, with the transcoder and the sweeper beside.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
-        tokio::spawn(processing::run_transcoder(self.media.clone(), shutdown.clone()));
+        tokio::spawn(processing::run_transcoder(
+            self.media.clone(),
+            shutdown.clone(),
+        ));
         tokio::spawn(sweep_until(self.media.clone(), shutdown.clone()));
         let serve = axum::serve(self.listener, http::router(self.media))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());

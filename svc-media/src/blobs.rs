@@ -12,8 +12,8 @@ use std::{path::Path as FsPath, sync::Arc};
 
 use futures::TryStreamExt as _;
 use object_store::{
-    GetOptions, GetResult, ObjectMeta, ObjectStore, PutPayload, aws::AmazonS3Builder, buffered::BufWriter,
-    local::LocalFileSystem, path::Path,
+    GetOptions, GetResult, ObjectMeta, ObjectStore, PutPayload, aws::AmazonS3Builder,
+    buffered::BufWriter, local::LocalFileSystem, path::Path,
 };
 use secrecy::ExposeSecret as _;
 use tokio::io::AsyncWriteExt as _;
@@ -97,7 +97,11 @@ impl Blobs {
     }
 
     /// An object or a byte range of it, `None` when absent.
-    pub async fn get(&self, key: &Path, options: GetOptions) -> Result<Option<GetResult>, BlobError> {
+    pub async fn get(
+        &self,
+        key: &Path,
+        options: GetOptions,
+    ) -> Result<Option<GetResult>, BlobError> {
         match self.store.get_opts(key, options).await {
             Ok(r) => Ok(Some(r)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),

@@ -59,7 +59,14 @@ pub async fn uploaded(nats: &Nats, video: &StoredVideo) -> Result<(), String> {
         content_hash: video.content_hash.clone(),
         size_bytes: video.size,
     };
-    publish(nats, video.video_id, subjects::media_event::UPLOADED, &event_id, &payload).await
+    publish(
+        nats,
+        video.video_id,
+        subjects::media_event::UPLOADED,
+        &event_id,
+        &payload,
+    )
+    .await
 }
 
 /// `processed`: the renditions playable so far.
@@ -70,7 +77,11 @@ pub async fn processed(
     renditions: &[RenditionRow],
     complete: bool,
 ) -> Result<(), String> {
-    let event_id = format!("{}.processed.{}.{complete}", video.video_id, renditions.len());
+    let event_id = format!(
+        "{}.processed.{}.{complete}",
+        video.video_id,
+        renditions.len()
+    );
     let payload = pb::ProcessingFinished {
         event_id: event_id.clone(),
         video_id: video.video_id.to_string(),
@@ -89,7 +100,14 @@ pub async fn processed(
             .collect(),
         complete,
     };
-    publish(nats, video.video_id, subjects::media_event::PROCESSED, &event_id, &payload).await
+    publish(
+        nats,
+        video.video_id,
+        subjects::media_event::PROCESSED,
+        &event_id,
+        &payload,
+    )
+    .await
 }
 
 /// `failed`: processing gave up, with a reason the owner sees.
@@ -101,7 +119,14 @@ pub async fn failed(nats: &Nats, video: &StoredVideo, reason: &str) -> Result<()
         owner_id: video.owner_id.to_string(),
         reason: reason.to_owned(),
     };
-    publish(nats, video.video_id, subjects::media_event::FAILED, &event_id, &payload).await
+    publish(
+        nats,
+        video.video_id,
+        subjects::media_event::FAILED,
+        &event_id,
+        &payload,
+    )
+    .await
 }
 
 /// `deleted`: every object of the video is gone.
@@ -111,5 +136,12 @@ pub async fn deleted(nats: &Nats, video_id: Uuid) -> Result<(), String> {
         event_id: event_id.clone(),
         video_id: video_id.to_string(),
     };
-    publish(nats, video_id, subjects::media_event::DELETED, &event_id, &payload).await
+    publish(
+        nats,
+        video_id,
+        subjects::media_event::DELETED,
+        &event_id,
+        &payload,
+    )
+    .await
 }

@@ -26,7 +26,8 @@ impl MediaGrpc {
 }
 
 fn id(raw: &str, what: &str) -> Result<Uuid, Status> {
-    raw.parse().map_err(|_| Status::invalid_argument(format!("{what} is not a valid id")))
+    raw.parse()
+        .map_err(|_| Status::invalid_argument(format!("{what} is not a valid id")))
 }
 
 fn expiry(ttl: Duration) -> OffsetDateTime {
@@ -61,12 +62,27 @@ impl pb::media_service_server::MediaService for MediaGrpc {
     ) -> Result<Response<pb::GetPlaybackResponse>, Status> {
         let video_id = id(&request.into_inner().video_id, "video_id")?;
         let unavailable = |e: &tertulia_plumbing::postgres::DbError| status::unavailable(e);
-        let Some(video) = self.media.store.video(video_id).await.map_err(|e| unavailable(&e))? else {
+        let Some(video) = self
+            .media
+            .store
+            .video(video_id)
+            .await
+            .map_err(|e| unavailable(&e))?
+        else {
             return Ok(Response::new(pb::GetPlaybackResponse::default()));
         };
         let expires_at = expiry(self.media.playback_ttl());
-        let token = self.media.signer.playback(video_id, expires_at.unix_timestamp());
-        let url = |path: &str| format!("{}/media/{video_id}/{path}?{}", self.media.public_url, token.query());
+        let token = self
+            .media
+            .signer
+            .playback(video_id, expires_at.unix_timestamp());
+        let url = |path: &str| {
+            format!(
+                "{}/media/{video_id}/{path}?{}",
+                self.media.public_url,
+                token.query()
+            )
+        };
         let processed = self
             .media
             .store
@@ -75,9 +91,17 @@ impl pb::media_service_server::MediaService for MediaGrpc {
             .map_err(|e| unavailable(&e))?
             .is_some_and(|t| !t.renditions.is_empty());
         Ok(Response::new(pb::GetPlaybackResponse {
-            hls_url: if processed { url("hls/master.m3u8") } else { String::new() },
+            hls_url: if processed {
+                url("hls/master.m3u8")
+            } else {
+                String::new()
+            },
             mp4_url: url("original"),
-            thumbnail_url: if processed { url("thumbnail.jpg") } else { String::new() },
+            thumbnail_url: if processed {
+                url("thumbnail.jpg")
+            } else {
+                String::new()
+            },
             expires_at: Some(timestamp(expires_at)),
         }))
     }

@@ -18,13 +18,31 @@ use crate::{events, media::Media, uploads};
 
 /// Removes every object of `video_id` nobody else uses, and announces it.
 pub async fn delete_media(media: &Media, video_id: Uuid) -> Result<(), String> {
-    for upload_id in media.store.uploads_of(video_id).await.map_err(|e| e.to_string())? {
+    for upload_id in media
+        .store
+        .uploads_of(video_id)
+        .await
+        .map_err(|e| e.to_string())?
+    {
         uploads::discard(media, upload_id).await?;
     }
-    if let Some((hash, others)) = media.store.delete_video(video_id).await.map_err(|e| e.to_string())? {
+    if let Some((hash, others)) = media
+        .store
+        .delete_video(video_id)
+        .await
+        .map_err(|e| e.to_string())?
+    {
         if others == 0 {
-            media.blobs.delete_content(&hash).await.map_err(|e| e.to_string())?;
-            media.store.delete_transcode(&hash).await.map_err(|e| e.to_string())?;
+            media
+                .blobs
+                .delete_content(&hash)
+                .await
+                .map_err(|e| e.to_string())?;
+            media
+                .store
+                .delete_transcode(&hash)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         tracing::info!(message = "Media deleted.", video_id = %video_id, hash = %hash, shared_with = others);
     }
@@ -38,7 +56,11 @@ pub async fn sweep_once(media: &Media) -> Result<usize, String> {
 
 /// [`sweep_once`] as if it were `now` (tests look into the future instead of waiting).
 pub async fn sweep_at(media: &Media, now: OffsetDateTime) -> Result<usize, String> {
-    let expired = media.store.expired_uploads(now).await.map_err(|e| e.to_string())?;
+    let expired = media
+        .store
+        .expired_uploads(now)
+        .await
+        .map_err(|e| e.to_string())?;
     for upload_id in &expired {
         uploads::discard(media, *upload_id).await?;
     }
@@ -51,8 +73,18 @@ pub async fn sweep_at(media: &Media, now: OffsetDateTime) -> Result<usize, Strin
 /// One reconciler round; returns the objects removed.
 pub async fn reconcile_once(media: &Media, grace: std::time::Duration) -> Result<usize, String> {
     let cutoff = chrono_cutoff(grace);
-    let mut objects = media.blobs.list("originals").await.map_err(|e| e.to_string())?;
-    objects.extend(media.blobs.list("derived").await.map_err(|e| e.to_string())?);
+    let mut objects = media
+        .blobs
+        .list("originals")
+        .await
+        .map_err(|e| e.to_string())?;
+    objects.extend(
+        media
+            .blobs
+            .list("derived")
+            .await
+            .map_err(|e| e.to_string())?,
+    );
     let mut removed = 0;
     let mut forgotten = BTreeSet::new();
     for meta in objects {
@@ -62,16 +94,29 @@ pub async fn reconcile_once(media: &Media, grace: std::time::Duration) -> Result
         if meta.last_modified.timestamp() > cutoff {
             continue;
         }
-        if media.store.is_referenced(&hash).await.map_err(|e| e.to_string())? {
+        if media
+            .store
+            .is_referenced(&hash)
+            .await
+            .map_err(|e| e.to_string())?
+        {
             continue;
         }
-        media.blobs.delete(&meta.location).await.map_err(|e| e.to_string())?;
+        media
+            .blobs
+            .delete(&meta.location)
+            .await
+            .map_err(|e| e.to_string())?;
         tracing::info!(message = "Orphaned object removed.", key = %meta.location);
         removed += 1;
         forgotten.insert(hash);
     }
     for hash in forgotten {
-        media.store.delete_transcode(&hash).await.map_err(|e| e.to_string())?;
+        media
+            .store
+            .delete_transcode(&hash)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     Ok(removed)
 }

@@ -40,7 +40,11 @@ impl Problem {
     /// 503: a dependency failed; the detail stays in the log.
     pub fn unavailable(error: &dyn std::fmt::Display) -> Self {
         tracing::warn!(message = "Dependency failed.", error = %error);
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "storage is unavailable, retry later")
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "storage is unavailable, retry later",
+        )
     }
 }
 
@@ -78,7 +82,9 @@ const EXPOSED: &str = "Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, 
 /// and reaches its handler.
 async fn cors(request: Request, next: Next) -> Response {
     let preflight = request.method() == Method::OPTIONS
-        && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
     let mut response = if preflight {
         let mut r = StatusCode::NO_CONTENT.into_response();
         let h = r.headers_mut();
@@ -86,17 +92,29 @@ async fn cors(request: Request, next: Next) -> Response {
             header::ACCESS_CONTROL_ALLOW_METHODS,
             HeaderValue::from_static("GET, HEAD, POST, PATCH, DELETE, OPTIONS"),
         );
-        if let Some(asked) = request.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        if let Some(asked) = request
+            .headers()
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        {
             h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
         }
-        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("86400"),
+        );
         r
     } else {
         next.run(request).await
     };
     let h = response.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSED));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(EXPOSED),
+    );
     response
 }
 

@@ -10,7 +10,7 @@
 //!   and single `Range` requests → 206 (416 when unsatisfiable). Playlists are cached
 //!   briefly (the master grows while renditions finish).
 
-use std::collections::HashMap;
+use std::{collections::HashMap, fmt::Write as _};
 
 use axum::{
     Router,
@@ -48,7 +48,9 @@ pub fn routes() -> Router<Media> {
 pub fn is_contained(path: &str) -> bool {
     !path.is_empty()
         && !path.contains(['\\', '\0'])
-        && path.split('/').all(|s| !s.is_empty() && s != "." && s != "..")
+        && path
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != "..")
 }
 
 /// The blob key behind a contained path, `None` for paths that name nothing.
@@ -83,13 +85,15 @@ pub fn sign_playlist(playlist: &str, token: &PlaybackToken) -> String {
         } else if trimmed.starts_with('#') {
             match trimmed.split_once("URI=\"") {
                 Some((head, rest)) => match rest.split_once('"') {
-                    Some((uri, tail)) => out.push_str(&format!("{head}URI=\"{uri}?{query}\"{tail}")),
+                    Some((uri, tail)) => {
+                        let _ = write!(out, "{head}URI=\"{uri}?{query}\"{tail}");
+                    }
                     None => out.push_str(line),
                 },
                 None => out.push_str(line),
             }
         } else {
-            out.push_str(&format!("{trimmed}?{query}"));
+            let _ = write!(out, "{trimmed}?{query}");
         }
         out.push('\n');
     }
@@ -146,6 +150,18 @@ fn etag_matches(if_none_match: Option<&str>, etag: &str) -> bool {
     })
 }
 
+fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not_found", "no such media")
+}
+
+/// Whether `path` names an HLS playlist.
+#[must_use]
+pub fn is_playlist(path: &str) -> bool {
+    std::path::Path::new(path)
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("m3u8"))
+}
+
 async fn serve(
     State(media): State<Media>,
     Path((video_id, path)): Path<(String, String)>,
@@ -154,9 +170,12 @@ async fn serve(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     if !is_contained(&path) {
-        return Err(Problem::new(StatusCode::BAD_REQUEST, "invalid_argument", "the path leaves the video's folder"));
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "the path leaves the video's folder",
+        ));
     }
-    let not_found = || Problem::new(StatusCode::NOT_FOUND, "not_found", "no such media");
     let video_id: Uuid = video_id.parse().map_err(|_| not_found())?;
     let q = |k: &str| query.get(k).map(String::as_str);
     media
@@ -178,60 +197,108 @@ async fn serve(
         .ok_or_else(not_found)?;
     let key = key_for(&video.content_hash, &path).ok_or_else(not_found)?;
     let head = method == Method::HEAD;
-
-    if path.ends_with(".m3u8") {
-        let object = media
-            .blobs
-            .get(&key, GetOptions::default())
-            .await
-            .map_err(|e| Problem::unavailable(&e))?
-            .ok_or_else(not_found)?;
-        let bytes = object.bytes().await.map_err(|e| Problem::unavailable(&e))?;
+    if is_playlist(&path) {
+        // The signature was just verified, so its parts are present and well formed.
         let token = PlaybackToken {
             exp: q("exp").and_then(|e| e.parse().ok()).unwrap_or_default(),
-            kid: q("kid").map_or_else(String::new, str::to_owned),
-            sig: q("sig").map_or_else(String::new, str::to_owned),
+            kid: q("kid").unwrap_or_default().to_owned(),
+            sig: q("sig").unwrap_or_default().to_owned(),
         };
-        let body = sign_playlist(&String::from_utf8_lossy(&bytes), &token);
-        let cache = if path.ends_with("master.m3u8") { MASTER_CACHE } else { PLAYLIST_CACHE };
-        let mut response = (
-            [
-                (header::CONTENT_TYPE, content_type(&path)),
-                (header::CACHE_CONTROL, cache),
-            ],
-            if head { String::new() } else { body.clone() },
-        )
-            .into_response();
-        response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        return Ok(response);
+        serve_playlist(&media, &key, &path, &token, head).await
+    } else {
+        serve_object(&media, &key, &path, &headers, head).await
     }
+}
 
-    let meta = media.blobs.head(&key).await.map_err(|e| Problem::unavailable(&e))?.ok_or_else(not_found)?;
+/// A playlist, rewritten so that every URI in it carries the caller's signature.
+async fn serve_playlist(
+    media: &Media,
+    key: &object_store::path::Path,
+    path: &str,
+    token: &PlaybackToken,
+    head: bool,
+) -> Result<Response, Problem> {
+    let object = media
+        .blobs
+        .get(key, GetOptions::default())
+        .await
+        .map_err(|e| Problem::unavailable(&e))?
+        .ok_or_else(not_found)?;
+    let bytes = object.bytes().await.map_err(|e| Problem::unavailable(&e))?;
+    let body = sign_playlist(&String::from_utf8_lossy(&bytes), token);
+    let cache = if path.ends_with("master.m3u8") {
+        MASTER_CACHE
+    } else {
+        PLAYLIST_CACHE
+    };
+    let length = body.len();
+    let mut response = (
+        [
+            (header::CONTENT_TYPE, content_type(path)),
+            (header::CACHE_CONTROL, cache),
+        ],
+        if head { String::new() } else { body },
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    Ok(response)
+}
+
+/// An immutable object, whole or one range of it, or 304 when the client has it.
+async fn serve_object(
+    media: &Media,
+    key: &object_store::path::Path,
+    path: &str,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response, Problem> {
+    let meta = media
+        .blobs
+        .head(key)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?
+        .ok_or_else(not_found)?;
     let size = meta.size;
-    let etag = meta
-        .e_tag
-        .as_deref()
-        .map(|t| t.trim_matches('"').to_owned())
-        .unwrap_or_else(|| format!("{size:x}-{:x}", meta.last_modified.timestamp()));
+    let etag = meta.e_tag.as_deref().map_or_else(
+        || format!("{size:x}-{:x}", meta.last_modified.timestamp()),
+        |t| t.trim_matches('"').to_owned(),
+    );
     let etag = format!("\"{etag}\"");
     let mut base = HeaderMap::new();
-    base.insert(header::ETAG, HeaderValue::from_str(&etag).map_err(|_| not_found())?);
+    base.insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag).map_err(|_| not_found())?,
+    );
     base.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
     base.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    base.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(&path)));
-    let header_str = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    base.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type(path)),
+    );
+    let header_str = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
     if etag_matches(header_str(header::IF_NONE_MATCH), &etag) {
         return Ok((StatusCode::NOT_MODIFIED, base).into_response());
     }
-    let range = match parse_range(header_str(header::RANGE), size) {
-        Ok(r) => r,
-        Err(()) => {
-            base.insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{size}")).expect("ASCII"));
-            base.remove(header::CACHE_CONTROL);
-            let mut response = Problem::new(StatusCode::RANGE_NOT_SATISFIABLE, "invalid_argument", format!("the range is outside the object's {size} bytes")).into_response();
-            response.headers_mut().extend(base);
-            return Ok(response);
-        }
+    let Ok(range) = parse_range(header_str(header::RANGE), size) else {
+        base.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&format!("bytes */{size}")).expect("ASCII"),
+        );
+        base.remove(header::CACHE_CONTROL);
+        let mut response = Problem::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "invalid_argument",
+            format!("the range is outside the object's {size} bytes"),
+        )
+        .into_response();
+        response.headers_mut().extend(base);
+        return Ok(response);
     };
     let (status, first, last) = match range {
         Some((first, last)) => (StatusCode::PARTIAL_CONTENT, first, last),
@@ -240,7 +307,10 @@ async fn serve(
     let length = if size == 0 { 0 } else { last - first + 1 };
     base.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     if status == StatusCode::PARTIAL_CONTENT {
-        base.insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")).expect("ASCII"));
+        base.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")).expect("ASCII"),
+        );
     }
     if head || length == 0 {
         return Ok((status, base).into_response());
@@ -249,7 +319,12 @@ async fn serve(
         range: Some(GetRange::Bounded(first..last + 1)),
         ..GetOptions::default()
     };
-    let object = media.blobs.get(&key, options).await.map_err(|e| Problem::unavailable(&e))?.ok_or_else(not_found)?;
+    let object = media
+        .blobs
+        .get(key, options)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?
+        .ok_or_else(not_found)?;
     let stream = object.into_stream().map_err(std::io::Error::other);
     Ok((status, base, Body::from_stream(stream)).into_response())
 }
@@ -262,7 +337,15 @@ mod tests {
     fn containment() {
         assert!(is_contained("hls/360p/seg_00001.ts"));
         assert!(is_contained("original"));
-        for bad in ["", "../x", "hls/../../etc/passwd", "hls//x", "./original", "hls\\..\\x", "hls/."] {
+        for bad in [
+            "",
+            "../x",
+            "hls/../../etc/passwd",
+            "hls//x",
+            "./original",
+            "hls\\..\\x",
+            "hls/.",
+        ] {
             assert!(!is_contained(bad), "{bad}");
         }
     }
@@ -283,8 +366,15 @@ mod tests {
 
     #[test]
     fn playlists_carry_the_signature() {
-        let token = PlaybackToken { exp: 9, kid: "k".into(), sig: "s".into() };
-        let signed = sign_playlist("#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"key.bin\"\n#EXTINF:4.0,\nseg_00000.ts\n", &token);
+        let token = PlaybackToken {
+            exp: 9,
+            kid: "k".into(),
+            sig: "s".into(),
+        };
+        let signed = sign_playlist(
+            "#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"key.bin\"\n#EXTINF:4.0,\nseg_00000.ts\n",
+            &token,
+        );
         assert!(signed.contains("\nseg_00000.ts?exp=9&kid=k&sig=s\n"));
         assert!(signed.contains("URI=\"key.bin?exp=9&kid=k&sig=s\""));
         assert!(signed.starts_with("#EXTM3U\n"));

@@ -13,7 +13,7 @@
 //! its first rendition is playable. Keyframes are forced every 2 s in every rung, so
 //! segments (4 s) are aligned across renditions; no rung is larger than the source.
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{fmt::Write as _, path::Path, process::Stdio, time::Duration};
 
 use async_nats::jetstream::{self, AckKind};
 use prost::Message as _;
@@ -30,8 +30,7 @@ use tokio::{
 use uuid::Uuid;
 
 use crate::{
-    blobs,
-    events,
+    blobs, events,
     media::Media,
     store::{Probe, RenditionRow, StoredVideo, Transcode},
 };
@@ -77,7 +76,10 @@ fn even(n: u32) -> u32 {
 pub fn ladder(width: u32, height: u32) -> Vec<RenditionRow> {
     let rung = |h: u32, bitrate: u32| {
         let h = even(h);
-        let w = even(u32::try_from(u64::from(width) * u64::from(h) / u64::from(height.max(1))).unwrap_or(width));
+        let w = even(
+            u32::try_from(u64::from(width) * u64::from(h) / u64::from(height.max(1)))
+                .unwrap_or(width),
+        );
         RenditionRow {
             name: format!("{h}p"),
             width: w,
@@ -102,13 +104,14 @@ pub fn ladder(width: u32, height: u32) -> Vec<RenditionRow> {
 pub fn master_playlist(rungs: &[RenditionRow]) -> String {
     let mut m = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-INDEPENDENT-SEGMENTS\n");
     for r in rungs {
-        m.push_str(&format!(
+        let _ = write!(
+            m,
             "#EXT-X-STREAM-INF:BANDWIDTH={},RESOLUTION={}x{}\n{}/index.m3u8\n",
             r.bitrate + AUDIO_BITRATE,
             r.width,
             r.height,
             r.name
-        ));
+        );
     }
     m
 }
@@ -129,7 +132,9 @@ pub async fn run_transcoder(media: Media, shutdown: Shutdown) {
     media
         .nats
         .clone()
-        .consume(&consumer, &shutdown, |message| async move { handle(media, &message).await })
+        .consume(&consumer, &shutdown, |message| async move {
+            handle(media, &message).await
+        })
         .await;
 }
 
@@ -167,7 +172,11 @@ async fn handle(media: &Media, message: &jetstream::Message) -> Handled {
         renditions: Vec::new(),
         reason: reason.clone(),
     };
-    if let Err(e) = media.store.save_transcode(&video.content_hash, &failed).await {
+    if let Err(e) = media
+        .store
+        .save_transcode(&video.content_hash, &failed)
+        .await
+    {
         return Handled::Retry(e.to_string());
     }
     match events::failed(&media.nats, &video, &reason).await {
@@ -176,13 +185,24 @@ async fn handle(media: &Media, message: &jetstream::Message) -> Handled {
     }
 }
 
-async fn process(media: &Media, video: &StoredVideo, message: &jetstream::Message) -> Result<(), Failure> {
+async fn process(
+    media: &Media,
+    video: &StoredVideo,
+    message: &jetstream::Message,
+) -> Result<(), Failure> {
     let transient = |e: &dyn std::fmt::Display| Failure::Transient(e.to_string());
     let hash = &video.content_hash;
-    match media.store.transcode(hash).await.map_err(|e| transient(&e))? {
+    match media
+        .store
+        .transcode(hash)
+        .await
+        .map_err(|e| transient(&e))?
+    {
         Some(t) if t.state == "done" => {
             // The same content was processed for another video: nothing to transcode.
-            let probe = t.probe.ok_or_else(|| Failure::Transient("done without a probe".into()))?;
+            let probe = t
+                .probe
+                .ok_or_else(|| Failure::Transient("done without a probe".into()))?;
             return events::processed(&media.nats, video, &probe, &t.renditions, true)
                 .await
                 .map_err(|e| transient(&e));
@@ -190,24 +210,51 @@ async fn process(media: &Media, video: &StoredVideo, message: &jetstream::Messag
         Some(t) if t.state == "failed" => return Err(Failure::NotAVideo(t.reason)),
         _ => {}
     }
-    let work = media.work_dir.join("transcode").join(format!("{hash}-{}", Uuid::new_v4()));
-    tokio::fs::create_dir_all(&work).await.map_err(|e| transient(&e))?;
+    let work = media
+        .work_dir
+        .join("transcode")
+        .join(format!("{hash}-{}", Uuid::new_v4()));
+    tokio::fs::create_dir_all(&work)
+        .await
+        .map_err(|e| transient(&e))?;
     let result = transcode(media, video, message, &work).await;
     tokio::fs::remove_dir_all(&work).await.ok();
     result?;
     // Deleted while transcoding: what was just written belongs to nobody.
-    if !media.store.is_referenced(hash).await.map_err(|e| transient(&e))? {
-        media.blobs.delete_content(hash).await.map_err(|e| transient(&e))?;
-        media.store.delete_transcode(hash).await.map_err(|e| transient(&e))?;
+    if !media
+        .store
+        .is_referenced(hash)
+        .await
+        .map_err(|e| transient(&e))?
+    {
+        media
+            .blobs
+            .delete_content(hash)
+            .await
+            .map_err(|e| transient(&e))?;
+        media
+            .store
+            .delete_transcode(hash)
+            .await
+            .map_err(|e| transient(&e))?;
     }
     Ok(())
 }
 
-async fn transcode(media: &Media, video: &StoredVideo, message: &jetstream::Message, work: &Path) -> Result<(), Failure> {
+async fn transcode(
+    media: &Media,
+    video: &StoredVideo,
+    message: &jetstream::Message,
+    work: &Path,
+) -> Result<(), Failure> {
     let transient = |e: &dyn std::fmt::Display| Failure::Transient(e.to_string());
     let hash = &video.content_hash;
     let input = work.join("input");
-    media.blobs.fetch_to(&blobs::original(hash), &input).await.map_err(|e| transient(&e))?;
+    media
+        .blobs
+        .fetch_to(&blobs::original(hash), &input)
+        .await
+        .map_err(|e| transient(&e))?;
     let probe = probe(media, &input).await?;
     let mut state = Transcode {
         state: "running".into(),
@@ -215,38 +262,69 @@ async fn transcode(media: &Media, video: &StoredVideo, message: &jetstream::Mess
         renditions: Vec::new(),
         reason: String::new(),
     };
-    media.store.save_transcode(hash, &state).await.map_err(|e| transient(&e))?;
+    media
+        .store
+        .save_transcode(hash, &state)
+        .await
+        .map_err(|e| transient(&e))?;
 
     let thumbnail = work.join("thumbnail.jpg");
     let at = (probe.duration_s / 2.0).min(1.0);
     let thumb_height = even(probe.height.min(360));
     let args: Vec<String> = [
-        "-ss", &format!("{at:.3}"), "-i", path_str(&input)?, "-frames:v", "1",
-        "-vf", &format!("scale=-2:{thumb_height}"), "-q:v", "3", path_str(&thumbnail)?,
+        "-ss",
+        &format!("{at:.3}"),
+        "-i",
+        path_str(&input)?,
+        "-frames:v",
+        "1",
+        "-vf",
+        &format!("scale=-2:{thumb_height}"),
+        "-q:v",
+        "3",
+        path_str(&thumbnail)?,
     ]
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
     ffmpeg(media, &args, message).await?;
-    media.blobs.put_file(&blobs::derived(hash, "thumbnail.jpg"), &thumbnail).await.map_err(|e| transient(&e))?;
+    media
+        .blobs
+        .put_file(&blobs::derived(hash, "thumbnail.jpg"), &thumbnail)
+        .await
+        .map_err(|e| transient(&e))?;
 
     let rungs = ladder(probe.width, probe.height);
     let last = rungs.len() - 1;
     for (i, rung) in rungs.into_iter().enumerate() {
         let dir = work.join(&rung.name);
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| transient(&e))?;
-        ffmpeg(media, &rung_args(&input, &dir, &rung, probe.has_audio)?, message).await?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| transient(&e))?;
+        ffmpeg(
+            media,
+            &rung_args(&input, &dir, &rung, probe.has_audio)?,
+            message,
+        )
+        .await?;
         upload_rung(media, hash, &rung.name, &dir).await?;
         state.renditions.push(rung);
         media
             .blobs
-            .put_bytes(&blobs::derived(hash, "hls/master.m3u8"), master_playlist(&state.renditions).into_bytes())
+            .put_bytes(
+                &blobs::derived(hash, "hls/master.m3u8"),
+                master_playlist(&state.renditions).into_bytes(),
+            )
             .await
             .map_err(|e| transient(&e))?;
         if i == last {
             state.state = "done".into();
         }
-        media.store.save_transcode(hash, &state).await.map_err(|e| transient(&e))?;
+        media
+            .store
+            .save_transcode(hash, &state)
+            .await
+            .map_err(|e| transient(&e))?;
         events::processed(&media.nats, video, &probe, &state.renditions, i == last)
             .await
             .map_err(|e| transient(&e))?;
@@ -255,36 +333,78 @@ async fn transcode(media: &Media, video: &StoredVideo, message: &jetstream::Mess
 }
 
 fn path_str(path: &Path) -> Result<&str, Failure> {
-    path.to_str().ok_or_else(|| Failure::Transient(format!("work path {path:?} is not UTF-8")))
+    path.to_str()
+        .ok_or_else(|| Failure::Transient(format!("work path {} is not UTF-8", path.display())))
 }
 
-fn rung_args(input: &Path, dir: &Path, rung: &RenditionRow, audio: bool) -> Result<Vec<String>, Failure> {
-    let mut args: Vec<String> = vec!["-i".into(), path_str(input)?.into(), "-map".into(), "0:v:0".into()];
+fn rung_args(
+    input: &Path,
+    dir: &Path,
+    rung: &RenditionRow,
+    audio: bool,
+) -> Result<Vec<String>, Failure> {
+    let mut args: Vec<String> = vec![
+        "-i".into(),
+        path_str(input)?.into(),
+        "-map".into(),
+        "0:v:0".into(),
+    ];
     if audio {
         args.extend(["-map".into(), "0:a:0".into()]);
     }
     args.extend(
         [
-            "-vf", &format!("scale={}:{}", rung.width, rung.height),
-            "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "main", "-pix_fmt", "yuv420p",
-            "-b:v", &rung.bitrate.to_string(),
-            "-maxrate", &(rung.bitrate / 10 * 12).to_string(),
-            "-bufsize", &(rung.bitrate * 2).to_string(),
+            "-vf",
+            &format!("scale={}:{}", rung.width, rung.height),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-profile:v",
+            "main",
+            "-pix_fmt",
+            "yuv420p",
+            "-b:v",
+            &rung.bitrate.to_string(),
+            "-maxrate",
+            &(rung.bitrate / 10 * 12).to_string(),
+            "-bufsize",
+            &(rung.bitrate * 2).to_string(),
             // Keyframes at the same instants in every rung, and only there.
-            "-sc_threshold", "0",
-            "-force_key_frames", &format!("expr:gte(t,n_forced*{KEYFRAME_EVERY_S})"),
+            "-sc_threshold",
+            "0",
+            "-force_key_frames",
+            &format!("expr:gte(t,n_forced*{KEYFRAME_EVERY_S})"),
         ]
         .iter()
         .map(|s| (*s).to_owned()),
     );
     if audio {
-        args.extend(["-c:a", "aac", "-b:a", &AUDIO_BITRATE.to_string(), "-ac", "2"].iter().map(|s| (*s).to_owned()));
+        args.extend(
+            [
+                "-c:a",
+                "aac",
+                "-b:a",
+                &AUDIO_BITRATE.to_string(),
+                "-ac",
+                "2",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned()),
+        );
     }
     args.extend(
         [
-            "-f", "hls", "-hls_time", &SEGMENT_S.to_string(), "-hls_playlist_type", "vod",
-            "-hls_flags", "independent_segments",
-            "-hls_segment_filename", path_str(&dir.join("seg_%05d.ts"))?,
+            "-f",
+            "hls",
+            "-hls_time",
+            &SEGMENT_S.to_string(),
+            "-hls_playlist_type",
+            "vod",
+            "-hls_flags",
+            "independent_segments",
+            "-hls_segment_filename",
+            path_str(&dir.join("seg_%05d.ts"))?,
             path_str(&dir.join("index.m3u8"))?,
         ]
         .iter()
@@ -301,11 +421,15 @@ async fn upload_rung(media: &Media, hash: &str, name: &str, dir: &Path) -> Resul
     while let Some(entry) = entries.next_entry().await.map_err(|e| transient(&e))? {
         files.push(entry.file_name().to_string_lossy().into_owned());
     }
-    files.sort_by_key(|f| (f.ends_with(".m3u8"), f.clone()));
+    // Playlists sort last.
+    files.sort_by_key(|f| (crate::origin::is_playlist(f), f.clone()));
     for file in files {
         media
             .blobs
-            .put_file(&blobs::derived(hash, &format!("hls/{name}/{file}")), &dir.join(&file))
+            .put_file(
+                &blobs::derived(hash, &format!("hls/{name}/{file}")),
+                &dir.join(&file),
+            )
             .await
             .map_err(|e| transient(&e))?;
     }
@@ -335,20 +459,31 @@ struct FfprobeFormat {
 
 async fn probe(media: &Media, input: &Path) -> Result<Probe, Failure> {
     let output = Command::new(&media.limits.ffprobe)
-        .args(["-v", "error", "-print_format", "json", "-show_format", "-show_streams"])
+        .args([
+            "-v",
+            "error",
+            "-print_format",
+            "json",
+            "-show_format",
+            "-show_streams",
+        ])
         .arg(input)
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(Duration::from_secs(media.limits.stall_timeout_s.max(1)), output)
-        .await
-        .map_err(|_| Failure::Transient("ffprobe timed out".into()))?
-        .map_err(|e| Failure::Transient(format!("cannot run ffprobe: {e}")))?;
+    let output = tokio::time::timeout(
+        Duration::from_secs(media.limits.stall_timeout_s.max(1)),
+        output,
+    )
+    .await
+    .map_err(|_| Failure::Transient("ffprobe timed out".into()))?
+    .map_err(|e| Failure::Transient(format!("cannot run ffprobe: {e}")))?;
     let not_a_video = || Failure::NotAVideo(NOT_A_VIDEO.into());
     if !output.status.success() {
         return Err(not_a_video());
     }
-    let parsed: FfprobeOutput = serde_json::from_slice(&output.stdout).map_err(|_| not_a_video())?;
+    let parsed: FfprobeOutput =
+        serde_json::from_slice(&output.stdout).map_err(|_| not_a_video())?;
     let format = parsed.format.ok_or_else(not_a_video)?;
     let format_name = format.format_name.unwrap_or_default();
     // Still images decode as a one-frame "video"; they are not videos.
@@ -376,16 +511,32 @@ async fn probe(media: &Media, input: &Path) -> Result<Probe, Failure> {
         duration_s,
         width,
         height,
-        has_audio: parsed.streams.iter().any(|s| s.codec_type.as_deref() == Some("audio")),
+        has_audio: parsed
+            .streams
+            .iter()
+            .any(|s| s.codec_type.as_deref() == Some("audio")),
     })
 }
 
 /// Runs ffmpeg, killing it when it reports no progress for `stall_timeout_s`, and telling
 /// JetStream the work is alive while it does.
-async fn ffmpeg(media: &Media, args: &[String], message: &jetstream::Message) -> Result<(), Failure> {
+async fn ffmpeg(
+    media: &Media,
+    args: &[String],
+    message: &jetstream::Message,
+) -> Result<(), Failure> {
     let stall = Duration::from_secs(media.limits.stall_timeout_s.max(1));
     let mut child = Command::new(&media.limits.ffmpeg)
-        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-nostats", "-progress", "pipe:1", "-y"])
+        .args([
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-nostats",
+            "-progress",
+            "pipe:1",
+            "-y",
+        ])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -407,7 +558,10 @@ async fn ffmpeg(media: &Media, args: &[String], message: &jetstream::Message) ->
         match tokio::time::timeout(stall, progress.next_line()).await {
             Err(_) => {
                 child.kill().await.ok();
-                return Err(Failure::Transient(format!("ffmpeg stalled for {}s", stall.as_secs())));
+                return Err(Failure::Transient(format!(
+                    "ffmpeg stalled for {}s",
+                    stall.as_secs()
+                )));
             }
             Ok(Ok(Some(_))) => {
                 if last_ack.elapsed() >= ack_every {
@@ -427,7 +581,9 @@ async fn ffmpeg(media: &Media, args: &[String], message: &jetstream::Message) ->
     } else {
         let text = errors.await.unwrap_or_default();
         let tail: String = text.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
-        Err(Failure::Transient(format!("ffmpeg failed ({status}): {tail}")))
+        Err(Failure::Transient(format!(
+            "ffmpeg failed ({status}): {tail}"
+        )))
     }
 }
 
@@ -437,8 +593,16 @@ mod tests {
 
     #[test]
     fn ladder_never_exceeds_the_source() {
-        let names = |w, h| ladder(w, h).into_iter().map(|r| (r.name, r.width, r.height)).collect::<Vec<_>>();
-        assert_eq!(names(640, 360), [("240p".into(), 426, 240), ("360p".into(), 640, 360)]);
+        let names = |w, h| {
+            ladder(w, h)
+                .into_iter()
+                .map(|r| (r.name, r.width, r.height))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(640, 360),
+            [("240p".into(), 426, 240), ("360p".into(), 640, 360)]
+        );
         assert_eq!(names(1920, 1080).len(), 5);
         assert_eq!(names(160, 120), [("120p".into(), 160, 120)]);
         assert_eq!(names(1280, 719).last().unwrap().0, "480p");

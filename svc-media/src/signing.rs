@@ -39,7 +39,9 @@ pub struct Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("current", &self.current).finish_non_exhaustive()
+        f.debug_struct("Signer")
+            .field("current", &self.current)
+            .finish_non_exhaustive()
     }
 }
 
@@ -82,13 +84,23 @@ impl Signer {
             .map(|(kid, secret)| (kid.clone(), secret.expose_secret().as_bytes().to_vec()))
             .collect();
         if let Some((kid, _)) = keys.iter().find(|(_, k)| k.len() < MIN_KEY_BYTES) {
-            return Err(format!("signing key {kid:?} is shorter than {MIN_KEY_BYTES} bytes"));
+            return Err(format!(
+                "signing key {kid:?} is shorter than {MIN_KEY_BYTES} bytes"
+            ));
         }
-        if keys.keys().any(|kid| kid.is_empty() || !kid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')) {
+        if keys.keys().any(|kid| {
+            kid.is_empty()
+                || !kid
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        }) {
             return Err("signing key ids must be non-empty [A-Za-z0-9_-]".into());
         }
         if !keys.contains_key(&config.current) {
-            return Err(format!("signing.current {:?} is not among signing.keys", config.current));
+            return Err(format!(
+                "signing.current {:?} is not among signing.keys",
+                config.current
+            ));
         }
         Ok(Self {
             current: config.current.clone(),
@@ -108,7 +120,9 @@ impl Signer {
 
     fn check(&self, kid: &str, message: &str, sig: &str) -> Result<(), SignatureError> {
         let key = self.keys.get(kid).ok_or(SignatureError::Invalid)?;
-        let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| SignatureError::Invalid)?;
+        let sig = URL_SAFE_NO_PAD
+            .decode(sig)
+            .map_err(|_| SignatureError::Invalid)?;
         let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
         mac.update(message.as_bytes());
         // Constant-time comparison.
@@ -149,7 +163,10 @@ impl Signer {
     /// An upload token: `<video_id>.<owner_id>.<exp>.<kid>.<sig>`.
     #[must_use]
     pub fn upload(&self, grant: UploadGrant) -> String {
-        let body = format!("{}.{}.{}.{}", grant.video_id, grant.owner_id, grant.exp, self.current);
+        let body = format!(
+            "{}.{}.{}.{}",
+            grant.video_id, grant.owner_id, grant.exp, self.current
+        );
         let sig = self.sign(&format!("upload:{body}"));
         format!("{body}.{sig}")
     }
@@ -183,7 +200,11 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), SecretString::from(v)))
             .collect();
-        Signer::new(&SigningConfig { current: current.into(), keys }).unwrap()
+        Signer::new(&SigningConfig {
+            current: current.into(),
+            keys,
+        })
+        .unwrap()
     }
 
     use secrecy::SecretString;
@@ -193,32 +214,77 @@ mod tests {
         let video = Uuid::now_v7();
         let t = signer("k1").playback(video, 1000);
         let rotated = signer("k2");
-        assert_eq!(rotated.verify_playback(video, Some("1000"), Some("k1"), Some(&t.sig), 999), Ok(()));
-        assert_eq!(rotated.verify_playback(video, Some("1000"), Some("k1"), Some(&t.sig), 1000), Err(SignatureError::Expired));
-        assert_eq!(rotated.verify_playback(video, Some("1001"), Some("k1"), Some(&t.sig), 0), Err(SignatureError::Invalid));
-        assert_eq!(rotated.verify_playback(Uuid::now_v7(), Some("1000"), Some("k1"), Some(&t.sig), 0), Err(SignatureError::Invalid));
-        assert_eq!(rotated.verify_playback(video, Some("1000"), Some("k9"), Some(&t.sig), 0), Err(SignatureError::Invalid));
-        assert_eq!(rotated.verify_playback(video, None, None, None, 0), Err(SignatureError::Missing));
+        assert_eq!(
+            rotated.verify_playback(video, Some("1000"), Some("k1"), Some(&t.sig), 999),
+            Ok(())
+        );
+        assert_eq!(
+            rotated.verify_playback(video, Some("1000"), Some("k1"), Some(&t.sig), 1000),
+            Err(SignatureError::Expired)
+        );
+        assert_eq!(
+            rotated.verify_playback(video, Some("1001"), Some("k1"), Some(&t.sig), 0),
+            Err(SignatureError::Invalid)
+        );
+        assert_eq!(
+            rotated.verify_playback(Uuid::now_v7(), Some("1000"), Some("k1"), Some(&t.sig), 0),
+            Err(SignatureError::Invalid)
+        );
+        assert_eq!(
+            rotated.verify_playback(video, Some("1000"), Some("k9"), Some(&t.sig), 0),
+            Err(SignatureError::Invalid)
+        );
+        assert_eq!(
+            rotated.verify_playback(video, None, None, None, 0),
+            Err(SignatureError::Missing)
+        );
     }
 
     #[test]
     fn upload_tokens_bind_video_owner_and_expiry() {
         let s = signer("k1");
-        let grant = UploadGrant { video_id: Uuid::now_v7(), owner_id: Uuid::now_v7(), exp: 50 };
+        let grant = UploadGrant {
+            video_id: Uuid::now_v7(),
+            owner_id: Uuid::now_v7(),
+            exp: 50,
+        };
         let token = s.upload(grant);
         assert_eq!(s.verify_upload(&token, 10), Ok(grant));
         assert_eq!(s.verify_upload(&token, 50), Err(SignatureError::Expired));
-        let other = UploadGrant { owner_id: Uuid::now_v7(), ..grant };
-        let forged = format!("{}.{}", s.upload(other).rsplit_once('.').unwrap().0, token.rsplit_once('.').unwrap().1);
+        let other = UploadGrant {
+            owner_id: Uuid::now_v7(),
+            ..grant
+        };
+        let forged = format!(
+            "{}.{}",
+            s.upload(other).rsplit_once('.').unwrap().0,
+            token.rsplit_once('.').unwrap().1
+        );
         assert_eq!(s.verify_upload(&forged, 10), Err(SignatureError::Invalid));
         assert_eq!(s.verify_upload("garbage", 10), Err(SignatureError::Invalid));
     }
 
     #[test]
     fn short_keys_and_unknown_current_are_refused() {
-        let keys = [("k1".to_owned(), SecretString::from("short"))].into_iter().collect();
-        assert!(Signer::new(&SigningConfig { current: "k1".into(), keys }).is_err());
-        let keys = [("k1".to_owned(), SecretString::from("a".repeat(32)))].into_iter().collect();
-        assert!(Signer::new(&SigningConfig { current: "k2".into(), keys }).is_err());
+        let keys = [("k1".to_owned(), SecretString::from("short"))]
+            .into_iter()
+            .collect();
+        assert!(
+            Signer::new(&SigningConfig {
+                current: "k1".into(),
+                keys
+            })
+            .is_err()
+        );
+        let keys = [("k1".to_owned(), SecretString::from("a".repeat(32)))]
+            .into_iter()
+            .collect();
+        assert!(
+            Signer::new(&SigningConfig {
+                current: "k2".into(),
+                keys
+            })
+            .is_err()
+        );
     }
 }

@@ -203,7 +203,10 @@ impl MediaStore {
         let rows = self
             .client()
             .await?
-            .query("SELECT upload_id FROM uploads WHERE video_id = $1", &[&video_id])
+            .query(
+                "SELECT upload_id FROM uploads WHERE video_id = $1",
+                &[&video_id],
+            )
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
@@ -213,7 +216,10 @@ impl MediaStore {
         let rows = self
             .client()
             .await?
-            .query("SELECT upload_id FROM uploads WHERE expires_at <= $1 LIMIT 500", &[&now])
+            .query(
+                "SELECT upload_id FROM uploads WHERE expires_at <= $1 LIMIT 500",
+                &[&now],
+            )
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
@@ -230,8 +236,11 @@ impl MediaStore {
                 &[&upload.video_id, &upload.owner_id, &hash, &signed(upload.length)],
             )
             .await?;
-        tx.execute("UPDATE uploads SET completed = true WHERE upload_id = $1", &[&upload.upload_id])
-            .await?;
+        tx.execute(
+            "UPDATE uploads SET completed = true WHERE upload_id = $1",
+            &[&upload.upload_id],
+        )
+        .await?;
         tx.commit().await?;
         Ok(inserted == 1)
     }
@@ -258,7 +267,10 @@ impl MediaStore {
     pub async fn mark_announced(&self, video_id: Uuid) -> Result<(), DbError> {
         self.client()
             .await?
-            .execute("UPDATE videos SET announced = true WHERE video_id = $1", &[&video_id])
+            .execute(
+                "UPDATE videos SET announced = true WHERE video_id = $1",
+                &[&video_id],
+            )
             .await?;
         Ok(())
     }
@@ -289,14 +301,20 @@ impl MediaStore {
     pub async fn delete_video(&self, video_id: Uuid) -> Result<Option<(String, i64)>, DbError> {
         let client = self.client().await?;
         let Some(row) = client
-            .query_opt("DELETE FROM videos WHERE video_id = $1 RETURNING content_hash", &[&video_id])
+            .query_opt(
+                "DELETE FROM videos WHERE video_id = $1 RETURNING content_hash",
+                &[&video_id],
+            )
             .await?
         else {
             return Ok(None);
         };
         let hash: String = row.get(0);
         let users: i64 = client
-            .query_one("SELECT count(*) FROM videos WHERE content_hash = $1", &[&hash])
+            .query_one(
+                "SELECT count(*) FROM videos WHERE content_hash = $1",
+                &[&hash],
+            )
             .await?
             .get(0);
         Ok(Some((hash, users)))
@@ -307,7 +325,10 @@ impl MediaStore {
         Ok(self
             .client()
             .await?
-            .query_one("SELECT EXISTS (SELECT 1 FROM videos WHERE content_hash = $1)", &[&hash])
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM videos WHERE content_hash = $1)",
+                &[&hash],
+            )
             .await?
             .get(0))
     }
@@ -339,7 +360,13 @@ impl MediaStore {
                  VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (content_hash) DO UPDATE SET state = $2, probe = $3, renditions = $4,
                      reason = $5, updated_at = now()",
-                &[&hash, &t.state, &t.probe.map(Json), &Json(&t.renditions), &t.reason],
+                &[
+                    &hash,
+                    &t.state,
+                    &t.probe.map(Json),
+                    &Json(&t.renditions),
+                    &t.reason,
+                ],
             )
             .await?;
         Ok(())

@@ -30,8 +30,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use uuid::Uuid;
 
 use crate::{
-    blobs,
-    events,
+    blobs, events,
     http::Problem,
     media::{Media, unix_now},
     signing::{SignatureError, UploadGrant},
@@ -83,6 +82,10 @@ fn http_date(at: OffsetDateTime) -> String {
 }
 
 /// 412 unless the client speaks our version.
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the finished response, returned as is by every handler"
+)]
 fn check_version(headers: &HeaderMap) -> Result<(), Response> {
     if header_str(headers, "tus-resumable") == Some(TUS_VERSION) {
         return Ok(());
@@ -101,16 +104,27 @@ fn check_version(headers: &HeaderMap) -> Result<(), Response> {
 
 fn grant(media: &Media, query: &HashMap<String, String>) -> Result<UploadGrant, Problem> {
     let token = query.get("token").ok_or_else(|| {
-        Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "the upload token is missing")
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "the upload token is missing",
+        )
     })?;
-    media.signer.verify_upload(token, unix_now()).map_err(|e| match e {
-        SignatureError::Expired => {
-            Problem::new(StatusCode::FORBIDDEN, "permission_denied", "the upload token has expired")
-        }
-        SignatureError::Missing | SignatureError::Invalid => {
-            Problem::new(StatusCode::FORBIDDEN, "permission_denied", "the upload token is not valid")
-        }
-    })
+    media
+        .signer
+        .verify_upload(token, unix_now())
+        .map_err(|e| match e {
+            SignatureError::Expired => Problem::new(
+                StatusCode::FORBIDDEN,
+                "permission_denied",
+                "the upload token has expired",
+            ),
+            SignatureError::Missing | SignatureError::Invalid => Problem::new(
+                StatusCode::FORBIDDEN,
+                "permission_denied",
+                "the upload token is not valid",
+            ),
+        })
 }
 
 /// `OPTIONS`: what this server supports.
@@ -118,8 +132,14 @@ async fn capabilities(State(media): State<Media>) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert("tus-version", HeaderValue::from_static(TUS_VERSION));
     headers.insert("tus-extension", HeaderValue::from_static(TUS_EXTENSIONS));
-    headers.insert("tus-checksum-algorithm", HeaderValue::from_static(TUS_CHECKSUMS));
-    headers.insert("tus-max-size", HeaderValue::from(media.limits.max_upload_bytes));
+    headers.insert(
+        "tus-checksum-algorithm",
+        HeaderValue::from_static(TUS_CHECKSUMS),
+    );
+    headers.insert(
+        "tus-max-size",
+        HeaderValue::from(media.limits.max_upload_bytes),
+    );
     (StatusCode::NO_CONTENT, headers).into_response()
 }
 
@@ -133,49 +153,83 @@ async fn create(
     let grant = grant(&media, &query).map_err(IntoResponse::into_response)?;
     let problem = |status, code, detail: &str| Problem::new(status, code, detail).into_response();
     if headers.contains_key("upload-defer-length") {
-        return Err(problem(StatusCode::BAD_REQUEST, "invalid_argument", "Upload-Defer-Length is not supported: declare Upload-Length"));
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "Upload-Defer-Length is not supported: declare Upload-Length",
+        ));
     }
     let length: u64 = header_str(&headers, "upload-length")
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| problem(StatusCode::BAD_REQUEST, "invalid_argument", "Upload-Length must be a non-negative integer"))?;
+        .ok_or_else(|| {
+            problem(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                "Upload-Length must be a non-negative integer",
+            )
+        })?;
     if length > media.limits.max_upload_bytes {
         return Err(problem(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            &format!("Upload-Length is over the maximum of {} bytes", media.limits.max_upload_bytes),
+            &format!(
+                "Upload-Length is over the maximum of {} bytes",
+                media.limits.max_upload_bytes
+            ),
         ));
     }
-    let existing = media.store.video(grant.video_id).await.map_err(|e| Problem::unavailable(&e).into_response())?;
+    let existing = media
+        .store
+        .video(grant.video_id)
+        .await
+        .map_err(|e| Problem::unavailable(&e).into_response())?;
     if existing.is_some() {
-        return Err(problem(StatusCode::CONFLICT, "already_exists", "the video already has its file"));
+        return Err(problem(
+            StatusCode::CONFLICT,
+            "already_exists",
+            "the video already has its file",
+        ));
     }
-    let expires_at = OffsetDateTime::from_unix_timestamp(grant.exp).unwrap_or_else(|_| OffsetDateTime::now_utc());
+    let expires_at = OffsetDateTime::from_unix_timestamp(grant.exp)
+        .unwrap_or_else(|_| OffsetDateTime::now_utc());
     let upload = Upload {
         upload_id: Uuid::new_v4(),
         video_id: grant.video_id,
         owner_id: grant.owner_id,
         length,
-        metadata: header_str(&headers, "upload-metadata").unwrap_or_default().to_owned(),
+        metadata: header_str(&headers, "upload-metadata")
+            .unwrap_or_default()
+            .to_owned(),
         expires_at,
         completed: false,
     };
     let path = media.partial_path(upload.upload_id);
     let io = |e: std::io::Error| Problem::unavailable(&e).into_response();
-    tokio::fs::create_dir_all(path.parent().expect("partial files live in a folder")).await.map_err(io)?;
+    tokio::fs::create_dir_all(path.parent().expect("partial files live in a folder"))
+        .await
+        .map_err(io)?;
     tokio::fs::File::create(&path).await.map_err(io)?;
-    media.store.create_upload(&upload).await.map_err(|e| Problem::unavailable(&e).into_response())?;
+    media
+        .store
+        .create_upload(&upload)
+        .await
+        .map_err(|e| Problem::unavailable(&e).into_response())?;
     tracing::info!(message = "Upload created.", upload_id = %upload.upload_id, video_id = %upload.video_id, length);
     let location = format!(
         "{}/uploads/{}?token={}",
-        media.upload_url,
-        upload.upload_id,
-        query["token"]
+        media.upload_url, upload.upload_id, query["token"]
     );
     let mut response = StatusCode::CREATED.into_response();
     let h = response.headers_mut();
-    h.insert(header::LOCATION, HeaderValue::from_str(&location).expect("URL-safe characters"));
+    h.insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).expect("URL-safe characters"),
+    );
     h.insert("upload-offset", HeaderValue::from_static("0"));
-    h.insert("upload-expires", HeaderValue::from_str(&http_date(expires_at)).expect("ASCII date"));
+    h.insert(
+        "upload-expires",
+        HeaderValue::from_str(&http_date(expires_at)).expect("ASCII date"),
+    );
     if length == 0 {
         // Nothing to wait for: an empty file is complete at creation.
         let hasher = blake3::Hasher::new();
@@ -186,9 +240,14 @@ async fn create(
 
 /// The upload at `upload_id` if the token grants it; 404 otherwise (a token for another
 /// video learns nothing), 410 once expired.
-async fn authorized(media: &Media, upload_id: &str, query: &HashMap<String, String>) -> Result<Upload, Response> {
+async fn authorized(
+    media: &Media,
+    upload_id: &str,
+    query: &HashMap<String, String>,
+) -> Result<Upload, Response> {
     let grant = grant(media, query).map_err(IntoResponse::into_response)?;
-    let not_found = || Problem::new(StatusCode::NOT_FOUND, "not_found", "no such upload").into_response();
+    let not_found =
+        || Problem::new(StatusCode::NOT_FOUND, "not_found", "no such upload").into_response();
     let id: Uuid = upload_id.parse().map_err(|_| not_found())?;
     let upload = media
         .store
@@ -198,7 +257,9 @@ async fn authorized(media: &Media, upload_id: &str, query: &HashMap<String, Stri
         .filter(|u| u.video_id == grant.video_id && u.owner_id == grant.owner_id)
         .ok_or_else(not_found)?;
     if upload.expires_at <= OffsetDateTime::now_utc() {
-        return Err(Problem::new(StatusCode::GONE, "gone", "the upload has expired").into_response());
+        return Err(
+            Problem::new(StatusCode::GONE, "gone", "the upload has expired").into_response(),
+        );
     }
     Ok(upload)
 }
@@ -207,7 +268,10 @@ fn offset_headers(upload: &Upload, offset: u64) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert("upload-offset", HeaderValue::from(offset));
     h.insert("upload-length", HeaderValue::from(upload.length));
-    h.insert("upload-expires", HeaderValue::from_str(&http_date(upload.expires_at)).expect("ASCII date"));
+    h.insert(
+        "upload-expires",
+        HeaderValue::from_str(&http_date(upload.expires_at)).expect("ASCII date"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h
 }
@@ -248,9 +312,16 @@ async fn terminate(
     check_version(&headers)?;
     let upload = authorized(&media, &upload_id, &query).await?;
     if upload.completed {
-        return Err(Problem::new(StatusCode::CONFLICT, "already_exists", "the upload is complete; delete the video instead").into_response());
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "already_exists",
+            "the upload is complete; delete the video instead",
+        )
+        .into_response());
     }
-    discard(&media, upload.upload_id).await.map_err(|e| Problem::unavailable(&e).into_response())?;
+    discard(&media, upload.upload_id)
+        .await
+        .map_err(|e| Problem::unavailable(&e).into_response())?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -263,7 +334,11 @@ pub async fn discard(media: &Media, upload_id: Uuid) -> Result<(), String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e.to_string()),
     }
-    media.store.delete_upload(upload_id).await.map_err(|e| e.to_string())?;
+    media
+        .store
+        .delete_upload(upload_id)
+        .await
+        .map_err(|e| e.to_string())?;
     media.end_session(upload_id).await;
     Ok(())
 }
@@ -277,12 +352,18 @@ enum Checksum {
 impl Checksum {
     fn parse(value: &str) -> Result<Self, Problem> {
         let bad = |d: &str| Problem::new(StatusCode::BAD_REQUEST, "invalid_argument", d);
-        let (algorithm, digest) = value.split_once(' ').ok_or_else(|| bad("Upload-Checksum must be '<algorithm> <base64 digest>'"))?;
-        let expected = STANDARD.decode(digest.trim()).map_err(|_| bad("the Upload-Checksum digest is not base64"))?;
+        let (algorithm, digest) = value
+            .split_once(' ')
+            .ok_or_else(|| bad("Upload-Checksum must be '<algorithm> <base64 digest>'"))?;
+        let expected = STANDARD
+            .decode(digest.trim())
+            .map_err(|_| bad("the Upload-Checksum digest is not base64"))?;
         match algorithm {
             "sha1" => Ok(Self::Sha1(sha1::Sha1::new(), expected)),
             "sha256" => Ok(Self::Sha256(sha2::Sha256::new(), expected)),
-            _ => Err(bad(&format!("checksum algorithm {algorithm:?} is not supported (use {TUS_CHECKSUMS})"))),
+            _ => Err(bad(&format!(
+                "checksum algorithm {algorithm:?} is not supported (use {TUS_CHECKSUMS})"
+            ))),
         }
     }
 
@@ -318,6 +399,30 @@ async fn rehash(file: &mut tokio::fs::File, len: u64) -> std::io::Result<blake3:
     Ok(hasher)
 }
 
+/// A `PATCH`'s claimed offset and checksum, after its content type is checked.
+fn patch_headers(headers: &HeaderMap) -> Result<(u64, Option<Checksum>), Problem> {
+    if header_str(headers, "content-type") != Some("application/offset+octet-stream") {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_argument",
+            "Content-Type must be application/offset+octet-stream",
+        ));
+    }
+    let claimed: u64 = header_str(headers, "upload-offset")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                "Upload-Offset must be a non-negative integer",
+            )
+        })?;
+    let checksum = header_str(headers, "upload-checksum")
+        .map(Checksum::parse)
+        .transpose()?;
+    Ok((claimed, checksum))
+}
+
 /// `PATCH`: appends the body at `Upload-Offset`.
 async fn append(
     State(media): State<Media>,
@@ -328,25 +433,25 @@ async fn append(
 ) -> Result<Response, Response> {
     check_version(&headers)?;
     let problem = |status, code, detail: String| Problem::new(status, code, detail).into_response();
-    if header_str(&headers, "content-type") != Some("application/offset+octet-stream") {
-        return Err(problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_argument", "Content-Type must be application/offset+octet-stream".into()));
-    }
-    let claimed: u64 = header_str(&headers, "upload-offset")
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| problem(StatusCode::BAD_REQUEST, "invalid_argument", "Upload-Offset must be a non-negative integer".into()))?;
-    let mut checksum = header_str(&headers, "upload-checksum")
-        .map(Checksum::parse)
-        .transpose()
-        .map_err(IntoResponse::into_response)?;
+    let (claimed, mut checksum) = patch_headers(&headers).map_err(IntoResponse::into_response)?;
     let upload = authorized(&media, &upload_id, &query).await?;
     let session = media.session(upload.upload_id).await;
     let Ok(mut guard) = tokio::time::timeout(LOCK_WAIT, session.lock()).await else {
-        return Err(problem(StatusCode::LOCKED, "conflict", "another request is writing this upload".into()));
+        return Err(problem(
+            StatusCode::LOCKED,
+            "conflict",
+            "another request is writing this upload".into(),
+        ));
     };
     let current = partial_len(&media, &upload).await?;
     let wrong_offset = || {
-        let mut r = problem(StatusCode::CONFLICT, "conflict", format!("Upload-Offset must be {current}, the upload's offset"));
-        r.headers_mut().insert("upload-offset", HeaderValue::from(current));
+        let mut r = problem(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("Upload-Offset must be {current}, the upload's offset"),
+        );
+        r.headers_mut()
+            .insert("upload-offset", HeaderValue::from(current));
         r
     };
     if claimed != current {
@@ -362,43 +467,47 @@ async fn append(
     }
     let io = |e: std::io::Error| Problem::unavailable(&e).into_response();
     let path = media.partial_path(upload.upload_id);
-    let mut file = tokio::fs::OpenOptions::new().read(true).write(true).open(&path).await.map_err(io)?;
+    let mut file = tokio::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .await
+        .map_err(io)?;
     let hasher = match guard.hasher.take() {
         Some(h) if h.count() == current => h,
         _ => rehash(&mut file, current).await.map_err(io)?,
     };
     {
         use tokio::io::AsyncSeekExt as _;
-        file.seek(std::io::SeekFrom::Start(current)).await.map_err(io)?;
+        file.seek(std::io::SeekFrom::Start(current))
+            .await
+            .map_err(io)?;
     }
     let before = hasher.clone();
-    let mut hasher = hasher;
-    let mut offset = current;
-    let mut interrupted = false;
-    let mut over = false;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let Ok(chunk) = chunk else {
-            // The client went away: what arrived is kept, and HEAD tells where to resume.
-            interrupted = true;
-            break;
-        };
-        if offset + chunk.len() as u64 > upload.length {
-            over = true;
-            break;
-        }
-        file.write_all(&chunk).await.map_err(io)?;
-        hasher.update(&chunk);
-        if let Some(c) = checksum.as_mut() {
-            c.update(&chunk);
-        }
-        offset += chunk.len() as u64;
-    }
+    let Received {
+        offset,
+        hasher,
+        interrupted,
+        over,
+    } = receive(
+        &mut file,
+        body,
+        current,
+        upload.length,
+        hasher,
+        checksum.as_mut(),
+    )
+    .await
+    .map_err(io)?;
     let rejected = if over {
         Some(too_long(&upload))
     } else if let Some(c) = checksum.take() {
         if interrupted || !c.matches() {
-            Some(problem(StatusCode::from_u16(CHECKSUM_MISMATCH).expect("valid status"), "invalid_argument", "Upload-Checksum does not match the bytes received; nothing was kept".into()))
+            Some(problem(
+                StatusCode::from_u16(CHECKSUM_MISMATCH).expect("valid status"),
+                "invalid_argument",
+                "Upload-Checksum does not match the bytes received; nothing was kept".into(),
+            ))
         } else {
             None
         }
@@ -422,11 +531,62 @@ async fn append(
     Ok((StatusCode::NO_CONTENT, offset_headers(&upload, offset)).into_response())
 }
 
+/// What one `PATCH` body left in the partial file.
+struct Received {
+    /// The offset after it.
+    offset: u64,
+    /// BLAKE3 over everything up to `offset`.
+    hasher: blake3::Hasher,
+    /// The client went away before the end of the body.
+    interrupted: bool,
+    /// The body went past the declared length (the excess was not written).
+    over: bool,
+}
+
+/// Appends a body at `offset`, hashing as it goes, never past `length`.
+async fn receive(
+    file: &mut tokio::fs::File,
+    body: Body,
+    mut offset: u64,
+    length: u64,
+    mut hasher: blake3::Hasher,
+    mut checksum: Option<&mut Checksum>,
+) -> std::io::Result<Received> {
+    let mut stream = body.into_data_stream();
+    let (mut interrupted, mut over) = (false, false);
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            // The client went away: what arrived is kept, and HEAD tells where to resume.
+            interrupted = true;
+            break;
+        };
+        if offset + chunk.len() as u64 > length {
+            over = true;
+            break;
+        }
+        file.write_all(&chunk).await?;
+        hasher.update(&chunk);
+        if let Some(c) = checksum.as_deref_mut() {
+            c.update(&chunk);
+        }
+        offset += chunk.len() as u64;
+    }
+    Ok(Received {
+        offset,
+        hasher,
+        interrupted,
+        over,
+    })
+}
+
 fn too_long(upload: &Upload) -> Response {
     Problem::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
-        format!("the body goes past the declared Upload-Length of {} bytes", upload.length),
+        format!(
+            "the body goes past the declared Upload-Length of {} bytes",
+            upload.length
+        ),
     )
     .into_response()
 }
@@ -446,14 +606,23 @@ async fn finish(media: &Media, upload: &Upload, hasher: &blake3::Hasher) -> Resu
         Ok(true)
     };
     let stored = store_blob().await.map_err(|e| unavailable(&e))?;
-    let won = media.store.complete_upload(upload, &hash).await.map_err(|e| unavailable(&e))?;
+    let won = media
+        .store
+        .complete_upload(upload, &hash)
+        .await
+        .map_err(|e| unavailable(&e))?;
     // The blob existed before this upload referenced it, so a reconciler round may have
     // removed it meanwhile: make sure it is there while the partial file still is.
     store_blob().await.map_err(|e| unavailable(&e))?;
     tokio::fs::remove_file(&path).await.ok();
     media.end_session(upload.upload_id).await;
     if !won {
-        return Err(Problem::new(StatusCode::CONFLICT, "already_exists", "the video already has its file").into_response());
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "already_exists",
+            "the video already has its file",
+        )
+        .into_response());
     }
     tracing::info!(message = "Upload complete.", video_id = %upload.video_id, hash = %hash, deduplicated = !stored);
     let video = StoredVideo {
@@ -474,6 +643,8 @@ pub async fn announce(media: &Media, video: &StoredVideo) {
                 tracing::warn!(message = "Upload announced but not marked.", video_id = %video.video_id, error = %e);
             }
         }
-        Err(e) => tracing::warn!(message = "Upload not announced yet; the sweeper retries.", video_id = %video.video_id, error = %e),
+        Err(e) => {
+            tracing::warn!(message = "Upload not announced yet; the sweeper retries.", video_id = %video.video_id, error = %e);
+        }
     }
 }

@@ -97,7 +97,10 @@ pub fn drop_streams(nats: &NatsConfig) {
             let Ok(conn) = tertulia_plumbing::nats::connect(&config, "test-cleanup").await else {
                 return;
             };
-            for name in [tertulia_proto::subjects::CHAT_STREAM, tertulia_proto::subjects::MEDIA_STREAM] {
+            for name in [
+                tertulia_proto::subjects::CHAT_STREAM,
+                tertulia_proto::subjects::MEDIA_STREAM,
+            ] {
                 let _ = conn.jetstream.delete_stream(conn.stream_name(name)).await;
             }
             for bucket in ["PRESENCE", "LAST_SEEN"] {
@@ -184,7 +187,11 @@ pub const TEST_SIGNING_KEY: &str = "test-signing-key-0123456789abcdef";
 /// svc-media's configuration for a test stack: blobs and scratch space under `dir`, small
 /// limits so the tests can exercise them.
 #[must_use]
-pub fn media_config(dir: &std::path::Path, database: PostgresConfig, nats: NatsConfig) -> svc_media::MediaConfig {
+pub fn media_config(
+    dir: &std::path::Path,
+    database: PostgresConfig,
+    nats: NatsConfig,
+) -> svc_media::MediaConfig {
     use secrecy::SecretString;
     svc_media::MediaConfig {
         grpc: GrpcServerConfig::on(loopback()),
@@ -194,11 +201,15 @@ pub fn media_config(dir: &std::path::Path, database: PostgresConfig, nats: NatsC
         database,
         nats,
         stream_replicas: 1,
-        blobs: svc_media::config::BlobConfig::Fs { root: dir.join("blobs") },
+        blobs: svc_media::config::BlobConfig::Fs {
+            root: dir.join("blobs"),
+        },
         work_dir: dir.join("work"),
         signing: svc_media::config::SigningConfig {
             current: "test".into(),
-            keys: [("test".to_owned(), SecretString::from(TEST_SIGNING_KEY))].into_iter().collect(),
+            keys: [("test".to_owned(), SecretString::from(TEST_SIGNING_KEY))]
+                .into_iter()
+                .collect(),
         },
         limits: svc_media::config::MediaLimits {
             max_upload_bytes: 64 << 20,
@@ -226,17 +237,41 @@ impl Stack {
         adjust: impl FnOnce(&mut svc_auth::config::AuthConfig),
         adjust_bff: impl FnOnce(&mut svc_bff::config::BffConfig),
     ) -> Self {
-        Box::pin(Self::start_full(adjust, adjust_bff, |_| {}, fresh_nats(), 60, None)).await
+        Box::pin(Self::start_full(
+            adjust,
+            adjust_bff,
+            |_| {},
+            fresh_nats(),
+            60,
+            None,
+        ))
+        .await
     }
 
     /// Boots the stack after `adjust` has changed svc-media's configuration.
     pub async fn start_with_media(adjust: impl FnOnce(&mut svc_media::MediaConfig)) -> Self {
-        Box::pin(Self::start_full(|_| {}, |_| {}, adjust, fresh_nats(), 60, None)).await
+        Box::pin(Self::start_full(
+            |_| {},
+            |_| {},
+            adjust,
+            fresh_nats(),
+            60,
+            None,
+        ))
+        .await
     }
 
     /// Boots the stack with sessions expiring `ttl_s` seconds after their last heartbeat.
     pub async fn start_with_presence_ttl(ttl_s: u64) -> Self {
-        Box::pin(Self::start_full(|_| {}, |_| {}, |_| {}, fresh_nats(), ttl_s, None)).await
+        Box::pin(Self::start_full(
+            |_| {},
+            |_| {},
+            |_| {},
+            fresh_nats(),
+            ttl_s,
+            None,
+        ))
+        .await
     }
 
     /// Boots the stack against the NATS server at `url` (a [`TestNats`] of the test's own).
@@ -321,47 +356,8 @@ impl Stack {
         let presence = presence_app.grpc_addr();
         tokio::spawn(presence_app.run(shutdown.clone()));
 
-        let media_dir = std::env::temp_dir().join("tertulia-tests").join(&schema);
-        let mut media_config = media_config(
-            &media_dir,
-            PostgresConfig {
-                schema: format!("{schema}_media"),
-                ..fresh_database()
-            },
-            nats.clone(),
-        );
-        adjust_media(&mut media_config);
-        let media_app = svc_media::App::build(media_config.clone())
-            .await
-            .expect("svc-media starts");
-        let media = media_app.grpc_addr();
-        let media_http = media_app.http_addr();
-        let media_state = media_app.media().clone();
-        let media_shutdown = shutdown.child_token();
-        tokio::spawn(media_app.run(media_shutdown.clone()));
-
-        let catalog_config = svc_catalog::CatalogConfig {
-            grpc: GrpcServerConfig::on(loopback()),
-            store: svc_catalog::config::StoreKind::Postgres,
-            database: PostgresConfig {
-                schema: format!("{schema}_catalog"),
-                ..fresh_database()
-            },
-            mongodb: None,
-            nats: nats.clone(),
-            media: UpstreamConfig::at(format!("http://{media}")),
-            stream_replicas: 1,
-            // The tests drive the reconciler themselves.
-            reconcile_every_s: 3600,
-        };
-        let catalog_app = svc_catalog::App::build(catalog_config)
-            .await
-            .expect("svc-catalog starts");
-        let catalog = catalog_app.grpc_addr();
-        let deletion = catalog_app.deletion().clone();
-        let catalog_state = catalog_app.catalog().clone();
-        tokio::spawn(catalog_app.run(shutdown.clone()));
-
+        let video = start_video(&schema, &nats, adjust_media, &shutdown).await;
+        let (catalog, media) = (video.catalog, video.media);
         let mut bff_config = svc_bff::config::BffConfig {
             http: svc_bff::config::HttpConfig::on(loopback()),
             auth: UpstreamConfig::at(format!("http://{auth}")),
@@ -395,13 +391,13 @@ impl Stack {
             chat_config,
             catalog,
             media,
-            media_http,
-            media_state,
-            media_config,
-            deletion,
-            catalog_state,
-            media_dir,
-            media_shutdown,
+            media_http: video.media_http,
+            media_state: video.media_state,
+            media_config: video.media_config,
+            deletion: video.deletion,
+            catalog_state: video.catalog_state,
+            media_dir: video.media_dir,
+            media_shutdown: video.media_shutdown,
             chat_shutdown,
             chat_task,
             shutdown,
@@ -439,12 +435,17 @@ impl Stack {
 
     /// Starts another svc-media instance over the same database, NATS and blobs (its own
     /// ports), after `adjust` has changed its configuration.
-    pub async fn another_media(&self, adjust: impl FnOnce(&mut svc_media::MediaConfig)) -> SocketAddr {
+    pub async fn another_media(
+        &self,
+        adjust: impl FnOnce(&mut svc_media::MediaConfig),
+    ) -> SocketAddr {
         let mut config = self.media_config.clone();
         config.grpc.listen = loopback();
         config.http_listen = loopback();
         adjust(&mut config);
-        let app = svc_media::App::build(config).await.expect("svc-media starts");
+        let app = svc_media::App::build(config)
+            .await
+            .expect("svc-media starts");
         let addr = app.grpc_addr();
         tokio::spawn(app.run(self.shutdown.clone()));
         addr
@@ -555,6 +556,81 @@ impl Drop for Stack {
         drop_schema(&format!("{}_media", self.schema));
         drop_streams(&self.nats);
         let _ = std::fs::remove_dir_all(&self.media_dir);
+    }
+}
+
+/// svc-media and svc-catalog of one stack, running.
+struct VideoServices {
+    catalog: SocketAddr,
+    media: SocketAddr,
+    media_http: SocketAddr,
+    media_state: svc_media::media::Media,
+    media_config: svc_media::MediaConfig,
+    deletion: svc_catalog::deletion::Deletion,
+    catalog_state: svc_catalog::catalog::Catalog,
+    media_dir: std::path::PathBuf,
+    media_shutdown: Shutdown,
+}
+
+/// Starts svc-media (schema `<schema>_media`, files under a temporary folder) and
+/// svc-catalog (schema `<schema>_catalog`) for a stack.
+async fn start_video(
+    schema: &str,
+    nats: &NatsConfig,
+    adjust_media: impl FnOnce(&mut svc_media::MediaConfig),
+    shutdown: &Shutdown,
+) -> VideoServices {
+    let media_dir = std::env::temp_dir().join("tertulia-tests").join(schema);
+    let mut media_config = media_config(
+        &media_dir,
+        PostgresConfig {
+            schema: format!("{schema}_media"),
+            ..fresh_database()
+        },
+        nats.clone(),
+    );
+    adjust_media(&mut media_config);
+    let media_app = svc_media::App::build(media_config.clone())
+        .await
+        .expect("svc-media starts");
+    let media = media_app.grpc_addr();
+    let media_http = media_app.http_addr();
+    let media_state = media_app.media().clone();
+    let media_shutdown = shutdown.child_token();
+    tokio::spawn(media_app.run(media_shutdown.clone()));
+
+    let catalog_config = svc_catalog::CatalogConfig {
+        grpc: GrpcServerConfig::on(loopback()),
+        store: svc_catalog::config::StoreKind::Postgres,
+        database: PostgresConfig {
+            schema: format!("{schema}_catalog"),
+            ..fresh_database()
+        },
+        mongodb: None,
+        nats: nats.clone(),
+        media: UpstreamConfig::at(format!("http://{media}")),
+        stream_replicas: 1,
+        // The tests drive the reconciler themselves.
+        reconcile_every_s: 3600,
+    };
+    let catalog_app = svc_catalog::App::build(catalog_config)
+        .await
+        .expect("svc-catalog starts");
+    let catalog = catalog_app.grpc_addr();
+    let deletion = catalog_app.deletion().clone();
+    let catalog_state = catalog_app.catalog().clone();
+    tokio::spawn(catalog_app.run(shutdown.clone()));
+
+    VideoServices {
+        catalog,
+        media,
+        media_http,
+        media_state,
+        media_config,
+        deletion,
+        catalog_state,
+        media_dir,
+        media_shutdown,
     }
 }
 

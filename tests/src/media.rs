@@ -14,12 +14,13 @@ use serde_json::{Value, json};
 use crate::{Session, Stack, WsClient};
 
 /// How long processing may take under a loaded test machine.
-pub const PROCESSING_WAIT: Duration = Duration::from_secs(120);
+pub const PROCESSING_WAIT: Duration = Duration::from_mins(2);
 
 /// An MP4 of `seconds` of a test pattern with a tone, `width`×`height`, generated once per
 /// process with ffmpeg (H.264 + AAC).
 pub fn video_fixture(seconds: u32, width: u32, height: u32) -> Vec<u8> {
-    static CACHE: OnceLock<Mutex<HashMap<(u32, u32, u32), Vec<u8>>>> = OnceLock::new();
+    type Fixtures = Mutex<HashMap<(u32, u32, u32), Vec<u8>>>;
+    static CACHE: OnceLock<Fixtures> = OnceLock::new();
     let cache = CACHE.get_or_init(Mutex::default);
     if let Some(bytes) = cache.lock().expect("cache").get(&(seconds, width, height)) {
         return bytes.clone();
@@ -29,9 +30,26 @@ pub fn video_fixture(seconds: u32, width: u32, height: u32) -> Vec<u8> {
     let path: PathBuf = dir.join(format!("{}.mp4", uuid::Uuid::now_v7().simple()));
     let status = std::process::Command::new("ffmpeg")
         .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
-        .args(["-f", "lavfi", "-i", &format!("testsrc2=size={width}x{height}:rate=25:duration={seconds}")])
-        .args(["-f", "lavfi", "-i", &format!("sine=frequency=440:duration={seconds}")])
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("testsrc2=size={width}x{height}:rate=25:duration={seconds}"),
+        ])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("sine=frequency=440:duration={seconds}"),
+        ])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ])
         .args(["-c:a", "aac", "-shortest", "-movflags", "+faststart"])
         .arg(&path)
         .status()
@@ -39,7 +57,10 @@ pub fn video_fixture(seconds: u32, width: u32, height: u32) -> Vec<u8> {
     assert!(status.success(), "ffmpeg made the fixture");
     let bytes = std::fs::read(&path).expect("fixture");
     let _ = std::fs::remove_file(&path);
-    cache.lock().expect("cache").insert((seconds, width, height), bytes.clone());
+    cache
+        .lock()
+        .expect("cache")
+        .insert((seconds, width, height), bytes.clone());
     bytes
 }
 
@@ -52,7 +73,13 @@ fn tus(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
 pub async fn tus_create(http: &reqwest::Client, url: &str, length: usize) -> reqwest::Response {
     tus(http.post(url))
         .header("Upload-Length", length.to_string())
-        .header("Upload-Metadata", format!("filename {}", base64::engine::general_purpose::STANDARD.encode("clip.mp4")))
+        .header(
+            "Upload-Metadata",
+            format!(
+                "filename {}",
+                base64::engine::general_purpose::STANDARD.encode("clip.mp4")
+            ),
+        )
         .send()
         .await
         .expect("tus create")
@@ -79,7 +106,11 @@ pub async fn tus_patch(
 pub async fn tus_offset(http: &reqwest::Client, location: &str) -> usize {
     let response = tus(http.head(location)).send().await.expect("tus head");
     assert_eq!(response.status(), 200, "HEAD {location}");
-    response.headers()["upload-offset"].to_str().expect("ASCII").parse().expect("a number")
+    response.headers()["upload-offset"]
+        .to_str()
+        .expect("ASCII")
+        .parse()
+        .expect("a number")
 }
 
 /// Uploads `bytes` in one `PATCH` to a fresh upload at the creation URL `url`; returns the
@@ -87,16 +118,26 @@ pub async fn tus_offset(http: &reqwest::Client, location: &str) -> usize {
 pub async fn tus_upload(http: &reqwest::Client, url: &str, bytes: Vec<u8>) -> String {
     let created = tus_create(http, url, bytes.len()).await;
     assert_eq!(created.status(), 201, "tus create");
-    let location = created.headers()["location"].to_str().expect("ASCII").to_owned();
+    let location = created.headers()["location"]
+        .to_str()
+        .expect("ASCII")
+        .to_owned();
     let patched = tus_patch(http, &location, 0, bytes, None).await;
-    assert_eq!(patched.status(), 204, "tus patch: {:?}", patched.text().await);
+    assert_eq!(
+        patched.status(),
+        204,
+        "tus patch: {:?}",
+        patched.text().await
+    );
     location
 }
 
 impl Stack {
     /// `POST /api/v1/videos` as `owner`; returns the created video with its `upload`.
     pub async fn create_video(&self, owner: &Session, body: &Value) -> Value {
-        let response = self.post("/api/v1/videos", body, Some(&owner.access_token)).await;
+        let response = self
+            .post("/api/v1/videos", body, Some(&owner.access_token))
+            .await;
         assert_eq!(response.status(), 201, "create video");
         response.json().await.expect("JSON")
     }
@@ -106,7 +147,12 @@ impl Stack {
         let video = self
             .create_video(owner, &json!({"title": title, "visibility": "public"}))
             .await;
-        tus_upload(&self.http, video["upload"]["url"].as_str().expect("upload URL"), bytes).await;
+        tus_upload(
+            &self.http,
+            video["upload"]["url"].as_str().expect("upload URL"),
+            bytes,
+        )
+        .await;
         video["id"].as_str().expect("id").to_owned()
     }
 
@@ -118,7 +164,11 @@ impl Stack {
     /// Keys of every blob this stack's svc-media stores.
     pub async fn blob_keys(&self) -> Vec<String> {
         let blobs = &self.media_state.blobs;
-        let mut keys: Vec<String> = blobs.list("originals").await.expect("list").into_iter()
+        let mut keys: Vec<String> = blobs
+            .list("originals")
+            .await
+            .expect("list")
+            .into_iter()
             .chain(blobs.list("derived").await.expect("list"))
             .map(|m| m.location.to_string())
             .collect();
@@ -133,11 +183,17 @@ pub async fn wait_for_video(ws: &mut WsClient, video_id: &str, status: &str) -> 
     let deadline = tokio::time::Instant::now() + PROCESSING_WAIT;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let frame = ws.next_text_within(left).await.expect("the socket stays open");
+        let frame = ws
+            .next_text_within(left)
+            .await
+            .expect("the socket stays open");
         if frame["type"] != "video" || frame["video"]["id"] != video_id {
             continue;
         }
-        let seen = frame["video"]["status"].as_str().expect("status").to_owned();
+        let seen = frame["video"]["status"]
+            .as_str()
+            .expect("status")
+            .to_owned();
         assert!(
             ["awaiting_upload", "processing", "ready", "failed"].contains(&seen.as_str()),
             "{frame}"
@@ -170,7 +226,11 @@ impl TestS3 {
             probe.local_addr().expect("an address").port()
         };
         let binary = std::env::var("TERTULIA_MOTO_SERVER_BIN").unwrap_or_else(|_| {
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../.tools/venv/bin/moto_server").to_owned()
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../.tools/venv/bin/moto_server"
+            )
+            .to_owned()
         });
         let mut child = tokio::process::Command::new(&binary)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -180,7 +240,7 @@ impl TestS3 {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {binary} (make tools installs it): {e}"));
         let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("piped")).lines();
-        tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::time::timeout(Duration::from_mins(1), async {
             while let Some(line) = lines.next_line().await.expect("moto log") {
                 if line.contains("Running on") {
                     return;
@@ -198,8 +258,16 @@ impl TestS3 {
             .send()
             .await
             .expect("bucket creation");
-        assert!(created.status().is_success(), "bucket: {}", created.status());
-        Self { endpoint, bucket, _child: child }
+        assert!(
+            created.status().is_success(),
+            "bucket: {}",
+            created.status()
+        );
+        Self {
+            endpoint,
+            bucket,
+            _child: child,
+        }
     }
 
     /// svc-media's blob configuration for this server.

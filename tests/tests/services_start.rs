@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 
 use tertulia_plumbing::config::GrpcServerConfig;
-use tertulia_tests::{Stack, drop_schema, fresh_database, fresh_nats, grpc_channel, media_config, unique_name};
+use tertulia_tests::{
+    Stack, drop_schema, fresh_database, fresh_nats, grpc_channel, media_config, unique_name,
+};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };

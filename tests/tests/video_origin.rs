@@ -3,10 +3,20 @@
 
 use serde_json::{Value, json};
 use svc_media::signing::Signer;
-use tertulia_tests::{Stack, assert_problem, media::{video_fixture, wait_for_video}};
+use tertulia_tests::{
+    Stack, assert_problem,
+    media::{video_fixture, wait_for_video},
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 fn header(response: &reqwest::Response, name: &str) -> String {
-    response.headers().get(name).unwrap_or_else(|| panic!("{name}")).to_str().unwrap().to_owned()
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("{name}"))
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// A ready video and its signed URLs.
@@ -16,7 +26,12 @@ async fn ready_video(stack: &Stack) -> (String, Value, Vec<u8>) {
     let source = video_fixture(2, 320, 240);
     let id = stack.upload_video(&alice, "Origin", source.clone()).await;
     wait_for_video(&mut ws, &id, "ready").await;
-    let got: Value = stack.get(&format!("/api/v1/videos/{id}"), None).await.json().await.unwrap();
+    let got: Value = stack
+        .get(&format!("/api/v1/videos/{id}"), None)
+        .await
+        .json()
+        .await
+        .unwrap();
     (id, got, source)
 }
 
@@ -30,7 +45,10 @@ async fn ranges_and_conditional_requests() {
     let full = stack.fetch(url).await;
     assert_eq!(full.status(), 200);
     assert_eq!(header(&full, "accept-ranges"), "bytes");
-    assert_eq!(header(&full, "cache-control"), "public, max-age=31536000, immutable");
+    assert_eq!(
+        header(&full, "cache-control"),
+        "public, max-age=31536000, immutable"
+    );
     assert_eq!(header(&full, "content-length"), size.to_string());
     let etag = header(&full, "etag");
     assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
@@ -49,11 +67,23 @@ async fn ranges_and_conditional_requests() {
     assert_eq!(outside.status(), 416);
     assert_eq!(header(&outside, "content-range"), format!("bytes */{size}"));
 
-    let cached = stack.http.get(url).header("If-None-Match", etag.clone()).send().await.unwrap();
+    let cached = stack
+        .http
+        .get(url)
+        .header("If-None-Match", etag.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(cached.status(), 304);
     assert_eq!(header(&cached, "etag"), etag);
     assert!(cached.bytes().await.unwrap().is_empty());
-    let stale = stack.http.get(url).header("If-None-Match", "\"other\"").send().await.unwrap();
+    let stale = stack
+        .http
+        .get(url)
+        .header("If-None-Match", "\"other\"")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(stale.status(), 200);
 
     let head = stack.http.head(url).send().await.unwrap();
@@ -61,7 +91,10 @@ async fn ranges_and_conditional_requests() {
     assert_eq!(header(&head, "content-length"), size.to_string());
 
     let thumb = stack.fetch(video["thumbnail_url"].as_str().unwrap()).await;
-    assert_eq!(header(&thumb, "cache-control"), "public, max-age=31536000, immutable");
+    assert_eq!(
+        header(&thumb, "cache-control"),
+        "public, max-age=31536000, immutable"
+    );
 }
 
 #[tokio::test]
@@ -76,16 +109,37 @@ async fn signatures_are_required_and_expire() {
 
     // A token signed for another video opens nothing here.
     let signer = Signer::new(&stack.media_config.signing).unwrap();
-    let other = signer.playback(uuid::Uuid::now_v7(), time::OffsetDateTime::now_utc().unix_timestamp() + 60);
-    assert_problem(stack.fetch(&format!("{bare}?{}", other.query())).await, 403, "permission_denied").await;
+    let other = signer.playback(
+        uuid::Uuid::now_v7(),
+        time::OffsetDateTime::now_utc().unix_timestamp() + 60,
+    );
+    assert_problem(
+        stack.fetch(&format!("{bare}?{}", other.query())).await,
+        403,
+        "permission_denied",
+    )
+    .await;
     // An expired one neither.
-    let expired = signer.playback(id.parse().unwrap(), time::OffsetDateTime::now_utc().unix_timestamp() - 1);
-    let body = assert_problem(stack.fetch(&format!("{bare}?{}", expired.query())).await, 403, "permission_denied").await;
-    assert!(body["detail"].as_str().unwrap().contains("expired"), "{body}");
+    let expired = signer.playback(
+        id.parse().unwrap(),
+        time::OffsetDateTime::now_utc().unix_timestamp() - 1,
+    );
+    let body = assert_problem(
+        stack.fetch(&format!("{bare}?{}", expired.query())).await,
+        403,
+        "permission_denied",
+    )
+    .await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("expired"),
+        "{body}"
+    );
     // One token opens the whole directory: a segment with the master's token works.
     let token = &url[url.find('?').unwrap()..];
-    let base = &bare[..bare.rfind('/').unwrap()];
-    let segment = stack.fetch(&format!("{base}/240p/seg_00000.ts{token}")).await;
+    let folder = &bare[..bare.rfind('/').unwrap()];
+    let segment = stack
+        .fetch(&format!("{folder}/240p/seg_00000.ts{token}"))
+        .await;
     assert_eq!(segment.status(), 200);
 }
 
@@ -97,18 +151,32 @@ async fn paths_that_leave_the_video_are_refused() {
     let (path, token) = url.split_once('?').unwrap();
     let base = &path[..path.rfind("/hls/").unwrap()];
     // Encoded so that no client normalises them away before they reach the server.
-    for escape in ["hls/..%2F..%2Foriginal", "hls%2F..%2F..%2F..%2Fx", "hls/240p/..%5C..%5Cx", "hls/%2E%2E%2Foriginal"] {
+    for escape in [
+        "hls/..%2F..%2Foriginal",
+        "hls%2F..%2F..%2F..%2Fx",
+        "hls/240p/..%5C..%5Cx",
+        "hls/%2E%2E%2Foriginal",
+    ] {
         let response = stack.fetch(&format!("{base}/{escape}?{token}")).await;
         assert_problem(response, 400, "invalid_argument").await;
     }
     // Literal dot segments, sent raw (HTTP clients resolve them before sending).
-    let target = format!("{}/hls/../../etc/passwd?{token}", &base[base.find("/media/").unwrap()..]);
-    let mut socket = tokio::net::TcpStream::connect(stack.media_http).await.unwrap();
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let target = format!(
+        "{}/hls/../../etc/passwd?{token}",
+        &base[base.find("/media/").unwrap()..]
+    );
+    let mut socket = tokio::net::TcpStream::connect(stack.media_http)
+        .await
+        .unwrap();
     let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     socket.write_all(request.as_bytes()).await.unwrap();
     let mut answer = String::new();
     socket.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    assert_problem(stack.fetch(&format!("{base}/secrets.txt?{token}")).await, 404, "not_found").await;
+    assert_problem(
+        stack.fetch(&format!("{base}/secrets.txt?{token}")).await,
+        404,
+        "not_found",
+    )
+    .await;
 }

@@ -50,11 +50,17 @@ fn video_of(v: Option<pb::Video>) -> Result<VideoView, ApiError> {
 }
 
 /// Adds signed media URLs to a video that has a file.
-async fn with_playback(state: &AppState, id: &str, mut video: VideoView) -> Result<VideoView, ApiError> {
+async fn with_playback(
+    state: &AppState,
+    id: &str,
+    mut video: VideoView,
+) -> Result<VideoView, ApiError> {
     if !video.has_media() {
         return Ok(video);
     }
-    let request = media_pb::GetPlaybackRequest { video_id: id.to_owned() };
+    let request = media_pb::GetPlaybackRequest {
+        video_id: id.to_owned(),
+    };
     let p = state
         .media
         .clone()
@@ -85,7 +91,11 @@ struct CreatedVideo {
     upload: UploadView,
 }
 
-async fn upload_for(state: &AppState, video_id: String, owner_id: String) -> Result<UploadView, ApiError> {
+async fn upload_for(
+    state: &AppState,
+    video_id: String,
+    owner_id: String,
+) -> Result<UploadView, ApiError> {
     let request = media_pb::CreateUploadRequest { video_id, owner_id };
     let u = state
         .media
@@ -130,7 +140,9 @@ async fn create(
         .create_video(with_deadline(request, state.call_deadline))
         .await?
         .into_inner();
-    let video = answer.video.ok_or_else(|| ApiError::unavailable("svc-catalog answered without a video"))?;
+    let video = answer
+        .video
+        .ok_or_else(|| ApiError::unavailable("svc-catalog answered without a video"))?;
     let upload = upload_for(&state, video.video_id.clone(), caller.user_id).await?;
     Ok((
         StatusCode::CREATED,
@@ -187,7 +199,9 @@ async fn get_one(
         .get_video(with_deadline(request, state.call_deadline))
         .await?
         .into_inner();
-    Ok(Json(with_playback(&state, &id, video_of(answer.video)?).await?))
+    Ok(Json(
+        with_playback(&state, &id, video_of(answer.video)?).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -274,7 +288,9 @@ async fn update(
         .update_video(with_deadline(request, state.call_deadline))
         .await?
         .into_inner();
-    Ok(Json(with_playback(&state, &id, video_of(answer.video)?).await?))
+    Ok(Json(
+        with_playback(&state, &id, video_of(answer.video)?).await?,
+    ))
 }
 
 /// 204: the video is gone for everyone; its media is removed now or by the reconciler.

@@ -122,7 +122,11 @@ pub struct VideoChanges {
 
 impl Video {
     /// A new video awaiting its upload.
-    pub fn create(owner_id: Uuid, changes: VideoChanges, now: OffsetDateTime) -> Result<Self, Invalid> {
+    pub fn create(
+        owner_id: Uuid,
+        changes: VideoChanges,
+        now: OffsetDateTime,
+    ) -> Result<Self, Invalid> {
         let mut video = Self {
             id: Uuid::now_v7(),
             owner_id,
@@ -243,7 +247,9 @@ fn title(raw: &str) -> Result<String, Invalid> {
     let t = raw.trim();
     let n = t.chars().count();
     if n == 0 || n > MAX_TITLE_CHARS {
-        return Err(Invalid(format!("title must be 1 to {MAX_TITLE_CHARS} characters")));
+        return Err(Invalid(format!(
+            "title must be 1 to {MAX_TITLE_CHARS} characters"
+        )));
     }
     Ok(t.to_owned())
 }
@@ -264,7 +270,12 @@ fn tags(raw: &[String]) -> Result<Vec<String>, Invalid> {
     for tag in raw {
         let t = tag.trim().to_lowercase();
         let n = t.chars().count();
-        if n == 0 || n > MAX_TAG_CHARS || !t.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '_') {
+        if n == 0
+            || n > MAX_TAG_CHARS
+            || !t
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
+        {
             return Err(Invalid(format!(
                 "tag {tag:?} must be 1 to {MAX_TAG_CHARS} letters, digits, '-' or '_'"
             )));
@@ -361,7 +372,14 @@ mod tests {
         assert_eq!(v.title, "Hello");
         assert_eq!(v.tags, ["rust", "video_1"]);
         assert_eq!(v.visibility, Visibility::Private);
-        assert!(Video::create(Uuid::now_v7(), VideoChanges::default(), OffsetDateTime::now_utc()).is_err());
+        assert!(
+            Video::create(
+                Uuid::now_v7(),
+                VideoChanges::default(),
+                OffsetDateTime::now_utc()
+            )
+            .is_err()
+        );
         let mut v = video();
         let bad = VideoChanges {
             title: Some("ok".into()),
@@ -370,16 +388,29 @@ mod tests {
         };
         assert!(v.apply(bad).is_err());
         assert_eq!(v.title, "Hello", "an invalid edit changes nothing");
-        assert!(v.apply(VideoChanges { title: Some("x".repeat(201)), ..VideoChanges::default() }).is_err());
+        assert!(
+            v.apply(VideoChanges {
+                title: Some("x".repeat(201)),
+                ..VideoChanges::default()
+            })
+            .is_err()
+        );
     }
 
     #[test]
     fn lifecycle_never_moves_back_and_redelivery_changes_nothing() {
         let mut v = video();
-        let uploaded = MediaEvent::Uploaded { content_hash: "h".into() };
+        let uploaded = MediaEvent::Uploaded {
+            content_hash: "h".into(),
+        };
         assert!(v.on_media(uploaded.clone()));
         assert!(!v.on_media(uploaded.clone()));
-        let rung = Rendition { name: "240p".into(), width: 320, height: 240, bitrate: 400_000 };
+        let rung = Rendition {
+            name: "240p".into(),
+            width: 320,
+            height: 240,
+            bitrate: 400_000,
+        };
         let processed = |n: usize| MediaEvent::Processed {
             duration_s: 2.0,
             width: 320,
@@ -390,9 +421,13 @@ mod tests {
         assert_eq!(v.status, Status::Ready);
         assert!(!v.on_media(processed(1)), "an older event removes no rung");
         assert!(!v.on_media(uploaded), "ready never goes back to processing");
-        assert!(!v.on_media(MediaEvent::Failed { reason: "late".into() }));
+        assert!(!v.on_media(MediaEvent::Failed {
+            reason: "late".into()
+        }));
         let mut w = video();
-        assert!(w.on_media(MediaEvent::Failed { reason: "not a video".into() }));
+        assert!(w.on_media(MediaEvent::Failed {
+            reason: "not a video".into()
+        }));
         assert!(!w.on_media(processed(1)));
         assert_eq!(w.failure_reason.as_deref(), Some("not a video"));
     }
@@ -405,7 +440,11 @@ mod tests {
         assert!(!v.visible_to(other) && !v.visible_to(None));
         v.visibility = Visibility::Unlisted;
         assert!(v.visible_to(None));
-        let search = Search { viewer: other, limit: 10, ..Search::default() };
+        let search = Search {
+            viewer: other,
+            limit: 10,
+            ..Search::default()
+        };
         assert!(!search.admits(&v), "unlisted is never listed to others");
         v.visibility = Visibility::Public;
         assert!(!search.admits(&v), "public lists once ready");

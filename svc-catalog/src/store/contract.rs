@@ -5,9 +5,21 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::VideoStore;
-use crate::domain::{Rendition, Search, Status, Video, VideoChanges, Visibility};
+use crate::domain::{
+    Rendition, Search,
+    Status::{self, AwaitingUpload, Processing, Ready},
+    Video, VideoChanges,
+    Visibility::{self, Private, Public, Unlisted},
+};
 
-fn video(owner: Uuid, title: &str, description: &str, tags: &[&str], visibility: Visibility, status: Status) -> Video {
+fn video(
+    owner: Uuid,
+    title: &str,
+    description: &str,
+    tags: &[&str],
+    visibility: Visibility,
+    status: Status,
+) -> Video {
     let mut v = Video::create(
         owner,
         VideoChanges {
@@ -16,7 +28,9 @@ fn video(owner: Uuid, title: &str, description: &str, tags: &[&str], visibility:
             tags: Some(tags.iter().map(|t| (*t).to_owned()).collect()),
             visibility: Some(visibility),
         },
-        OffsetDateTime::now_utc().replace_nanosecond(0).expect("valid"),
+        OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .expect("valid"),
     )
     .expect("valid video");
     v.status = status;
@@ -28,81 +42,246 @@ fn ids(videos: &[Video]) -> Vec<Uuid> {
 }
 
 async fn search(store: &dyn VideoStore, search: Search) -> Vec<Uuid> {
-    ids(&store.search(&Search { limit: 100, ..search }).await.expect("search"))
+    ids(&store
+        .search(&Search {
+            limit: 100,
+            ..search
+        })
+        .await
+        .expect("search"))
 }
 
 /// Runs the whole contract against `store`, which must be empty.
 pub async fn run(store: &dyn VideoStore) {
-    let alice = Uuid::now_v7();
-    let bob = Uuid::now_v7();
-    use Status::{AwaitingUpload, Processing, Ready};
-    use Visibility::{Private, Public, Unlisted};
+    let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    let cats = round_trip_and_replace(store, alice).await;
+    let bobs_ready = visibility_and_search(store, alice, bob, &cats).await;
+    pagination(store).await;
+    tombstones(store, &bobs_ready, &cats).await;
+}
 
-    // Round trip, unknown ids.
-    let mut cats = video(alice, "Cats playing piano", "A concert by two cats.", &["music", "cats"], Public, Ready);
+/// Round trip, unknown ids, optimistic replace. Returns the stored video.
+async fn round_trip_and_replace(store: &dyn VideoStore, alice: Uuid) -> Video {
+    let mut cats = video(
+        alice,
+        "Cats playing piano",
+        "A concert by two cats.",
+        &["music", "cats"],
+        Public,
+        Ready,
+    );
     cats.duration_s = Some(12.5);
     cats.width = Some(640);
     cats.height = Some(360);
-    cats.renditions = vec![Rendition { name: "360p".into(), width: 640, height: 360, bitrate: 800_000 }];
+    cats.renditions = vec![Rendition {
+        name: "360p".into(),
+        width: 640,
+        height: 360,
+        bitrate: 800_000,
+    }];
     cats.content_hash = Some("ab".repeat(32));
     store.insert(&cats).await.expect("insert");
-    assert_eq!(store.get(cats.id).await.expect("get"), Some(cats.clone()), "round trip");
+    assert_eq!(
+        store.get(cats.id).await.expect("get"),
+        Some(cats.clone()),
+        "round trip"
+    );
     assert_eq!(store.get(Uuid::now_v7()).await.expect("get"), None);
 
     // Optimistic replace.
     let mut edited = cats.clone();
     edited.title = "Cats playing the piano".into();
     edited.revision += 1;
-    assert!(store.replace(&edited, cats.revision).await.expect("replace"));
-    assert!(!store.replace(&edited, cats.revision).await.expect("replace"), "stale revision");
-    assert_eq!(store.get(cats.id).await.expect("get").expect("found").title, edited.title);
+    assert!(
+        store
+            .replace(&edited, cats.revision)
+            .await
+            .expect("replace")
+    );
+    assert!(
+        !store
+            .replace(&edited, cats.revision)
+            .await
+            .expect("replace"),
+        "stale revision"
+    );
+    assert_eq!(
+        store.get(cats.id).await.expect("get").expect("found").title,
+        edited.title
+    );
+    edited
+}
 
-    let private = video(alice, "Private diary", "Nobody else", &["diary"], Private, Ready);
-    let unlisted = video(alice, "Unlisted cats", "Cats for friends", &["cats"], Unlisted, Ready);
-    let uploading = video(alice, "Cats soon", "Not yet", &["cats"], Public, AwaitingUpload);
-    let bobs = video(bob, "Dogs running", "Dogs in a park, no cats", &["dogs"], Public, Processing);
-    let bobs_ready = video(bob, "Dogs sleeping", "Quiet dogs", &["dogs", "music"], Public, Ready);
+/// Who lists what, filters and full text. Returns bob's ready video.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario over one data set reads best top to bottom"
+)]
+async fn visibility_and_search(
+    store: &dyn VideoStore,
+    alice: Uuid,
+    bob: Uuid,
+    cats: &Video,
+) -> Video {
+    let private = video(
+        alice,
+        "Private diary",
+        "Nobody else",
+        &["diary"],
+        Private,
+        Ready,
+    );
+    let unlisted = video(
+        alice,
+        "Unlisted cats",
+        "Cats for friends",
+        &["cats"],
+        Unlisted,
+        Ready,
+    );
+    let uploading = video(
+        alice,
+        "Cats soon",
+        "Not yet",
+        &["cats"],
+        Public,
+        AwaitingUpload,
+    );
+    let bobs = video(
+        bob,
+        "Dogs running",
+        "Dogs in a park, no cats",
+        &["dogs"],
+        Public,
+        Processing,
+    );
+    let bobs_ready = video(
+        bob,
+        "Dogs sleeping",
+        "Quiet dogs",
+        &["dogs", "music"],
+        Public,
+        Ready,
+    );
     for v in [&private, &unlisted, &uploading, &bobs, &bobs_ready] {
         store.insert(v).await.expect("insert");
     }
 
     // Visibility: others and anonymous list public, ready videos only; owners all of theirs.
-    assert_eq!(search(store, Search::default()).await, [bobs_ready.id, cats.id], "anonymous");
     assert_eq!(
-        search(store, Search { viewer: Some(bob), ..Search::default() }).await,
+        search(store, Search::default()).await,
+        [bobs_ready.id, cats.id],
+        "anonymous"
+    );
+    assert_eq!(
+        search(
+            store,
+            Search {
+                viewer: Some(bob),
+                ..Search::default()
+            }
+        )
+        .await,
         [bobs_ready.id, bobs.id, cats.id],
         "bob"
     );
     assert_eq!(
-        search(store, Search { viewer: Some(alice), owner_id: Some(alice), ..Search::default() }).await,
+        search(
+            store,
+            Search {
+                viewer: Some(alice),
+                owner_id: Some(alice),
+                ..Search::default()
+            }
+        )
+        .await,
         [uploading.id, unlisted.id, private.id, cats.id],
         "alice's own"
     );
     assert_eq!(
-        search(store, Search { viewer: Some(bob), owner_id: Some(alice), ..Search::default() }).await,
+        search(
+            store,
+            Search {
+                viewer: Some(bob),
+                owner_id: Some(alice),
+                ..Search::default()
+            }
+        )
+        .await,
         [cats.id],
         "alice's, seen by bob"
     );
 
     // Filters and full text (title, tags, description; stemmed).
-    let by_tag = |tag: &str, viewer| Search { viewer, tag: Some(tag.into()), ..Search::default() };
-    assert_eq!(search(store, by_tag("music", None)).await, [bobs_ready.id, cats.id]);
-    assert_eq!(search(store, by_tag("cats", Some(alice))).await, [uploading.id, unlisted.id, cats.id]);
-    assert!(search(store, by_tag("nothing", Some(alice))).await.is_empty());
-    let text = |q: &str, viewer| Search { viewer, text: Some(q.into()), ..Search::default() };
+    let by_tag = |tag: &str, viewer| Search {
+        viewer,
+        tag: Some(tag.into()),
+        ..Search::default()
+    };
+    assert_eq!(
+        search(store, by_tag("music", None)).await,
+        [bobs_ready.id, cats.id]
+    );
+    assert_eq!(
+        search(store, by_tag("cats", Some(alice))).await,
+        [uploading.id, unlisted.id, cats.id]
+    );
+    assert!(
+        search(store, by_tag("nothing", Some(alice)))
+            .await
+            .is_empty()
+    );
+    let text = |q: &str, viewer| Search {
+        viewer,
+        text: Some(q.into()),
+        ..Search::default()
+    };
     assert_eq!(search(store, text("piano", None)).await, [cats.id], "title");
-    assert_eq!(search(store, text("concert", None)).await, [cats.id], "description");
-    assert_eq!(search(store, text("music", None)).await, [bobs_ready.id, cats.id], "tags");
-    assert_eq!(search(store, text("sleep", None)).await, [bobs_ready.id], "stemmed");
-    assert_eq!(search(store, text("diary", Some(alice))).await, [private.id]);
-    assert!(search(store, text("diary", Some(bob))).await.is_empty(), "private stays private");
-    assert!(search(store, text("zeppelin", Some(alice))).await.is_empty());
+    assert_eq!(
+        search(store, text("concert", None)).await,
+        [cats.id],
+        "description"
+    );
+    assert_eq!(
+        search(store, text("music", None)).await,
+        [bobs_ready.id, cats.id],
+        "tags"
+    );
+    assert_eq!(
+        search(store, text("sleep", None)).await,
+        [bobs_ready.id],
+        "stemmed"
+    );
+    assert_eq!(
+        search(store, text("diary", Some(alice))).await,
+        [private.id]
+    );
+    assert!(
+        search(store, text("diary", Some(bob))).await.is_empty(),
+        "private stays private"
+    );
+    assert!(
+        search(store, text("zeppelin", Some(alice)))
+            .await
+            .is_empty()
+    );
 
-    // Keyset pagination: stable pages, newest first, no duplicates, nothing missed.
+    bobs_ready
+}
+
+/// Keyset pagination: stable pages, newest first, no duplicates, nothing missed.
+async fn pagination(store: &dyn VideoStore) {
     let carol = Uuid::now_v7();
     let mut all = Vec::new();
     for i in 0..7 {
-        let v = video(carol, &format!("Episode {i}"), "", &["series"], Public, Ready);
+        let v = video(
+            carol,
+            &format!("Episode {i}"),
+            "",
+            &["series"],
+            Public,
+            Ready,
+        );
         store.insert(&v).await.expect("insert");
         all.push(v.id);
     }
@@ -111,7 +290,12 @@ pub async fn run(store: &dyn VideoStore) {
     let mut before = None;
     loop {
         let page = store
-            .search(&Search { owner_id: Some(carol), before, limit: 3, ..Search::default() })
+            .search(&Search {
+                owner_id: Some(carol),
+                before,
+                limit: 3,
+                ..Search::default()
+            })
             .await
             .expect("page");
         let done = page.len() < 3;
@@ -122,14 +306,29 @@ pub async fn run(store: &dyn VideoStore) {
         }
     }
     assert_eq!(pages, all, "pages");
+}
 
-    // Tombstones leave every listing, stay findable for the saga, then go.
+/// Tombstones leave every listing, stay findable for the saga, then go.
+async fn tombstones(store: &dyn VideoStore, bobs_ready: &Video, cats: &Video) {
+    let by_tag = |tag: &str| Search {
+        tag: Some(tag.into()),
+        ..Search::default()
+    };
+
     let mut gone = bobs_ready.clone();
     gone.deleted = true;
     gone.revision += 1;
-    assert!(store.replace(&gone, bobs_ready.revision).await.expect("tombstone"));
-    assert_eq!(search(store, by_tag("music", None)).await, [cats.id]);
-    assert_eq!(ids(&store.tombstoned(10).await.expect("tombstoned")), [gone.id]);
+    assert!(
+        store
+            .replace(&gone, bobs_ready.revision)
+            .await
+            .expect("tombstone")
+    );
+    assert_eq!(search(store, by_tag("music")).await, [cats.id]);
+    assert_eq!(
+        ids(&store.tombstoned(10).await.expect("tombstoned")),
+        [gone.id]
+    );
     store.remove(gone.id).await.expect("remove");
     assert_eq!(store.get(gone.id).await.expect("get"), None);
     assert!(store.tombstoned(10).await.expect("tombstoned").is_empty());

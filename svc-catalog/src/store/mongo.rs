@@ -24,9 +24,9 @@ pub struct MongoVideos {
 fn failed(error: &mongodb::error::Error) -> StoreError {
     use mongodb::error::ErrorKind;
     match *error.kind {
-        ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => {
-            StoreError::Unavailable(error.to_string())
-        }
+        ErrorKind::ServerSelection { .. }
+        | ErrorKind::Io(_)
+        | ErrorKind::ConnectionPoolCleared { .. } => StoreError::Unavailable(error.to_string()),
         _ => StoreError::Failed(error.to_string()),
     }
 }
@@ -62,17 +62,29 @@ impl MongoVideos {
                         .build(),
                 )
                 .build(),
-            IndexModel::builder().keys(doc! {"owner_id": 1, "_id": -1}).build(),
-            IndexModel::builder().keys(doc! {"tags": 1, "_id": -1}).build(),
+            IndexModel::builder()
+                .keys(doc! {"owner_id": 1, "_id": -1})
+                .build(),
+            IndexModel::builder()
+                .keys(doc! {"tags": 1, "_id": -1})
+                .build(),
             IndexModel::builder()
                 .keys(doc! {"visibility": 1, "status": 1, "deleted": 1, "_id": -1})
                 .build(),
         ];
-        videos.create_indexes(indexes).await.map_err(|e| failed(&e))?;
+        videos
+            .create_indexes(indexes)
+            .await
+            .map_err(|e| failed(&e))?;
         Ok(Self { videos })
     }
 
-    async fn find(&self, filter: Document, sort: Document, limit: usize) -> Result<Vec<Video>, StoreError> {
+    async fn find(
+        &self,
+        filter: Document,
+        sort: Document,
+        limit: usize,
+    ) -> Result<Vec<Video>, StoreError> {
         let documents: Vec<Document> = self
             .videos
             .find(filter)
@@ -90,7 +102,10 @@ impl MongoVideos {
 #[async_trait]
 impl VideoStore for MongoVideos {
     async fn insert(&self, video: &Video) -> Result<(), StoreError> {
-        self.videos.insert_one(encode(video)?).await.map_err(|e| failed(&e))?;
+        self.videos
+            .insert_one(encode(video)?)
+            .await
+            .map_err(|e| failed(&e))?;
         Ok(())
     }
 
@@ -138,7 +153,8 @@ impl VideoStore for MongoVideos {
     }
 
     async fn tombstoned(&self, limit: usize) -> Result<Vec<Video>, StoreError> {
-        self.find(doc! {"deleted": true}, doc! {"_id": 1}, limit).await
+        self.find(doc! {"deleted": true}, doc! {"_id": 1}, limit)
+            .await
     }
 
     async fn remove(&self, id: Uuid) -> Result<(), StoreError> {

@@ -51,7 +51,10 @@ impl PostgresVideos {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(|e| from_db(&DbError::from(e)))
+        self.pool
+            .get()
+            .await
+            .map_err(|e| from_db(&DbError::from(e)))
     }
 }
 
@@ -145,7 +148,10 @@ impl VideoStore for PostgresVideos {
         let rows = self
             .client()
             .await?
-            .query("SELECT doc FROM videos WHERE deleted ORDER BY id LIMIT $1", &[&limit])
+            .query(
+                "SELECT doc FROM videos WHERE deleted ORDER BY id LIMIT $1",
+                &[&limit],
+            )
             .await
             .map_err(query_failed)?;
         Ok(documents(&rows))
