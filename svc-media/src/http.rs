@@ -51,7 +51,7 @@ impl Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let body = serde_json::json!({
-            "type": format!("https://docs.tertulia.dev/problems/{}", self.code),
+            "type": format!("urn:tertulia:problem:{}", self.code),
             "title": self.status.canonical_reason().unwrap_or("Error"),
             "status": self.status.as_u16(),
             "detail": self.detail,
