@@ -9,10 +9,11 @@ use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 /// Schema migrations, applied in order at start.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "uploads, videos, transcodes",
-    sql: r"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "uploads, videos, transcodes",
+        sql: r"
 CREATE TABLE uploads (
     upload_id uuid PRIMARY KEY,
     video_id uuid NOT NULL,
@@ -49,7 +50,31 @@ CREATE TABLE transcodes (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "deleted videos",
+        sql: r"
+-- Videos whose media was removed: an upload still in flight for one must not bring its
+-- content back (it would belong to nobody).
+CREATE TABLE deleted_videos (
+    video_id uuid PRIMARY KEY,
+    deleted_at timestamptz NOT NULL DEFAULT now()
+);
+",
+    },
+];
+
+/// How the last byte of an upload was received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// The file is now the video's content.
+    Completed,
+    /// The video already had its content (another upload finished first).
+    AlreadyHasContent,
+    /// The video was deleted meanwhile.
+    VideoDeleted,
+}
 
 /// An upload in progress.
 #[derive(Debug, Clone)]
@@ -225,10 +250,16 @@ impl MediaStore {
     }
 
     /// The last byte landed: the upload becomes the video's content, in one transaction.
-    /// Returns false when the video already had its content (another upload won).
-    pub async fn complete_upload(&self, upload: &Upload, hash: &str) -> Result<bool, DbError> {
+    pub async fn complete_upload(
+        &self,
+        upload: &Upload,
+        hash: &str,
+    ) -> Result<Completion, DbError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        if Self::is_deleted(&tx, upload.video_id).await? {
+            return Ok(Completion::VideoDeleted);
+        }
         let inserted = tx
             .execute(
                 "INSERT INTO videos (video_id, owner_id, content_hash, size) VALUES ($1, $2, $3, $4)
@@ -242,7 +273,29 @@ impl MediaStore {
         )
         .await?;
         tx.commit().await?;
-        Ok(inserted == 1)
+        Ok(if inserted == 1 {
+            Completion::Completed
+        } else {
+            Completion::AlreadyHasContent
+        })
+    }
+
+    async fn is_deleted(
+        client: &impl deadpool_postgres::GenericClient,
+        video_id: Uuid,
+    ) -> Result<bool, DbError> {
+        Ok(client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM deleted_videos WHERE video_id = $1)",
+                &[&video_id],
+            )
+            .await?
+            .get(0))
+    }
+
+    /// Whether the video's media was deleted (no upload may fill it any more).
+    pub async fn video_deleted(&self, video_id: Uuid) -> Result<bool, DbError> {
+        Self::is_deleted(&self.client().await?, video_id).await
     }
 
     /// A video's content.
@@ -297,9 +350,16 @@ impl MediaStore {
             .collect())
     }
 
-    /// Forgets a video's content; returns how many other videos still use that content.
+    /// Forgets a video's content and remembers that it is deleted; returns its content hash
+    /// and how many other videos still use that content.
     pub async fn delete_video(&self, video_id: Uuid) -> Result<Option<(String, i64)>, DbError> {
         let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO deleted_videos (video_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&video_id],
+            )
+            .await?;
         let Some(row) = client
             .query_opt(
                 "DELETE FROM videos WHERE video_id = $1 RETURNING content_hash",

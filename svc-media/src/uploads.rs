@@ -34,7 +34,7 @@ use crate::{
     http::Problem,
     media::{Media, unix_now},
     signing::{SignatureError, UploadGrant},
-    store::{StoredVideo, Upload},
+    store::{Completion, StoredVideo, Upload},
 };
 
 /// The protocol version spoken.
@@ -189,6 +189,14 @@ async fn create(
             "already_exists",
             "the video already has its file",
         ));
+    }
+    if media
+        .store
+        .video_deleted(grant.video_id)
+        .await
+        .map_err(|e| Problem::unavailable(&e).into_response())?
+    {
+        return Err(video_deleted().into_response());
     }
     let expires_at = OffsetDateTime::from_unix_timestamp(grant.exp)
         .unwrap_or_else(|_| OffsetDateTime::now_utc());
@@ -579,6 +587,10 @@ async fn receive(
     })
 }
 
+fn video_deleted() -> Problem {
+    Problem::new(StatusCode::GONE, "gone", "the video was deleted")
+}
+
 fn too_long(upload: &Upload) -> Response {
     Problem::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -606,23 +618,30 @@ async fn finish(media: &Media, upload: &Upload, hasher: &blake3::Hasher) -> Resu
         Ok(true)
     };
     let stored = store_blob().await.map_err(|e| unavailable(&e))?;
-    let won = media
+    let completion = media
         .store
         .complete_upload(upload, &hash)
         .await
         .map_err(|e| unavailable(&e))?;
-    // The blob existed before this upload referenced it, so a reconciler round may have
-    // removed it meanwhile: make sure it is there while the partial file still is.
-    store_blob().await.map_err(|e| unavailable(&e))?;
+    if completion == Completion::Completed {
+        // The blob may have existed before this upload referenced it, so a reconciler round
+        // may have removed it meanwhile: make sure it is there while the partial file is.
+        store_blob().await.map_err(|e| unavailable(&e))?;
+    }
+    // Otherwise a blob stored above belongs to nobody; the reconciler removes it.
     tokio::fs::remove_file(&path).await.ok();
     media.end_session(upload.upload_id).await;
-    if !won {
-        return Err(Problem::new(
-            StatusCode::CONFLICT,
-            "already_exists",
-            "the video already has its file",
-        )
-        .into_response());
+    match completion {
+        Completion::Completed => {}
+        Completion::AlreadyHasContent => {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "already_exists",
+                "the video already has its file",
+            )
+            .into_response());
+        }
+        Completion::VideoDeleted => return Err(video_deleted().into_response()),
     }
     tracing::info!(message = "Upload complete.", video_id = %upload.video_id, hash = %hash, deduplicated = !stored);
     let video = StoredVideo {

@@ -575,3 +575,43 @@ async fn the_s3_backend_stores_serves_and_deletes() {
     assert_eq!(deleted.status(), 204);
     assert!(s3.keys().await.is_empty(), "the bucket is empty again");
 }
+
+#[tokio::test]
+async fn an_upload_to_a_deleted_video_brings_nothing_back() {
+    let stack = Stack::start().await;
+    let alice = stack.signed_up("alice").await;
+    let source = video_fixture(2, 320, 240);
+    let video = stack
+        .create_video(&alice, &json!({"title": "Short-lived"}))
+        .await;
+    let id = video["id"].as_str().unwrap();
+    let url = video["upload"]["url"].as_str().unwrap();
+    let location = header(
+        &tus_create(&stack.http, url, source.len()).await,
+        "location",
+    );
+    let half = source.len() / 2;
+    let first = tus_patch(&stack.http, &location, 0, source[..half].to_vec(), None).await;
+    assert_eq!(first.status(), 204);
+
+    let deleted = stack
+        .http
+        .delete(stack.url(&format!("/api/v1/videos/{id}")))
+        .bearer_auth(&alice.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    // The upload in flight is gone with its bytes; the token opens nothing new.
+    let rest = tus_patch(&stack.http, &location, half, source[half..].to_vec(), None).await;
+    assert_problem(rest, 404, "not_found").await;
+    assert_problem(
+        tus_create(&stack.http, url, source.len()).await,
+        410,
+        "gone",
+    )
+    .await;
+    let partials = stack.media_config.work_dir.join("uploads");
+    assert_eq!(std::fs::read_dir(&partials).unwrap().count(), 0);
+    assert!(stack.blob_keys().await.is_empty());
+}
