@@ -8,6 +8,10 @@ use async_nats::jetstream::{self, stream};
 
 use crate::config::NatsConfig;
 
+/// How long JetStream remembers a `Nats-Msg-Id` to drop a re-published event: longer than
+/// any publisher's retry after a crash takes.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_mins(2);
+
 /// A NATS connection and its JetStream context.
 #[derive(Debug, Clone)]
 pub struct Nats {
@@ -91,6 +95,19 @@ impl Nats {
             Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
             Err(e) => Err(e.kind()),
         }
+    }
+
+    /// [`Self::ensure_stream`] with the [`DUPLICATE_WINDOW`] every event stream uses: the
+    /// streams whose publishers set `Nats-Msg-Id` to the event id.
+    pub async fn ensure_event_stream(
+        &self,
+        name: &str,
+        subjects: &[&str],
+        replicas: usize,
+    ) -> Result<(), NatsError> {
+        self.ensure_stream(name, subjects, replicas, DUPLICATE_WINDOW)
+            .await
+            .map(drop)
     }
 
     /// Creates stream `name` over `subjects` (both given without namespace), or updates it to

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use secrecy::ExposeSecret as _;
 use tertulia_plumbing::{StartError, client, grpc::GrpcServer, nats, postgres, shutdown::Shutdown};
-use tertulia_proto::catalog::v1::catalog_service_server::CatalogServiceServer;
+use tertulia_proto::{catalog::v1::catalog_service_server::CatalogServiceServer, subjects};
 
 use crate::{
     catalog::Catalog,
@@ -54,7 +54,12 @@ impl App {
     pub async fn build(config: CatalogConfig) -> Result<Self, StartError> {
         let store = open_store(&config).await?;
         let nats = nats::connect(&config.nats, "svc-catalog").await?;
-        events::ensure_stream(&nats, config.stream_replicas).await?;
+        nats.ensure_event_stream(
+            subjects::MEDIA_STREAM,
+            subjects::MEDIA_STREAM_SUBJECTS,
+            config.stream_replicas,
+        )
+        .await?;
         let catalog = Catalog::new(store);
         let media = client::channel(&config.media).map_err(|e| StartError::Other(e.to_string()))?;
         let deletion = Deletion::new(

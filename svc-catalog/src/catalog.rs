@@ -60,6 +60,17 @@ pub fn viewer(actor_id: &str) -> Result<Option<Uuid>, Invalid> {
         .map_err(|_| Invalid("actor_id is not a valid id".into()))
 }
 
+/// Only the owner may `action`; those who cannot even see the video learn nothing.
+fn owned_by(video: &Video, viewer: Option<Uuid>, action: &'static str) -> Result<(), CatalogError> {
+    if !video.visible_to(viewer) {
+        return Err(CatalogError::NotFound);
+    }
+    if viewer != Some(video.owner_id) {
+        return Err(CatalogError::PermissionDenied(action));
+    }
+    Ok(())
+}
+
 /// A video id from the wire; a malformed id names no video.
 fn video_id(raw: &str) -> Result<Uuid, CatalogError> {
     raw.parse().map_err(|_| CatalogError::NotFound)
@@ -153,12 +164,7 @@ impl Catalog {
         let viewer = viewer(actor_id)?;
         let id = video_id(id)?;
         self.modify(id, |video| {
-            if !video.visible_to(viewer) {
-                return Err(CatalogError::NotFound);
-            }
-            if viewer != Some(video.owner_id) {
-                return Err(CatalogError::PermissionDenied("edit it"));
-            }
+            owned_by(video, viewer, "edit it")?;
             video.apply(changes.clone())?;
             Ok(true)
         })
@@ -172,12 +178,7 @@ impl Catalog {
         let viewer = viewer(actor_id)?;
         let id = video_id(id)?;
         self.modify(id, |video| {
-            if !video.visible_to(viewer) {
-                return Err(CatalogError::NotFound);
-            }
-            if viewer != Some(video.owner_id) {
-                return Err(CatalogError::PermissionDenied("delete it"));
-            }
+            owned_by(video, viewer, "delete it")?;
             video.deleted = true;
             Ok(true)
         })

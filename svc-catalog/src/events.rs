@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use prost::Message as _;
 use tertulia_plumbing::{
-    nats::{DurableConsumer, Handled, Nats, NatsError},
+    nats::{DurableConsumer, Handled, Nats},
     shutdown::Shutdown,
 };
 use tertulia_proto::{
@@ -30,20 +30,6 @@ use crate::{
 
 /// Name of the catalog's durable consumer on `MEDIA`.
 pub const CATALOG_CONSUMER: &str = "catalog";
-/// How long JetStream remembers a `Nats-Msg-Id` to drop a duplicate publish.
-pub const DUPLICATE_WINDOW: Duration = Duration::from_mins(2);
-
-/// Creates or updates the `MEDIA` stream (svc-media does the same; both agree).
-pub async fn ensure_stream(nats: &Nats, replicas: usize) -> Result<(), NatsError> {
-    nats.ensure_stream(
-        subjects::MEDIA_STREAM,
-        subjects::MEDIA_STREAM_SUBJECTS,
-        replicas,
-        DUPLICATE_WINDOW,
-    )
-    .await
-    .map(drop)
-}
 
 /// Applies media events to the catalog until `shutdown` trips.
 pub async fn consume_media(catalog: Catalog, nats: Nats, shutdown: Shutdown) {

@@ -4,12 +4,12 @@
 use std::{net::SocketAddr, time::Duration};
 
 use tertulia_plumbing::{StartError, grpc::GrpcServer, nats, postgres, shutdown::Shutdown};
-use tertulia_proto::chat::v1::chat_service_server::ChatServiceServer;
+use tertulia_proto::{chat::v1::chat_service_server::ChatServiceServer, subjects};
 
 use crate::{
     config::ChatConfig,
     conversations::Conversations,
-    events::{self, FanOut, OutboxRelay},
+    events::{FanOut, OutboxRelay},
     grpc::ChatGrpc,
     store::{ChatStore, MIGRATIONS},
 };
@@ -32,7 +32,12 @@ impl App {
         let pool = postgres::connect(&config.database).await?;
         postgres::migrate(&pool, MIGRATIONS).await?;
         let nats = nats::connect(&config.nats, "svc-chat").await?;
-        events::ensure_stream(&nats, config.stream_replicas).await?;
+        nats.ensure_event_stream(
+            subjects::CHAT_STREAM,
+            subjects::CHAT_STREAM_SUBJECTS,
+            config.stream_replicas,
+        )
+        .await?;
         let store = ChatStore::new(pool);
         let relay = OutboxRelay::new(store.clone(), nats.clone());
         let chat = Conversations::new(store.clone(), relay.waker(), config.max_text_chars);

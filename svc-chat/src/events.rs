@@ -31,8 +31,6 @@ use crate::{
 
 /// Name of the fan-out's durable consumer.
 pub const FANOUT_CONSUMER: &str = "fanout";
-/// How long JetStream remembers a `Nats-Msg-Id` to drop a duplicate publish.
-pub const DUPLICATE_WINDOW: Duration = Duration::from_mins(2);
 /// Largest batch the relay publishes per transaction.
 const RELAY_BATCH: i64 = 256;
 /// How often the relay looks for rows when nobody told it about new ones (another instance
@@ -154,21 +152,6 @@ pub fn membership(conversation: &Conversation, added: &[Uuid], removed: &[Uuid])
             .encode_to_vec()
         },
     )
-}
-
-/// Creates or updates the `CHAT` stream.
-pub async fn ensure_stream(
-    nats: &Nats,
-    replicas: usize,
-) -> Result<(), tertulia_plumbing::nats::NatsError> {
-    nats.ensure_stream(
-        subjects::CHAT_STREAM,
-        subjects::CHAT_STREAM_SUBJECTS,
-        replicas,
-        DUPLICATE_WINDOW,
-    )
-    .await
-    .map(|_| ())
 }
 
 /// Publishes committed outbox rows to JetStream and marks them after the server's ack.

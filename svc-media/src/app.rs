@@ -4,13 +4,12 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tertulia_plumbing::{StartError, grpc::GrpcServer, nats, postgres, shutdown::Shutdown};
-use tertulia_proto::media::v1::media_service_server::MediaServiceServer;
+use tertulia_proto::{media::v1::media_service_server::MediaServiceServer, subjects};
 use tokio::net::TcpListener;
 
 use crate::{
     blobs::Blobs,
     config::MediaConfig,
-    events,
     grpc::MediaGrpc,
     housekeeping, http,
     media::Media,
@@ -39,7 +38,12 @@ impl App {
         let pool = postgres::connect(&config.database).await?;
         postgres::migrate(&pool, MIGRATIONS).await?;
         let nats = nats::connect(&config.nats, "svc-media").await?;
-        events::ensure_stream(&nats, config.stream_replicas).await?;
+        nats.ensure_event_stream(
+            subjects::MEDIA_STREAM,
+            subjects::MEDIA_STREAM_SUBJECTS,
+            config.stream_replicas,
+        )
+        .await?;
         let blobs = Blobs::open(&config.blobs).map_err(other)?;
         let signer = Signer::new(&config.signing).map_err(other)?;
         tokio::fs::create_dir_all(&config.work_dir)

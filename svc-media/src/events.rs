@@ -4,30 +4,13 @@
 //! re-publish (after a crash, by the sweeper) is dropped by the server. svc-media also
 //! consumes its own `uploaded` events: they are the transcoding work queue.
 
-use std::time::Duration;
-
 use async_nats::HeaderMap;
 use prost::Message;
-use tertulia_plumbing::nats::{Nats, NatsError};
+use tertulia_plumbing::nats::Nats;
 use tertulia_proto::{events::v1 as pb, subjects};
 use uuid::Uuid;
 
 use crate::store::{RenditionRow, StoredVideo};
-
-/// How long JetStream remembers a `Nats-Msg-Id`.
-pub const DUPLICATE_WINDOW: Duration = Duration::from_mins(2);
-
-/// Creates or updates the `MEDIA` stream (svc-catalog does the same; both agree).
-pub async fn ensure_stream(nats: &Nats, replicas: usize) -> Result<(), NatsError> {
-    nats.ensure_stream(
-        subjects::MEDIA_STREAM,
-        subjects::MEDIA_STREAM_SUBJECTS,
-        replicas,
-        DUPLICATE_WINDOW,
-    )
-    .await
-    .map(drop)
-}
 
 /// Publishes one event and waits for JetStream's ack.
 pub async fn publish(

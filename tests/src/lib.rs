@@ -641,6 +641,37 @@ async fn start_bff(config: svc_bff::config::BffConfig, shutdown: &Shutdown) -> S
     addr
 }
 
+/// Starts `binary`, waits (at most `wait`) until a line of its stderr contains `ready`, and
+/// keeps draining its log so it never blocks on a full pipe. The process dies with the handle.
+pub async fn spawn_until_logged(
+    binary: &str,
+    args: &[std::ffi::OsString],
+    ready: &str,
+    wait: Duration,
+) -> tokio::process::Child {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = tokio::process::Command::new(binary)
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {binary} (make tools installs it): {e}"));
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("piped")).lines();
+    tokio::time::timeout(wait, async {
+        while let Some(line) = lines.next_line().await.expect("the log") {
+            if line.contains(ready) {
+                return;
+            }
+        }
+        panic!("{binary} exited before it was ready");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{binary} is ready in time"));
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
 /// A nats-server of the test's own (own port and data directory), so a test can stop and
 /// restart the broker without disturbing other tests.
 pub struct TestNats {
@@ -679,7 +710,6 @@ impl TestNats {
 
     /// Starts the server again on the same port and data directory.
     pub async fn restart(&mut self) {
-        use tokio::io::AsyncBufReadExt as _;
         let binary = std::env::var("TERTULIA_NATS_SERVER_BIN").unwrap_or_else(|_| {
             concat!(
                 env!("CARGO_MANIFEST_DIR"),
@@ -687,34 +717,20 @@ impl TestNats {
             )
             .to_owned()
         });
-        let mut child = tokio::process::Command::new(&binary)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.dir)
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {binary} (make tools installs it): {e}"));
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("piped")).lines();
-        tokio::time::timeout(Duration::from_secs(20), async {
-            while let Some(line) = lines.next_line().await.expect("server log") {
-                if line.contains("Server is ready") {
-                    return;
-                }
-            }
-            panic!("nats-server exited before it was ready");
-        })
-        .await
-        .expect("nats-server is ready in time");
-        // Keep draining its log so the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let mut args: Vec<std::ffi::OsString> = [
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-js",
+            "-sd",
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        args.push(self.dir.clone().into());
+        let child =
+            spawn_until_logged(&binary, &args, "Server is ready", Duration::from_secs(20)).await;
         self.child = Some(child);
     }
 }

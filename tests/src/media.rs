@@ -64,6 +64,18 @@ pub fn video_fixture(seconds: u32, width: u32, height: u32) -> Vec<u8> {
     bytes
 }
 
+/// A response header as text; panics naming it when it is missing.
+#[must_use]
+pub fn header(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} is missing"))
+        .to_str()
+        .expect("ASCII")
+        .to_owned()
+}
+
 /// The tus request headers every call carries.
 fn tus(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
     request.header("Tus-Resumable", "1.0.0")
@@ -220,7 +232,6 @@ pub struct TestS3 {
 impl TestS3 {
     /// Starts moto on a free port, waits until it says it is serving, creates a bucket.
     pub async fn start() -> Self {
-        use tokio::io::AsyncBufReadExt as _;
         let port = {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
             probe.local_addr().expect("an address").port()
@@ -232,25 +243,12 @@ impl TestS3 {
             )
             .to_owned()
         });
-        let mut child = tokio::process::Command::new(&binary)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {binary} (make tools installs it): {e}"));
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("piped")).lines();
-        tokio::time::timeout(Duration::from_mins(1), async {
-            while let Some(line) = lines.next_line().await.expect("moto log") {
-                if line.contains("Running on") {
-                    return;
-                }
-            }
-            panic!("moto_server exited before it was serving");
-        })
-        .await
-        .expect("moto_server serves in time");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let args: Vec<std::ffi::OsString> = ["-H", "127.0.0.1", "-p", &port.to_string()]
+            .iter()
+            .map(Into::into)
+            .collect();
+        let child =
+            crate::spawn_until_logged(&binary, &args, "Running on", Duration::from_mins(1)).await;
         let endpoint = format!("http://127.0.0.1:{port}");
         let bucket = format!("tertulia-{}", uuid::Uuid::now_v7().simple());
         let created = reqwest::Client::new()

@@ -5,19 +5,9 @@ use serde_json::{Value, json};
 use svc_media::signing::Signer;
 use tertulia_tests::{
     Stack, assert_problem,
-    media::{video_fixture, wait_for_video},
+    media::{header, video_fixture, wait_for_video},
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-fn header(response: &reqwest::Response, name: &str) -> String {
-    response
-        .headers()
-        .get(name)
-        .unwrap_or_else(|| panic!("{name}"))
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
 
 /// A ready video and its signed URLs.
 async fn ready_video(stack: &Stack) -> (String, Value, Vec<u8>) {

@@ -6,18 +6,8 @@ use serde_json::{Value, json};
 use sha1::Digest as _;
 use tertulia_tests::{
     Stack, assert_problem,
-    media::{tus_create, tus_offset, tus_patch, video_fixture, wait_for_video},
+    media::{header, tus_create, tus_offset, tus_patch, video_fixture, wait_for_video},
 };
-
-fn header(response: &reqwest::Response, name: &str) -> String {
-    response
-        .headers()
-        .get(name)
-        .unwrap_or_else(|| panic!("{name} is missing"))
-        .to_str()
-        .expect("ASCII")
-        .to_owned()
-}
 
 /// Every URI line of a playlist, resolved against the playlist's URL.
 fn playlist_uris(base: &str, playlist: &str) -> Vec<String> {

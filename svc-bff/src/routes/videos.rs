@@ -143,7 +143,25 @@ async fn create(
     let video = answer
         .video
         .ok_or_else(|| ApiError::unavailable("svc-catalog answered without a video"))?;
-    let upload = upload_for(&state, video.video_id.clone(), caller.user_id).await?;
+    let upload = match upload_for(&state, video.video_id.clone(), caller.user_id.clone()).await {
+        Ok(upload) => upload,
+        Err(error) => {
+            // No upload URL, no use for the video: take it back so a retry starts clean.
+            let undo = pb::DeleteVideoRequest {
+                actor_id: caller.user_id,
+                video_id: video.video_id,
+            };
+            if let Err(status) = state
+                .catalog
+                .clone()
+                .delete_video(with_deadline(undo, state.call_deadline))
+                .await
+            {
+                tracing::warn!(message = "Video without an upload URL left behind.", error = %status);
+            }
+            return Err(error);
+        }
+    };
     Ok((
         StatusCode::CREATED,
         Json(CreatedVideo {
