@@ -160,8 +160,12 @@ pub struct DurableConsumer {
     pub ack_wait: Duration,
     /// Deliveries of one message before JetStream stops trying (`-1`: unlimited).
     pub max_deliver: i64,
-    /// Messages handled at once by this instance; also bounds unacknowledged messages.
+    /// Messages handled at once by this instance.
     pub concurrency: usize,
+    /// Messages delivered and not yet acknowledged, across instances. For a work queue this
+    /// is the worker count, so no message waits in one instance's buffer while its ack
+    /// deadline runs.
+    pub max_pending: usize,
 }
 
 /// Pause before redelivering a message whose handler asked for a retry, and before
@@ -220,8 +224,7 @@ impl Nats {
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     ack_wait: spec.ack_wait,
                     max_deliver: spec.max_deliver,
-                    max_ack_pending: i64::try_from(spec.concurrency.max(1) * 64)
-                        .unwrap_or(i64::MAX),
+                    max_ack_pending: i64::try_from(spec.max_pending.max(1)).unwrap_or(i64::MAX),
                     ..Default::default()
                 },
             )

@@ -282,6 +282,7 @@ impl FanOut {
             ack_wait: Duration::from_secs(30),
             max_deliver: -1,
             concurrency: 1,
+            max_pending: 10_000,
         };
         let this = &self;
         self.nats

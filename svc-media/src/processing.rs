@@ -125,8 +125,10 @@ pub async fn run_transcoder(media: Media, shutdown: Shutdown) {
         // Progress acks keep live work; a stall is killed at `stall_timeout_s` and retried; a
         // crashed worker's video comes back after twice that.
         ack_wait: Duration::from_secs(media.limits.stall_timeout_s.max(1) * 2),
-        max_deliver: media.limits.max_attempts.max(1),
+        // Attempts are counted by the handler, which publishes the verdict after the last.
+        max_deliver: -1,
         concurrency: media.limits.workers.max(1),
+        max_pending: media.limits.workers.max(1),
     };
     let media = &media;
     media
@@ -153,32 +155,43 @@ async fn handle(media: &Media, message: &jetstream::Message) -> Handled {
         Err(e) => return Handled::Retry(e.to_string()),
     };
     let attempt = message.info().map_or(1, |i| i.delivered);
-    let outcome = process(media, &video, message).await;
+    let max = media.limits.max_attempts.max(1);
+    // Past the last attempt only the verdict is left to publish (its publish failed before).
+    let outcome = if attempt > max {
+        Err(Failure::Transient("no attempts left".into()))
+    } else {
+        process(media, &video, message).await
+    };
+    let hash = &video.content_hash;
     let reason = match outcome {
         Ok(()) => return Handled::Done,
-        Err(Failure::NotAVideo(reason)) => reason,
-        Err(Failure::Transient(error)) if attempt < media.limits.max_attempts => {
+        Err(Failure::NotAVideo(reason)) => {
+            // A verdict on the content itself: an identical upload fails at once.
+            let failed = Transcode {
+                state: "failed".into(),
+                probe: None,
+                renditions: Vec::new(),
+                reason: reason.clone(),
+            };
+            if let Err(e) = media.store.save_transcode(hash, &failed).await {
+                return Handled::Retry(e.to_string());
+            }
+            reason
+        }
+        Err(Failure::Transient(error)) if attempt < max => {
             tracing::warn!(message = "Processing failed, will retry.", video_id = %video_id, attempt, error = %error);
             return Handled::Retry(error);
         }
         Err(Failure::Transient(error)) => {
             tracing::error!(message = "Processing gave up.", video_id = %video_id, attempt, error = %error);
-            format!("processing failed after {attempt} attempts")
+            // Not a verdict on the content: an identical upload later gets a fresh start
+            // (what this one wrote is left to the orphan reconciler).
+            if let Err(e) = media.store.delete_transcode(hash).await {
+                return Handled::Retry(e.to_string());
+            }
+            format!("processing failed after {} attempts", attempt.min(max))
         }
     };
-    let failed = Transcode {
-        state: "failed".into(),
-        probe: None,
-        renditions: Vec::new(),
-        reason: reason.clone(),
-    };
-    if let Err(e) = media
-        .store
-        .save_transcode(&video.content_hash, &failed)
-        .await
-    {
-        return Handled::Retry(e.to_string());
-    }
     match events::failed(&media.nats, &video, &reason).await {
         Ok(()) => Handled::Done,
         Err(e) => Handled::Retry(e),
