@@ -6,6 +6,7 @@ use axum::{
     Router,
     extract::DefaultBodyLimit,
     http::StatusCode,
+    middleware,
     response::{IntoResponse, Response},
     serve::ListenerExt as _,
 };
@@ -34,6 +35,7 @@ use crate::{
     problem::ApiError,
     realtime::{RealtimeConfig, hub::DeliveryHub, typing::TypingRelay},
     routes,
+    versions::{Clock, DEFAULT_POLICY, Gate, SystemClock, VersionPolicy, lifecycle},
 };
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -83,6 +85,21 @@ impl App {
     /// Binds the listener and prepares upstream channels (which connect lazily, so the BFF
     /// starts and answers 503 while a dependency is still down).
     pub async fn build(config: BffConfig) -> Result<Self, StartError> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`Self::build`] with the clock the version lifecycle reads (tests move it).
+    pub async fn build_with_clock(
+        config: BffConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartError> {
+        let policy = match &config.versions_file {
+            None => VersionPolicy::parse(DEFAULT_POLICY),
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .and_then(|text| VersionPolicy::parse(&text)),
+        }
+        .map_err(StartError::Other)?;
         let channel =
             |upstream| client::channel(upstream).map_err(|e| StartError::Other(chain(&e)));
         let auth_channel = channel(&config.auth)?;
@@ -127,7 +144,7 @@ impl App {
             })?;
         Ok(Self {
             listener,
-            router: router(state, config.http.max_body_bytes),
+            router: router(state, config.http.max_body_bytes, &Arc::new(policy), &clock),
             sessions,
         })
     }
@@ -190,7 +207,20 @@ pub async fn run(config: BffConfig, shutdown: Shutdown) -> Result<(), StartError
 /// 3. *propagate id*: copy it to the response, including error responses;
 /// 4. *catch panic*: a bug answers a 500 problem instead of dropping the connection;
 /// 5. *body limit*: JSON bodies over the configured size are refused with 413.
-fn router(state: AppState, max_body_bytes: usize) -> Router {
+///
+/// Inside each version prefix, the version's lifecycle layer (deprecation notices, then 308
+/// or 410 after sunset) wraps every matched route.
+fn router(
+    state: AppState,
+    max_body_bytes: usize,
+    policy: &Arc<VersionPolicy>,
+    clock: &Arc<dyn Clock>,
+) -> Router {
+    let gate = |version| Gate {
+        policy: Arc::clone(policy),
+        clock: Arc::clone(clock),
+        version,
+    };
     let layers = ServiceBuilder::new()
         .layer(SetRequestIdLayer::x_request_id(RequestIdV7))
         .layer(TraceLayer::new_for_http())
@@ -206,7 +236,18 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
                 .merge(routes::videos::router())
                 .route("/ws", axum::routing::get(crate::realtime::ws::upgrade))
                 .route("/events", axum::routing::get(crate::realtime::sse::events))
-                .route("/poll", axum::routing::get(crate::realtime::poll::poll)),
+                .route("/poll", axum::routing::get(crate::realtime::poll::poll))
+                .route_layer(middleware::from_fn_with_state(gate("v1"), lifecycle)),
+        )
+        // v2 shares every route whose contract it keeps. Its own message and real-time
+        // shapes (structured content, reactions) come with `tertulia.chat.v2`.
+        .nest(
+            "/api/v2",
+            routes::auth::router()
+                .merge(routes::chat::conversations_router())
+                .merge(routes::presence::router())
+                .merge(routes::videos::router())
+                .route_layer(middleware::from_fn_with_state(gate("v2"), lifecycle)),
         )
         .merge(routes::ops::router())
         .fallback(|| async { ApiError::not_found("no such route") })

@@ -34,6 +34,9 @@ pub struct BffConfig {
     /// Real-time connection limits and timers.
     #[serde(default = "RealtimeConfig::standard")]
     pub realtime: RealtimeConfig,
+    /// The API version policy file (TOML, see `versions.toml`); the built-in one when unset.
+    #[serde(default)]
+    pub versions_file: Option<std::path::PathBuf>,
 }
 
 /// The public HTTP listener and its limits.

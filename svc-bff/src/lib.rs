@@ -14,6 +14,7 @@ pub mod extract;
 pub mod problem;
 pub mod realtime;
 pub mod routes;
+pub mod versions;
 pub mod views;
 
 pub use app::{App, run};

@@ -368,6 +368,7 @@ impl Stack {
             nats: nats.clone(),
             tokens: TokenPolicy::standard(),
             realtime: svc_bff::realtime::RealtimeConfig::standard(),
+            versions_file: None,
         };
         adjust_bff(&mut bff_config);
         let bff = start_bff(bff_config.clone(), &shutdown).await;

@@ -23,6 +23,7 @@ use super::{
     frames::{self, ClientFrame},
     hub::Registration,
 };
+use crate::versions::Notice;
 use crate::{
     app::AppState,
     routes::chat::{mark_read_for, send_message},
@@ -51,11 +52,16 @@ pub mod close {
 }
 
 /// Upgrades to a WebSocket with the frame size limit applied.
-pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(state): State<AppState>,
+    notice: Option<axum::Extension<Notice>>,
+    ws: WebSocketUpgrade,
+) -> Response {
     let limit = state.realtime.max_frame_bytes;
+    let notice = notice.map(|axum::Extension(n)| n);
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| Session::run(state, socket))
+        .on_upgrade(move |socket| Session::run(state, socket, notice))
 }
 
 /// Why a session ends, and how the socket is closed.
@@ -70,12 +76,15 @@ struct Session {
     config: RealtimeConfig,
     last_heard: Instant,
     rejected_in_a_row: u32,
+    /// Told after `ready` when the version is deprecated.
+    notice: Option<Notice>,
 }
 
 impl Session {
-    async fn run(state: AppState, socket: WebSocket) {
+    async fn run(state: AppState, socket: WebSocket, notice: Option<Notice>) {
         let config = state.realtime.clone();
         let mut session = Self {
+            notice,
             rejected_in_a_row: 0,
             state,
             socket,
@@ -125,6 +134,10 @@ impl Session {
         })?;
         let session_id = uuid::Uuid::now_v7().to_string();
         self.send(frames::ready(&user_id, &session_id)).await?;
+        if let Some(notice) = &self.notice {
+            let frame = Utf8Bytes::from(notice.frame().to_string());
+            self.send(frame).await?;
+        }
         let _online = OnlineSession::start(&self.state, &user_id, &session_id).await;
         for frame in backlog {
             self.send(frame).await?;

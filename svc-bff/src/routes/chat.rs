@@ -21,6 +21,11 @@ use crate::{
 
 /// The routes of this module, relative to `/api/v1`.
 pub fn router() -> Router<AppState> {
+    conversations_router().merge(messages_router())
+}
+
+/// Conversations, members and read positions: the same contract in every version.
+pub fn conversations_router() -> Router<AppState> {
     Router::new()
         .route("/conversations", post(create).get(list))
         .route("/conversations/{id}", get(get_one))
@@ -29,12 +34,17 @@ pub fn router() -> Router<AppState> {
             "/conversations/{id}/members/{user_id}",
             delete(remove_member),
         )
+        .route("/conversations/{id}/read", post(mark_read))
+}
+
+/// Messages as v1 shows them (`text`); v2 shows `content` and `reactions`.
+pub fn messages_router() -> Router<AppState> {
+    Router::new()
         .route("/conversations/{id}/messages", post(send).get(history))
         .route(
             "/conversations/{id}/messages/{message_id}",
             patch(edit).delete(delete_message),
         )
-        .route("/conversations/{id}/read", post(mark_read))
 }
 
 /// Answers 404 naming the first id that is not a user.

@@ -1,0 +1,177 @@
+//! The version lifecycle on a running gateway, with its clock moved through every phase:
+//! active (nothing said), deprecated (RFC 9745/8594 headers, `Link`s, a WebSocket
+//! `deprecation` frame), sunset (308 to the v2 twin where v2 keeps the contract, 410 where it
+//! changed it). v2 stays active throughout.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use svc_bff::versions::ManualClock;
+use tertulia_tests::{Stack, WsClient, assert_problem, unique_name};
+use time::macros::datetime;
+
+const POLICY: &str = r#"
+[v1]
+deprecated_at = "2027-01-01T00:00:00Z"
+sunset_at = "2027-07-01T00:00:00Z"
+successor = "v2"
+migration_guide = "https://docs.tertulia.dev/api/migrating-v1-to-v2"
+changed_in_successor = ["/conversations/{id}/messages", "/ws"]
+
+[v2]
+"#;
+
+/// A second gateway over the stack's services, with `POLICY` and a clock the test moves.
+async fn gateway(stack: &Stack, clock: Arc<ManualClock>) -> std::net::SocketAddr {
+    let file = std::env::temp_dir().join(format!("{}.toml", unique_name("versions")));
+    std::fs::write(&file, POLICY).unwrap();
+    let mut config = stack.bff_config.clone();
+    config.versions_file = Some(file);
+    let app = svc_bff::App::build_with_clock(config, clock)
+        .await
+        .expect("the gateway starts");
+    let addr = app.http_addr();
+    tokio::spawn(app.run(tertulia_plumbing::shutdown::Shutdown::new()));
+    addr
+}
+
+fn link_values(response: &reqwest::Response) -> Vec<String> {
+    response
+        .headers()
+        .get_all("link")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn v1_goes_from_active_to_deprecated_to_sunset_while_v2_stays() {
+    let stack = Stack::start().await;
+    let alice = stack.signed_up("alice").await;
+    let bob = stack.signed_up("bob").await;
+    let conversation = stack.group(&alice, &[&bob]).await;
+    let clock = Arc::new(ManualClock::at(datetime!(2026-12-01 00:00 UTC)));
+    let gw = gateway(&stack, clock.clone()).await;
+    let get = |path: String| {
+        stack
+            .http
+            .get(format!("http://{gw}{path}"))
+            .bearer_auth(&alice.access_token)
+            .send()
+    };
+
+    // Active: nothing said.
+    let active = get("/api/v1/conversations".into()).await.unwrap();
+    assert_eq!(active.status(), 200);
+    assert!(active.headers().get("deprecation").is_none());
+
+    // Deprecated: served, with the notice.
+    clock.set(datetime!(2027-03-01 00:00 UTC));
+    let deprecated = get("/api/v1/conversations".into()).await.unwrap();
+    assert_eq!(deprecated.status(), 200);
+    assert_eq!(deprecated.headers()["deprecation"], "@1798761600");
+    assert_eq!(
+        deprecated.headers()["sunset"],
+        "Thu, 01 Jul 2027 00:00:00 GMT"
+    );
+    let links = link_values(&deprecated);
+    assert!(
+        links.contains(&"</api/v2>; rel=\"successor-version\"".to_owned()),
+        "{links:?}"
+    );
+    assert!(
+        links
+            .iter()
+            .any(|l| l.contains("migrating-v1-to-v2") && l.contains("rel=\"deprecation\"")),
+        "{links:?}"
+    );
+    let errors_too = get("/api/v1/conversations/nope".into()).await.unwrap();
+    assert!(
+        errors_too.headers().contains_key("deprecation"),
+        "error answers carry the notice too"
+    );
+    let mut ws = WsClient::ready(gw, &alice.access_token, &json!({})).await;
+    let notice = ws.frame().await;
+    assert_eq!(notice["type"], "deprecation", "{notice}");
+    assert_eq!(notice["version"], "v1");
+    assert_eq!(notice["successor"], "/api/v2");
+    assert_eq!(notice["sunset_at"], "2027-07-01T00:00:00Z");
+    let v2 = get("/api/v2/conversations".into()).await.unwrap();
+    assert_eq!(v2.status(), 200);
+    assert!(v2.headers().get("deprecation").is_none(), "v2 is active");
+
+    // Sunset: kept routes move to their v2 twin, changed ones are gone.
+    clock.set(datetime!(2027-07-01 00:00 UTC));
+    let moved = get(format!("/api/v1/conversations/{conversation}?x=1"))
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), 308);
+    assert_eq!(
+        moved.headers()["location"],
+        format!("/api/v2/conversations/{conversation}?x=1")
+    );
+    let twin: Value = get(format!("/api/v2/conversations/{conversation}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(twin["id"], conversation);
+    let gone = get(format!("/api/v1/conversations/{conversation}/messages"))
+        .await
+        .unwrap();
+    assert!(
+        link_values(&gone)
+            .iter()
+            .any(|l| l.contains("successor-version"))
+    );
+    let body = assert_problem(gone, 410, "gone").await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("/api/v2"),
+        "{body}"
+    );
+    let ws_gone = stack
+        .http
+        .get(format!("http://{gw}/api/v1/ws"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(ws_gone, 410, "gone").await;
+    // A POST follows 308 with its method and body.
+    let login = stack
+        .http
+        .post(format!("http://{gw}/api/v1/auth/login"))
+        .json(&json!({"username": "alice", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 308);
+    assert_eq!(login.headers()["location"], "/api/v2/auth/login");
+    // Unknown routes are still plain 404s.
+    assert_problem(
+        get("/api/v1/nothing-here".into()).await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_inconsistent_policy_stops_the_gateway_from_starting() {
+    let stack = Stack::start().await;
+    let file = std::env::temp_dir().join(format!("{}.toml", unique_name("versions")));
+    std::fs::write(
+        &file,
+        "[v1]\ndeprecated_at = \"2027-02-01T00:00:00Z\"\nsunset_at = \"2027-01-01T00:00:00Z\"\n",
+    )
+    .unwrap();
+    let mut config = stack.bff_config.clone();
+    config.versions_file = Some(file);
+    let Err(error) = svc_bff::App::build(config).await else {
+        panic!("a sunset before its deprecation must be refused");
+    };
+    assert!(
+        error.to_string().contains("before its deprecation"),
+        "{error}"
+    );
+}
