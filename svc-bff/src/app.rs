@@ -35,6 +35,7 @@ use crate::{
     problem::ApiError,
     realtime::{RealtimeConfig, hub::DeliveryHub, typing::TypingRelay},
     routes,
+    usage::ApiUsage,
     versions::{Clock, DEFAULT_POLICY, Gate, SystemClock, VersionPolicy, lifecycle},
 };
 
@@ -72,6 +73,10 @@ pub struct AppState {
     pub realtime: RealtimeConfig,
     /// Trips when the gateway shuts down, so real-time sessions close with 1012.
     pub shutdown: Shutdown,
+    /// Deprecated API calls per client.
+    pub usage: Arc<ApiUsage>,
+    /// The bearer token of `/admin/*`, if the admin API is on.
+    pub admin_token: Option<secrecy::SecretString>,
 }
 
 /// A built, bound svc-bff.
@@ -79,6 +84,7 @@ pub struct App {
     listener: TcpListener,
     router: Router,
     sessions: Shutdown,
+    usage: Arc<ApiUsage>,
 }
 
 impl App {
@@ -108,6 +114,7 @@ impl App {
         let presence_channel = channel(&config.presence)?;
         let catalog_channel = channel(&config.catalog)?;
         let media_channel = channel(&config.media)?;
+        let usage = Arc::new(ApiUsage::open(&nats).await.map_err(StartError::Other)?);
         let state = AppState {
             auth: AuthServiceClient::new(auth_channel.clone()),
             chat: ChatServiceClient::new(chat_channel.clone()),
@@ -132,10 +139,13 @@ impl App {
                 config.realtime.frame_burst,
             ),
             typing: Arc::new(TypingRelay::new(nats)),
+            usage,
+            admin_token: config.admin_token.clone(),
             realtime: config.realtime.clone(),
             shutdown: Shutdown::new(),
         };
         let sessions = state.shutdown.clone();
+        let usage = Arc::clone(&state.usage);
         let listener = TcpListener::bind(config.http.listen)
             .await
             .map_err(|source| StartError::Io {
@@ -146,6 +156,7 @@ impl App {
             listener,
             router: router(state, config.http.max_body_bytes, &Arc::new(policy), &clock),
             sessions,
+            usage,
         })
     }
 
@@ -163,6 +174,9 @@ impl App {
         // Real-time sessions end (1012) when the server starts draining, so the drain is not
         // held up by connections that would otherwise never close.
         let sessions = self.sessions;
+        let usage = self.usage;
+        let flush_stop = shutdown.clone();
+        tokio::spawn(async move { usage.flush_until(flush_stop).await });
         let trip = shutdown.clone();
         tokio::spawn(async move {
             trip.cancelled().await;
@@ -220,6 +234,8 @@ fn router(
         policy: Arc::clone(policy),
         clock: Arc::clone(clock),
         version,
+        usage: Arc::clone(&state.usage),
+        verifier: state.verifier.clone(),
     };
     let layers = ServiceBuilder::new()
         .layer(SetRequestIdLayer::x_request_id(RequestIdV7))

@@ -34,6 +34,9 @@ pub struct BffConfig {
     /// Real-time connection limits and timers.
     #[serde(default = "RealtimeConfig::standard")]
     pub realtime: RealtimeConfig,
+    /// The bearer token of `/admin/*` (operators); the admin API is off when unset.
+    #[serde(default)]
+    pub admin_token: Option<secrecy::SecretString>,
     /// The API version policy file (TOML, see `versions.toml`); the built-in one when unset.
     #[serde(default)]
     pub versions_file: Option<std::path::PathBuf>,

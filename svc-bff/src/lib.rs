@@ -14,6 +14,7 @@ pub mod extract;
 pub mod problem;
 pub mod realtime;
 pub mod routes;
+pub mod usage;
 pub mod versions;
 pub mod views;
 

@@ -25,7 +25,9 @@ use axum::{
 use serde::Deserialize;
 use time::{OffsetDateTime, format_description::well_known::Rfc2822};
 
-use crate::problem::ApiError;
+use tertulia_plumbing::token::TokenVerifier;
+
+use crate::{problem::ApiError, usage::ApiUsage};
 
 /// The built-in policy (`svc-bff/versions.toml`).
 pub const DEFAULT_POLICY: &str = include_str!("../versions.toml");
@@ -278,6 +280,44 @@ pub struct Gate {
     pub clock: Arc<dyn Clock>,
     /// The version this layer guards (`v1`).
     pub version: &'static str,
+    /// Where calls to deprecated and sunset routes are counted.
+    pub usage: Arc<ApiUsage>,
+    /// Names the caller of a counted call.
+    pub verifier: TokenVerifier,
+}
+
+impl Gate {
+    /// Counts a call to a deprecated or sunset route, by token subject and `User-Agent`.
+    async fn count(&self, headers: &HeaderMap, route: &str) {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(|t| t.trim().to_owned());
+        let user_agent = headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let subject = match token {
+            Some(token) => self
+                .verifier
+                .verify(&token)
+                .await
+                .map_or_else(|_| "invalid-token".to_owned(), |claims| claims.sub),
+            None => "anonymous".to_owned(),
+        };
+        let caller = crate::usage::Caller {
+            version: self.version.to_owned(),
+            route: route.to_owned(),
+            subject,
+            user_agent,
+        };
+        self.usage.record(caller, self.clock.now());
+    }
 }
 
 /// The lifecycle layer: notices while deprecated, 308 or 410 after sunset.
@@ -294,6 +334,10 @@ pub async fn lifecycle(State(gate): State<Gate>, mut request: Request, next: Nex
         })
         .unwrap_or_default();
     let (phase, notice) = gate.policy.phase(gate.version, &route, gate.clock.now());
+    if phase != Phase::Active {
+        let headers = request.headers().clone();
+        gate.count(&headers, &route).await;
+    }
     match (phase, notice) {
         (Phase::Deprecated, Some(notice)) => {
             request.extensions_mut().insert(notice.clone());

@@ -103,7 +103,7 @@ pub fn drop_streams(nats: &NatsConfig) {
             ] {
                 let _ = conn.jetstream.delete_stream(conn.stream_name(name)).await;
             }
-            for bucket in ["PRESENCE", "LAST_SEEN"] {
+            for bucket in ["PRESENCE", "LAST_SEEN", "API_USAGE"] {
                 let _ = conn
                     .jetstream
                     .delete_key_value(conn.stream_name(bucket))
@@ -369,6 +369,7 @@ impl Stack {
             tokens: TokenPolicy::standard(),
             realtime: svc_bff::realtime::RealtimeConfig::standard(),
             versions_file: None,
+            admin_token: None,
         };
         adjust_bff(&mut bff_config);
         let bff = start_bff(bff_config.clone(), &shutdown).await;

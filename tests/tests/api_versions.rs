@@ -21,12 +21,15 @@ changed_in_successor = ["/conversations/{id}/messages", "/ws"]
 [v2]
 "#;
 
+const ADMIN_TOKEN: &str = "operators-only-admin-token";
+
 /// A second gateway over the stack's services, with `POLICY` and a clock the test moves.
 async fn gateway(stack: &Stack, clock: Arc<ManualClock>) -> std::net::SocketAddr {
     let file = std::env::temp_dir().join(format!("{}.toml", unique_name("versions")));
     std::fs::write(&file, POLICY).unwrap();
     let mut config = stack.bff_config.clone();
     config.versions_file = Some(file);
+    config.admin_token = Some(ADMIN_TOKEN.to_owned().into());
     let app = svc_bff::App::build_with_clock(config, clock)
         .await
         .expect("the gateway starts");
@@ -174,4 +177,102 @@ async fn an_inconsistent_policy_stops_the_gateway_from_starting() {
         error.to_string().contains("before its deprecation"),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn deprecated_calls_are_counted_per_client_across_gateways() {
+    let stack = Stack::start().await;
+    let alice = stack.signed_up("alice").await;
+    let bob = stack.signed_up("bob").await;
+    let clock = Arc::new(ManualClock::at(datetime!(2027-03-01 12:00 UTC)));
+    let (one, two) = (
+        gateway(&stack, clock.clone()).await,
+        gateway(&stack, clock.clone()).await,
+    );
+    let call = |gw: std::net::SocketAddr,
+                path: &'static str,
+                token: Option<String>,
+                agent: &'static str| {
+        let mut request = stack
+            .http
+            .get(format!("http://{gw}{path}"))
+            .header("User-Agent", agent);
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        request.send()
+    };
+    for gw in [one, two, one] {
+        let r = call(
+            gw,
+            "/api/v1/conversations",
+            Some(alice.access_token.clone()),
+            "ios-app/3.1",
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    call(
+        two,
+        "/api/v1/conversations",
+        Some(bob.access_token.clone()),
+        "web/1.0",
+    )
+    .await
+    .unwrap();
+    call(one, "/api/v1/me", None, "curl/8").await.unwrap();
+    call(
+        one,
+        "/api/v2/conversations",
+        Some(bob.access_token.clone()),
+        "web/2.0",
+    )
+    .await
+    .unwrap();
+
+    let admin = |gw: std::net::SocketAddr, token: Option<&str>| {
+        let mut request = stack.http.get(format!("http://{gw}/admin/api-usage"));
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        request.send()
+    };
+    assert_problem(admin(one, None).await.unwrap(), 401, "unauthenticated").await;
+    assert_problem(
+        admin(one, Some("guess")).await.unwrap(),
+        403,
+        "permission_denied",
+    )
+    .await;
+    assert_problem(stack.get("/admin/api-usage", None).await, 404, "not_found").await;
+
+    // Gateway two's counts reach the shared bucket when it flushes (every few seconds, and
+    // before it answers a report itself).
+    let _ = admin(two, Some(ADMIN_TOKEN)).await.unwrap();
+    let report: Value = admin(one, Some(ADMIN_TOKEN))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let clients = report["clients"].as_array().unwrap();
+    let row = |subject: &str, agent: &str| {
+        clients
+            .iter()
+            .find(|c| c["subject"] == subject && c["user_agent"] == agent)
+            .unwrap_or_else(|| panic!("no row for {subject} {agent}: {report}"))
+    };
+    let alices = row(&alice.user_id, "ios-app/3.1");
+    assert_eq!(alices["calls"], 3, "both gateways counted: {report}");
+    assert_eq!(alices["version"], "v1");
+    assert_eq!(alices["route"], "/conversations");
+    assert_eq!(alices["last_seen"], "2027-03-01T12:00:00Z");
+    assert_eq!(row(&bob.user_id, "web/1.0")["calls"], 1);
+    assert_eq!(row("anonymous", "curl/8")["route"], "/me");
+    assert!(
+        clients.iter().all(|c| c["version"] == "v1"),
+        "v2 calls are not deprecated: {report}"
+    );
+    assert_eq!(clients[0]["calls"], 3, "most calls first");
 }

@@ -15,12 +15,52 @@ use tonic_health::pb::{
 
 use crate::{app::AppState, problem::ApiError};
 
-/// `/healthz`, `/readyz`, `/.well-known/jwks.json`.
+/// `/healthz`, `/readyz`, `/.well-known/jwks.json`, `/admin/api-usage`.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/admin/api-usage", get(api_usage))
+}
+
+/// Equal without telling a timing observer how much of `given` was right.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// Who still calls deprecated versions, across every gateway (operators only: the
+/// configured admin token). 404 when no admin token is configured.
+async fn api_usage(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use secrecy::ExposeSecret as _;
+    let Some(expected) = &state.admin_token else {
+        return Err(ApiError::not_found("no such route"));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::unauthenticated("the admin token is missing"))?;
+    if !same_secret(given.trim().as_bytes(), expected.expose_secret().as_bytes()) {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "permission_denied",
+            "not an admin token",
+        ));
+    }
+    let rows = state.usage.report().await.map_err(|e| {
+        tracing::warn!(message = "API usage unavailable.", error = %e);
+        ApiError::unavailable("usage counts are unavailable, retry later")
+    })?;
+    Ok(Json(serde_json::json!({ "clients": rows })))
 }
 
 /// Liveness: the process answers.
