@@ -69,6 +69,10 @@ pub struct GrpcServerConfig {
     /// How long in-flight calls may take to finish after a shutdown signal, in milliseconds.
     #[serde(default = "defaults::drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// The dated lifecycle of the packages this server serves (TOML, see
+    /// `tertulia_plumbing::lifecycle`); nothing is deprecated when unset.
+    #[serde(default)]
+    pub lifecycle_file: Option<std::path::PathBuf>,
 }
 
 impl GrpcServerConfig {
@@ -80,6 +84,7 @@ impl GrpcServerConfig {
             request_timeout_ms: defaults::request_timeout_ms(),
             max_in_flight: defaults::max_in_flight(),
             drain_timeout_ms: defaults::drain_timeout_ms(),
+            lifecycle_file: None,
         }
     }
 

@@ -5,7 +5,9 @@
 //! 1. *timeout* (tonic's): the caller's `grpc-timeout`, capped by `request_timeout_ms`, so no
 //!    call outlives the deadline its caller already gave up on.
 //! 2. *trace*: a span per call, outside the limiter so shed calls are logged too.
-//! 3. *in-flight limit with load shedding*: calls beyond `max_in_flight` are answered
+//! 3. *lifecycle*: deprecation notices in response metadata, `UNIMPLEMENTED` after a sunset
+//!    (see [`crate::lifecycle`]); before the limiter, since refusing costs nothing.
+//! 4. *in-flight limit with load shedding*: calls beyond `max_in_flight` are answered
 //!    `UNAVAILABLE` at once instead of queueing, so clients retry elsewhere and memory stays
 //!    bounded under overload.
 
@@ -27,12 +29,19 @@ use tonic::{
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::{Layer, Service};
 
-use crate::{config::GrpcServerConfig, shutdown::Shutdown};
+use crate::{
+    clock::{Clock, SystemClock},
+    config::GrpcServerConfig,
+    lifecycle::{GrpcLifecycle, GrpcLifecycleLayer},
+    shutdown::Shutdown,
+};
 
 /// A bound, not yet serving gRPC server.
 pub struct GrpcServer {
     listener: TcpListener,
     config: GrpcServerConfig,
+    lifecycle: Arc<GrpcLifecycle>,
+    clock: Arc<dyn Clock>,
     routes: RoutesBuilder,
     health: HealthReporter,
     names: Vec<&'static str>,
@@ -56,6 +65,9 @@ pub enum GrpcServerError {
     /// The transport failed while serving.
     #[error("gRPC transport failed")]
     Transport(#[from] tonic::transport::Error),
+    /// The lifecycle policy file is unreadable or inconsistent.
+    #[error("{0}")]
+    Lifecycle(String),
 }
 
 impl GrpcServer {
@@ -68,14 +80,30 @@ impl GrpcServer {
                     addr: config.listen,
                     source,
                 })?;
+        let lifecycle = match &config.lifecycle_file {
+            None => GrpcLifecycle::default(),
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .and_then(|text| GrpcLifecycle::parse(&text))
+                .map_err(GrpcServerError::Lifecycle)?,
+        };
         let (health, _) = tonic_health::server::health_reporter();
         Ok(Self {
             listener,
             config,
+            lifecycle: Arc::new(lifecycle),
+            clock: Arc::new(SystemClock),
             routes: RoutesBuilder::default(),
             health,
             names: Vec::new(),
         })
+    }
+
+    /// Reads the lifecycle's dates from `clock` instead of the system clock (tests).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The address actually bound.
@@ -112,6 +140,8 @@ impl GrpcServer {
         let Self {
             listener,
             config,
+            lifecycle,
+            clock,
             mut routes,
             health,
             names,
@@ -143,6 +173,7 @@ impl GrpcServer {
 
         let stack = tower::ServiceBuilder::new()
             .layer(tower_http_trace())
+            .layer(GrpcLifecycleLayer::new(lifecycle, clock))
             .layer(InFlightLimitLayer::new(config.max_in_flight));
         let server = Server::builder()
             .timeout(config.request_timeout())
@@ -227,7 +258,8 @@ pub struct InFlightLimit<S> {
     permits: Arc<Semaphore>,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+/// A boxed, sendable future (what the layers here return).
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 impl<S, B> Service<http::Request<B>> for InFlightLimit<S>
 where

@@ -8,10 +8,12 @@
 //! belongs to a service.
 
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod lifecycle;
 pub mod logging;
 pub mod main_loop;
 pub mod nats;

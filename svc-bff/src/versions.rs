@@ -10,11 +10,7 @@
 //!
 //! The clock is injectable so that every phase can be tested on a running gateway.
 
-use std::{
-    collections::BTreeMap,
-    fmt::Debug,
-    sync::{Arc, Mutex},
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     extract::{MatchedPath, Request, State},
@@ -23,7 +19,9 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
-use time::{OffsetDateTime, format_description::well_known::Rfc2822};
+use tertulia_plumbing::clock::http_date;
+pub use tertulia_plumbing::clock::{Clock, ManualClock, SystemClock};
+use time::OffsetDateTime;
 
 use tertulia_plumbing::token::TokenVerifier;
 
@@ -31,45 +29,6 @@ use crate::{problem::ApiError, usage::ApiUsage};
 
 /// The built-in policy (`svc-bff/versions.toml`).
 pub const DEFAULT_POLICY: &str = include_str!("../versions.toml");
-
-/// Tells the time; the system's in production, a settable one in tests.
-pub trait Clock: Send + Sync + Debug {
-    /// Now.
-    fn now(&self) -> OffsetDateTime;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> OffsetDateTime {
-        OffsetDateTime::now_utc()
-    }
-}
-
-/// A clock that says what it was last set to.
-#[derive(Debug)]
-pub struct ManualClock(Mutex<OffsetDateTime>);
-
-impl ManualClock {
-    /// A clock at `now`.
-    #[must_use]
-    pub fn at(now: OffsetDateTime) -> Self {
-        Self(Mutex::new(now))
-    }
-
-    /// Moves the clock.
-    pub fn set(&self, now: OffsetDateTime) {
-        *self.0.lock().expect("clock lock") = now;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> OffsetDateTime {
-        *self.0.lock().expect("clock lock")
-    }
-}
 
 /// Dates of one version or route.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -132,13 +91,6 @@ pub struct Notice {
     pub successor: Option<String>,
     /// The migration guide, if any.
     pub migration_guide: Option<String>,
-}
-
-fn http_date(at: OffsetDateTime) -> String {
-    at.to_offset(time::UtcOffset::UTC)
-        .format(&Rfc2822)
-        .map(|s| s.replace("+0000", "GMT"))
-        .unwrap_or_default()
 }
 
 impl Notice {

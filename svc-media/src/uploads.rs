@@ -25,7 +25,8 @@ use axum::{
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use futures::StreamExt as _;
 use sha1::Digest as _;
-use time::{OffsetDateTime, format_description::well_known::Rfc2822};
+use tertulia_plumbing::clock::http_date;
+use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use uuid::Uuid;
 
@@ -71,14 +72,6 @@ async fn tus_resumable(mut response: Response) -> Response {
 
 fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-fn http_date(at: OffsetDateTime) -> String {
-    // RFC 7231 IMF-fixdate, as tus's `Upload-Expires` asks.
-    at.to_offset(time::UtcOffset::UTC)
-        .format(&Rfc2822)
-        .map(|s| s.replace("+0000", "GMT"))
-        .unwrap_or_default()
 }
 
 /// 412 unless the client speaks our version.

@@ -114,3 +114,76 @@ async fn reflection_lists_exactly_the_served_services() {
 fn tokio_stream_once<T: Send + 'static>(item: T) -> impl futures::Stream<Item = T> + Send {
     futures::stream::iter([item])
 }
+
+#[tokio::test]
+async fn deprecated_methods_carry_a_notice_then_fail_unimplemented_after_sunset() {
+    use std::sync::Arc;
+    use tertulia_plumbing::{clock::ManualClock, grpc::GrpcServer};
+    use time::macros::datetime;
+    use tonic_types::StatusExt as _;
+
+    let policy = r#"
+["grpc.health.v1.Health"]
+deprecated_at = "2027-01-01T00:00:00Z"
+sunset_at = "2027-07-01T00:00:00Z"
+successor = "grpc.health.v2.Health"
+migration_guide = "https://docs.tertulia.dev/api/migrating"
+methods = ["Check"]
+"#;
+    let file =
+        std::env::temp_dir().join(format!("{}.toml", tertulia_tests::unique_name("lifecycle")));
+    std::fs::write(&file, policy).unwrap();
+    let mut config = GrpcServerConfig::on("127.0.0.1:0".parse().unwrap());
+    config.lifecycle_file = Some(file.clone());
+    let clock = Arc::new(ManualClock::at(datetime!(2026-12-01 00:00 UTC)));
+    let server = GrpcServer::bind(config)
+        .await
+        .unwrap()
+        .with_clock(clock.clone());
+    let addr = server.local_addr();
+    let shutdown = Shutdown::new();
+    tokio::spawn(server.serve(shutdown.clone()));
+    let mut health = HealthClient::new(grpc_channel(addr).await);
+    let check = || HealthCheckRequest {
+        service: String::new(),
+    };
+
+    let active = health.check(check()).await.unwrap();
+    assert!(active.metadata().get("deprecation").is_none());
+
+    clock.set(datetime!(2027-03-01 00:00 UTC));
+    let deprecated = health.check(check()).await.unwrap();
+    let meta = deprecated.metadata();
+    assert_eq!(meta.get("deprecation").unwrap(), "@1798761600");
+    assert_eq!(meta.get("sunset").unwrap(), "Thu, 01 Jul 2027 00:00:00 GMT");
+    assert_eq!(
+        meta.get("link").unwrap(),
+        "<grpc.health.v2.Health>; rel=\"successor-version\""
+    );
+    assert_eq!(
+        deprecated.into_inner().status(),
+        ServingStatus::Serving,
+        "still answered"
+    );
+
+    clock.set(datetime!(2027-07-01 00:00 UTC));
+    let gone = health.check(check()).await.unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::Unimplemented);
+    assert!(
+        gone.message().contains("grpc.health.v2.Health"),
+        "{}",
+        gone.message()
+    );
+    let details = gone.get_error_details();
+    let info = details.error_info().expect("an ErrorInfo detail");
+    assert_eq!(info.reason, "SUNSET");
+    assert_eq!(info.metadata["successor"], "grpc.health.v2.Health");
+    let help = details.help().expect("a Help detail");
+    assert_eq!(help.links[0].url, "https://docs.tertulia.dev/api/migrating");
+    // Other methods of the same service are not concerned.
+    let watch = health.watch(check()).await;
+    assert!(watch.is_ok(), "{watch:?}");
+
+    shutdown.cancel();
+    let _ = std::fs::remove_file(file);
+}
