@@ -10,6 +10,7 @@ use prost::Message as _;
 const PROTOS: &[&str] = &[
     "tertulia/auth/v1/auth.proto",
     "tertulia/chat/v1/chat.proto",
+    "tertulia/chat/v2/chat.proto",
     "tertulia/presence/v1/presence.proto",
     "tertulia/catalog/v1/catalog.proto",
     "tertulia/media/v1/media.proto",

@@ -30,6 +30,10 @@ pub mod chat {
     pub mod v1 {
         tonic::include_proto!("tertulia.chat.v1");
     }
+    /// Version 2: structured content and reactions (messages only; the rest stays in v1).
+    pub mod v2 {
+        tonic::include_proto!("tertulia.chat.v2");
+    }
 }
 
 /// `tertulia.presence.*`: online state and typing.
@@ -79,6 +83,8 @@ pub mod subjects {
         pub const MESSAGE: &str = "message";
         /// `MessageUpdated`.
         pub const MESSAGE_UPDATED: &str = "message_updated";
+        /// `ReactionsChanged`.
+        pub const REACTIONS: &str = "reactions";
         /// `ReceiptUpdated`.
         pub const RECEIPT: &str = "receipt";
         /// `MembershipChanged`.

@@ -49,6 +49,8 @@ pub struct AppState {
     pub auth: AuthServiceClient<Channel>,
     /// svc-chat.
     pub chat: ChatServiceClient<Channel>,
+    /// svc-chat, version 2 (structured content, reactions).
+    pub chat_v2: tertulia_proto::chat::v2::chat_service_client::ChatServiceClient<Channel>,
     /// svc-presence.
     pub presence: PresenceServiceClient<Channel>,
     /// svc-catalog.
@@ -118,6 +120,9 @@ impl App {
         let state = AppState {
             auth: AuthServiceClient::new(auth_channel.clone()),
             chat: ChatServiceClient::new(chat_channel.clone()),
+            chat_v2: tertulia_proto::chat::v2::chat_service_client::ChatServiceClient::new(
+                chat_channel.clone(),
+            ),
             presence: PresenceServiceClient::new(presence_channel.clone()),
             catalog: CatalogServiceClient::new(catalog_channel.clone()),
             media: MediaServiceClient::new(media_channel.clone()),
@@ -255,12 +260,13 @@ fn router(
                 .route("/poll", axum::routing::get(crate::realtime::poll::poll))
                 .route_layer(middleware::from_fn_with_state(gate("v1"), lifecycle)),
         )
-        // v2 shares every route whose contract it keeps. Its own message and real-time
-        // shapes (structured content, reactions) come with `tertulia.chat.v2`.
+        // v2 shares every route whose contract it keeps, and has its own message routes
+        // (structured content, reactions) over `tertulia.chat.v2`.
         .nest(
             "/api/v2",
             routes::auth::router()
                 .merge(routes::chat::conversations_router())
+                .merge(routes::messages_v2::router())
                 .merge(routes::presence::router())
                 .merge(routes::videos::router())
                 .route_layer(middleware::from_fn_with_state(gate("v2"), lifecycle)),

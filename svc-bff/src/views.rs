@@ -176,3 +176,46 @@ impl VideoView {
         matches!(self.status, "processing" | "ready")
     }
 }
+
+/// A message as v2 shows it: structured content and reactions.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageViewV2 {
+    id: String,
+    conversation_id: String,
+    seq: u64,
+    sender_id: String,
+    client_msg_id: String,
+    content: serde_json::Value,
+    reactions: Vec<serde_json::Value>,
+    sent_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    edited_at: Option<String>,
+    deleted: bool,
+}
+
+impl From<tertulia_proto::chat::v2::Message> for MessageViewV2 {
+    fn from(m: tertulia_proto::chat::v2::Message) -> Self {
+        use tertulia_proto::chat::v2::content::Kind;
+        let content = match m.content.and_then(|c| c.kind) {
+            Some(Kind::Video(v)) => serde_json::json!({"type": "video", "video_id": v.video_id}),
+            Some(Kind::Text(t)) => serde_json::json!({"type": "text", "text": t.text}),
+            None => serde_json::json!({"type": "text", "text": ""}),
+        };
+        Self {
+            sent_at: rfc3339(m.sent_at.as_ref()),
+            edited_at: rfc3339(m.edited_at.as_ref()),
+            id: m.message_id,
+            conversation_id: m.conversation_id,
+            seq: m.seq,
+            sender_id: m.sender_id,
+            client_msg_id: m.client_msg_id,
+            content,
+            reactions: m
+                .reactions
+                .into_iter()
+                .map(|r| serde_json::json!({"emoji": r.emoji, "user_ids": r.user_ids}))
+                .collect(),
+            deleted: m.deleted,
+        }
+    }
+}

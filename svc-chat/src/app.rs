@@ -4,13 +4,20 @@
 use std::{net::SocketAddr, time::Duration};
 
 use tertulia_plumbing::{StartError, grpc::GrpcServer, nats, postgres, shutdown::Shutdown};
-use tertulia_proto::{chat::v1::chat_service_server::ChatServiceServer, subjects};
+use tertulia_proto::{
+    chat::{
+        v1::chat_service_server::ChatServiceServer,
+        v2::chat_service_server::ChatServiceServer as ChatV2ServiceServer,
+    },
+    subjects,
+};
 
 use crate::{
     config::ChatConfig,
     conversations::Conversations,
     events::{FanOut, OutboxRelay},
     grpc::ChatGrpc,
+    grpc_v2::ChatV2Grpc,
     store::{ChatStore, MIGRATIONS},
 };
 
@@ -43,7 +50,8 @@ impl App {
         let chat = Conversations::new(store.clone(), relay.waker(), config.max_text_chars);
         let grpc = GrpcServer::bind(config.grpc)
             .await?
-            .add_service(ChatServiceServer::new(ChatGrpc::new(chat.clone())));
+            .add_service(ChatServiceServer::new(ChatGrpc::new(chat.clone())))
+            .add_service(ChatV2ServiceServer::new(ChatV2Grpc::new(chat.clone())));
         Ok(Self {
             grpc,
             fanout: FanOut::new(store.clone(), nats),

@@ -8,7 +8,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::{
-    domain::{self, Conversation, ConversationKind, Message},
+    domain::{self, Content, Conversation, ConversationKind, Message},
     error::ChatError,
     store::{Changed, ChatStore, Membership, Sent},
 };
@@ -212,15 +212,33 @@ impl Conversations {
         client_msg_id: &str,
         text: &str,
     ) -> Result<(Message, bool), ChatError> {
+        self.send_content(
+            actor_id,
+            conversation_id,
+            client_msg_id,
+            Content::Text(text.to_owned()),
+        )
+        .await
+    }
+
+    /// Stores a message with structured content (v2): text, or a catalog video.
+    pub async fn send_content(
+        &self,
+        actor_id: &str,
+        conversation_id: &str,
+        client_msg_id: &str,
+        content: Content,
+    ) -> Result<(Message, bool), ChatError> {
         let actor = actor(actor_id)?;
         let conversation = id(conversation_id, "conversation")?;
         let client_msg_id =
             domain::client_msg_id(client_msg_id).map_err(ChatError::InvalidArgument)?;
-        let text =
+        if let Content::Text(text) = &content {
             domain::message_text(text, self.max_text_chars).map_err(ChatError::InvalidArgument)?;
+        }
         match self
             .store
-            .send(actor, conversation, client_msg_id, text)
+            .send(actor, conversation, client_msg_id, &content)
             .await?
         {
             Sent::Created(message) => Ok(self.committed((message, true))),
@@ -246,6 +264,47 @@ impl Conversations {
             .history(actor, conversation, after, before, page(limit)?)
             .await?
             .ok_or(ChatError::NotFound("conversation"))
+    }
+
+    /// A page of history with reactions (v2).
+    pub async fn history_with_reactions(
+        &self,
+        actor_id: &str,
+        conversation_id: &str,
+        after_seq: Option<u64>,
+        before_seq: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<Message>, ChatError> {
+        let mut messages = self
+            .history(actor_id, conversation_id, after_seq, before_seq, limit)
+            .await?;
+        self.store.load_reactions(&mut messages).await?;
+        Ok(messages)
+    }
+
+    /// Adds (`add`) or removes the actor's reaction; returns the message with its reactions.
+    pub async fn react(
+        &self,
+        actor_id: &str,
+        conversation_id: &str,
+        message_id: &str,
+        emoji: &str,
+        add: bool,
+    ) -> Result<Message, ChatError> {
+        let actor = actor(actor_id)?;
+        let conversation = id(conversation_id, "conversation")?;
+        let message = id(message_id, "message")?;
+        let emoji = domain::emoji(emoji).map_err(ChatError::InvalidArgument)?;
+        match self
+            .store
+            .react(actor, conversation, message, emoji, add)
+            .await?
+        {
+            Changed::Done(message) => Ok(self.committed(message)),
+            Changed::NotFound | Changed::NotSender => Err(ChatError::NotFound("message")),
+            Changed::Deleted => Err(ChatError::Conflict("the message was deleted")),
+            Changed::NotText => Err(ChatError::Conflict("only text messages can be edited")),
+        }
     }
 
     /// Replaces the text of the actor's message.
@@ -294,6 +353,7 @@ impl Conversations {
                 "only the sender may change a message",
             )),
             Changed::Deleted => Err(ChatError::Conflict("a deleted message cannot be edited")),
+            Changed::NotText => Err(ChatError::Conflict("only text messages can be edited")),
         }
     }
 

@@ -17,7 +17,7 @@ use tertulia_plumbing::{
     wire::timestamp,
 };
 use tertulia_proto::{
-    chat::v1 as chat_pb,
+    chat::{v1 as chat_pb, v2 as chat_v2},
     events::v1::{self as pb, delivery::Event},
     subjects::{self, chat_event},
 };
@@ -59,7 +59,39 @@ pub fn message_pb(m: &Message) -> chat_pb::Message {
         seq: m.seq.unsigned_abs(),
         sender_id: m.sender_id.to_string(),
         client_msg_id: m.client_msg_id.clone(),
-        text: m.text.clone(),
+        text: m.v1_text(),
+        sent_at: Some(timestamp(m.sent_at)),
+        edited_at: m.edited_at.map(timestamp),
+        deleted: m.deleted,
+    }
+}
+
+/// The v2 wire form of a message: structured content and reactions.
+#[must_use]
+pub fn message_v2_pb(m: &Message) -> chat_v2::Message {
+    let kind = match m.video_id.filter(|_| !m.deleted) {
+        Some(video) => chat_v2::content::Kind::Video(chat_v2::VideoRef {
+            video_id: video.to_string(),
+        }),
+        None => chat_v2::content::Kind::Text(chat_v2::Text {
+            text: m.text.clone(),
+        }),
+    };
+    chat_v2::Message {
+        message_id: m.message_id.to_string(),
+        conversation_id: m.conversation_id.to_string(),
+        seq: m.seq.unsigned_abs(),
+        sender_id: m.sender_id.to_string(),
+        client_msg_id: m.client_msg_id.clone(),
+        content: Some(chat_v2::Content { kind: Some(kind) }),
+        reactions: m
+            .reactions
+            .iter()
+            .map(|r| chat_v2::Reaction {
+                emoji: r.emoji.clone(),
+                user_ids: r.user_ids.iter().map(Uuid::to_string).collect(),
+            })
+            .collect(),
         sent_at: Some(timestamp(m.sent_at)),
         edited_at: m.edited_at.map(timestamp),
         deleted: m.deleted,
@@ -102,6 +134,7 @@ pub fn message_created(m: &Message) -> OutboxEvent {
         pb::MessageCreated {
             event_id,
             message: Some(message_pb(m)),
+            message_v2: Some(message_v2_pb(m)),
         }
         .encode_to_vec()
     })
@@ -114,6 +147,19 @@ pub fn message_updated(m: &Message) -> OutboxEvent {
         pb::MessageUpdated {
             event_id,
             message: Some(message_pb(m)),
+            message_v2: Some(message_v2_pb(m)),
+        }
+        .encode_to_vec()
+    })
+}
+
+/// `ReactionsChanged` for `m` (its reactions loaded).
+#[must_use]
+pub fn reactions_changed(m: &Message) -> OutboxEvent {
+    event(m.conversation_id, chat_event::REACTIONS, |event_id| {
+        pb::ReactionsChanged {
+            event_id,
+            message: Some(message_v2_pb(m)),
         }
         .encode_to_vec()
     })
@@ -345,6 +391,9 @@ fn decode(subject: &str, payload: &[u8]) -> Result<(Uuid, pb::Delivery, Vec<Uuid
         }
         chat_event::MESSAGE_UPDATED => {
             Event::MessageUpdated(pb::MessageUpdated::decode(payload).map_err(|e| poison(&e))?)
+        }
+        chat_event::REACTIONS => {
+            Event::ReactionsChanged(pb::ReactionsChanged::decode(payload).map_err(|e| poison(&e))?)
         }
         chat_event::RECEIPT => {
             Event::ReceiptUpdated(pb::ReceiptUpdated::decode(payload).map_err(|e| poison(&e))?)

@@ -1,5 +1,6 @@
-//! svc-chat owns conversations, members, messages and read positions (PostgreSQL schema
-//! `chat`). It serves `tertulia.chat.v1.ChatService` over gRPC.
+//! svc-chat owns conversations, members, messages, reactions and read positions (PostgreSQL
+//! schema `chat`). It serves `tertulia.chat.v1.ChatService` and, beside it over the same
+//! core, `tertulia.chat.v2.ChatService` (structured content, reactions) over gRPC.
 //!
 //! The message path: a send checks membership, dedupes on `(conversation, sender,
 //! client_msg_id)`, takes the next gap-free `seq` and inserts the message and an outbox row in
@@ -19,6 +20,7 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod grpc;
+pub mod grpc_v2;
 pub mod store;
 
 pub use app::{App, run};

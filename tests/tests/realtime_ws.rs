@@ -215,6 +215,7 @@ async fn a_gap_in_live_delivery_is_filled_from_history() {
             event: Some(Event::MessageCreated(MessageCreated {
                 event_id: uuid::Uuid::now_v7().to_string(),
                 message: Some(message),
+                message_v2: None,
             })),
         };
         nats.client

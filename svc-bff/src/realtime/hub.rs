@@ -79,6 +79,8 @@ pub fn render(delivery: Delivery) -> Option<LiveEvent> {
             rfc3339(e.last_seen.as_ref()),
         )),
         Event::VideoChanged(e) => LiveEvent::Other(frames::video(&VideoView::from(e.video?))),
+        // v1 connections never see reactions.
+        Event::ReactionsChanged(_) => return None,
     })
 }
 
@@ -330,6 +332,7 @@ fn event_id(delivery: &Delivery) -> Option<String> {
         Event::MessageUpdated(e) => &e.event_id,
         Event::ReceiptUpdated(e) => &e.event_id,
         Event::MembershipChanged(e) => &e.event_id,
+        Event::ReactionsChanged(e) => &e.event_id,
         Event::TypingStarted(_) | Event::PresenceChanged(_) | Event::VideoChanged(_) => {
             return None;
         }
@@ -377,6 +380,7 @@ mod tests {
                     seq,
                     ..Default::default()
                 }),
+                message_v2: None,
             })),
         }
     }

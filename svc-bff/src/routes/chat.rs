@@ -252,12 +252,13 @@ pub async fn send_message(
         client_msg_id,
         text,
     };
-    let answer = state
-        .chat
-        .clone()
-        .send_message(with_deadline(request, state.call_deadline))
-        .await?
-        .into_inner();
+    let mut chat = state.chat.clone();
+    #[expect(
+        deprecated,
+        reason = "the v1 routes are the v1 adapter; they call v1 until its sunset"
+    )]
+    let sent = chat.send_message(with_deadline(request, state.call_deadline));
+    let answer = sent.await?.into_inner();
     Ok((message_view(answer.message)?, answer.created))
 }
 
@@ -279,10 +280,10 @@ async fn send(
 }
 
 #[derive(Debug, Deserialize)]
-struct HistoryQuery {
-    after_seq: Option<u64>,
-    before_seq: Option<u64>,
-    limit: Option<u32>,
+pub(crate) struct HistoryQuery {
+    pub(crate) after_seq: Option<u64>,
+    pub(crate) before_seq: Option<u64>,
+    pub(crate) limit: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -307,13 +308,13 @@ pub async fn list_messages(
         before_seq,
         limit,
     };
-    Ok(state
-        .chat
-        .clone()
-        .list_messages(with_deadline(request, state.call_deadline))
-        .await?
-        .into_inner()
-        .messages)
+    let mut chat = state.chat.clone();
+    #[expect(
+        deprecated,
+        reason = "the v1 routes are the v1 adapter; they call v1 until its sunset"
+    )]
+    let listed = chat.list_messages(with_deadline(request, state.call_deadline));
+    Ok(listed.await?.into_inner().messages)
 }
 
 async fn history(

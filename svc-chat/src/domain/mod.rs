@@ -84,6 +84,60 @@ pub struct Message {
     pub edited_at: Option<OffsetDateTime>,
     /// Whether it was deleted (a tombstone stays in history).
     pub deleted: bool,
+    /// The catalog video it shares (v2 content); `text` is empty then.
+    pub video_id: Option<Uuid>,
+    /// Reactions, oldest emoji first; loaded only for v2 views.
+    pub reactions: Vec<Reaction>,
+}
+
+/// Who reacted with one emoji, in the order they did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaction {
+    /// The emoji.
+    pub emoji: String,
+    /// Who, oldest first.
+    pub user_ids: Vec<Uuid>,
+}
+
+/// What a message says (v2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// Text.
+    Text(String),
+    /// A catalog video.
+    Video(Uuid),
+}
+
+impl Message {
+    /// What v1 callers read: the text, or for a video message a text fallback that names the
+    /// video (v1 has no structured content).
+    #[must_use]
+    pub fn v1_text(&self) -> String {
+        match self.video_id {
+            Some(video) if !self.deleted => format!("[video] /api/v1/videos/{video}"),
+            _ => self.text.clone(),
+        }
+    }
+}
+
+/// Longest emoji, in Unicode scalar values (sequences with modifiers and joiners included).
+pub const MAX_EMOJI_CHARS: usize = 16;
+
+/// A reaction: 1 to 16 Unicode scalar values, no whitespace or control characters, no ASCII
+/// letters or digits (reactions are emoji, not words).
+pub fn emoji(raw: &str) -> Result<&str, String> {
+    let len = raw.chars().count();
+    let ok = (1..=MAX_EMOJI_CHARS).contains(&len)
+        && !raw
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c.is_ascii_alphanumeric());
+    if ok {
+        Ok(raw)
+    } else {
+        Err(format!(
+            "emoji must be 1 to {MAX_EMOJI_CHARS} characters of an emoji"
+        ))
+    }
 }
 
 /// Message text: 1 to `max` Unicode scalar values, not only whitespace.

@@ -8,16 +8,23 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::{
-    domain::{Conversation, ConversationKind, Message, direct_key},
+    domain::{Content, Conversation, ConversationKind, Message, Reaction, direct_key},
     events::{self, OutboxEvent},
 };
 
 /// svc-chat's schema history. Append only.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "conversations_messages_outbox",
-    sql: include_str!("../../migrations/0001_conversations_messages_outbox.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "conversations_messages_outbox",
+        sql: include_str!("../../migrations/0001_conversations_messages_outbox.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "content_and_reactions",
+        sql: include_str!("../../migrations/0002_content_and_reactions.sql"),
+    },
+];
 
 /// A committed event waiting to be published.
 #[derive(Debug)]
@@ -52,6 +59,8 @@ pub enum Changed {
     NotSender,
     /// Already deleted: it cannot be edited.
     Deleted,
+    /// Only text can be edited; the message shares a video.
+    NotText,
 }
 
 /// What a membership change did.
@@ -75,8 +84,8 @@ pub struct ChatStore {
     pool: PgPool,
 }
 
-const MESSAGE_COLUMNS: &str =
-    "message_id, conversation_id, seq, sender_id, client_msg_id, text, sent_at, edited_at, deleted";
+const MESSAGE_COLUMNS: &str = "message_id, conversation_id, seq, sender_id, client_msg_id, text, \
+    sent_at, edited_at, deleted, video_id";
 
 fn message_from(row: &Row) -> Message {
     Message {
@@ -89,6 +98,8 @@ fn message_from(row: &Row) -> Message {
         sent_at: row.get("sent_at"),
         edited_at: row.get("edited_at"),
         deleted: row.get("deleted"),
+        video_id: row.get("video_id"),
+        reactions: Vec::new(),
     }
 }
 
@@ -100,7 +111,7 @@ const CONVERSATION_VIEW: &str = "
                  ORDER BY x.joined_at, x.user_id) AS member_ids,
            lm.message_id AS lm_message_id, lm.seq AS lm_seq, lm.sender_id AS lm_sender_id,
            lm.client_msg_id AS lm_client_msg_id, lm.text AS lm_text, lm.sent_at AS lm_sent_at,
-           lm.edited_at AS lm_edited_at, lm.deleted AS lm_deleted
+           lm.edited_at AS lm_edited_at, lm.deleted AS lm_deleted, lm.video_id AS lm_video_id
     FROM members m
     JOIN conversations c ON c.conversation_id = m.conversation_id
     LEFT JOIN messages lm ON lm.conversation_id = c.conversation_id AND lm.seq = c.last_seq
@@ -122,6 +133,8 @@ fn conversation_from(row: &Row) -> Conversation {
             sent_at: row.get("lm_sent_at"),
             edited_at: row.get("lm_edited_at"),
             deleted: row.get("lm_deleted"),
+            video_id: row.get("lm_video_id"),
+            reactions: Vec::new(),
         });
     Conversation {
         conversation_id,
@@ -134,6 +147,34 @@ fn conversation_from(row: &Row) -> Conversation {
         last_message,
         unread: (last_seq - read_seq).max(0),
     }
+}
+
+/// Reads the reactions of `ids` and puts them on the matching `messages`.
+async fn fill_reactions(
+    client: &impl deadpool_postgres::GenericClient,
+    ids: &[Uuid],
+    messages: &mut [Message],
+) -> Result<(), DbError> {
+    let rows = client
+        .query(
+            "SELECT message_id, emoji, array_agg(user_id ORDER BY reacted_at, user_id) AS users
+             FROM reactions WHERE message_id = ANY($1)
+             GROUP BY message_id, emoji
+             ORDER BY message_id, min(reacted_at), emoji",
+            &[&ids],
+        )
+        .await?;
+    for m in messages.iter_mut() {
+        m.reactions = rows
+            .iter()
+            .filter(|r| r.get::<_, Uuid>("message_id") == m.message_id)
+            .map(|r| Reaction {
+                emoji: r.get("emoji"),
+                user_ids: r.get("users"),
+            })
+            .collect();
+    }
+    Ok(())
 }
 
 async fn insert_outbox(tx: &Transaction<'_>, event: &OutboxEvent) -> Result<(), DbError> {
@@ -414,8 +455,12 @@ impl ChatStore {
         actor: Uuid,
         conversation_id: Uuid,
         client_msg_id: &str,
-        text: &str,
+        content: &Content,
     ) -> Result<Sent, DbError> {
+        let (text, video_id) = match content {
+            Content::Text(text) => (text.as_str(), None),
+            Content::Video(video) => ("", Some(*video)),
+        };
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let Some((_, _, last_seq)) = lock_as_member(&tx, conversation_id, actor).await? else {
@@ -444,8 +489,8 @@ impl ChatStore {
             .query_one(
                 &format!(
                     "INSERT INTO messages (conversation_id, seq, message_id, sender_id,
-                                           client_msg_id, text)
-                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING {MESSAGE_COLUMNS}"
+                                           client_msg_id, text, video_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {MESSAGE_COLUMNS}"
                 ),
                 &[
                     &conversation_id,
@@ -454,6 +499,7 @@ impl ChatStore {
                     &actor,
                     &client_msg_id,
                     &text,
+                    &video_id,
                 ],
             )
             .await?;
@@ -538,6 +584,9 @@ impl ChatStore {
         if current.sender_id != actor {
             return Ok(Changed::NotSender);
         }
+        if text.is_some() && current.video_id.is_some() {
+            return Ok(Changed::NotText);
+        }
         let updated = match (text, current.deleted) {
             (Some(_), true) => return Ok(Changed::Deleted),
             // Deleting twice changes nothing and publishes nothing.
@@ -567,6 +616,71 @@ impl ChatStore {
         };
         let message = message_from(&updated);
         insert_outbox(&tx, &events::message_updated(&message)).await?;
+        tx.commit().await?;
+        Ok(Changed::Done(message))
+    }
+
+    /// The reactions of `messages`, filled in place (v2 views).
+    pub async fn load_reactions(&self, messages: &mut [Message]) -> Result<(), DbError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let client = self.pool.get().await?;
+        let ids: Vec<Uuid> = messages.iter().map(|m| m.message_id).collect();
+        fill_reactions(&client, &ids, messages).await
+    }
+
+    /// Adds (`add`) or removes the actor's `emoji` on a message; publishes the new reactions
+    /// when they changed. Reactions on a deleted message are refused.
+    pub async fn react(
+        &self,
+        actor: Uuid,
+        conversation_id: Uuid,
+        message_id: Uuid,
+        emoji: &str,
+        add: bool,
+    ) -> Result<Changed, DbError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // Locking the message row serialises reactions on it, so each event carries the
+        // complete, current set.
+        let row = tx
+            .query_opt(
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages msg
+                     WHERE msg.conversation_id = $1 AND msg.message_id = $2
+                       AND EXISTS (SELECT 1 FROM members m
+                                   WHERE m.conversation_id = $1 AND m.user_id = $3)
+                     FOR UPDATE"
+                ),
+                &[&conversation_id, &message_id, &actor],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(Changed::NotFound);
+        };
+        let mut message = message_from(&row);
+        if message.deleted {
+            return Ok(Changed::Deleted);
+        }
+        let changed = if add {
+            tx.execute(
+                "INSERT INTO reactions (message_id, emoji, user_id) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                &[&message_id, &emoji, &actor],
+            )
+            .await?
+        } else {
+            tx.execute(
+                "DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3",
+                &[&message_id, &emoji, &actor],
+            )
+            .await?
+        };
+        fill_reactions(&tx, &[message_id], std::slice::from_mut(&mut message)).await?;
+        if changed > 0 {
+            insert_outbox(&tx, &events::reactions_changed(&message)).await?;
+        }
         tx.commit().await?;
         Ok(Changed::Done(message))
     }

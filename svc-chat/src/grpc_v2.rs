@@ -1,0 +1,114 @@
+//! `tertulia.chat.v2.ChatService`: structured content and reactions, over the same
+//! [`Conversations`] as v1. Decode → use case → encode; nothing else.
+
+use tertulia_proto::chat::v2 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::{conversations::Conversations, domain::Content, events::message_v2_pb};
+
+/// The v2 gRPC face of [`Conversations`].
+#[derive(Debug, Clone)]
+pub struct ChatV2Grpc {
+    chat: Conversations,
+}
+
+impl ChatV2Grpc {
+    /// Serves `chat`.
+    #[must_use]
+    pub fn new(chat: Conversations) -> Self {
+        Self { chat }
+    }
+}
+
+fn content(c: Option<pb::Content>) -> Result<Content, Status> {
+    match c.and_then(|c| c.kind) {
+        Some(pb::content::Kind::Text(t)) => Ok(Content::Text(t.text)),
+        Some(pb::content::Kind::Video(v)) => v
+            .video_id
+            .parse()
+            .map(Content::Video)
+            .map_err(|_| Status::invalid_argument("content.video.video_id is not a video id")),
+        None => Err(Status::invalid_argument(
+            "content must be text or a video reference",
+        )),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::chat_service_server::ChatService for ChatV2Grpc {
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        let r = request.into_inner();
+        let content = content(r.content)?;
+        let (message, created) = self
+            .chat
+            .send_content(&r.actor_id, &r.conversation_id, &r.client_msg_id, content)
+            .await?;
+        Ok(Response::new(pb::SendMessageResponse {
+            message: Some(message_v2_pb(&message)),
+            created,
+        }))
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        let r = request.into_inner();
+        let messages = self
+            .chat
+            .history_with_reactions(
+                &r.actor_id,
+                &r.conversation_id,
+                r.after_seq,
+                r.before_seq,
+                r.limit,
+            )
+            .await?;
+        Ok(Response::new(pb::ListMessagesResponse {
+            messages: messages.iter().map(message_v2_pb).collect(),
+        }))
+    }
+
+    async fn add_reaction(
+        &self,
+        request: Request<pb::AddReactionRequest>,
+    ) -> Result<Response<pb::AddReactionResponse>, Status> {
+        let r = request.into_inner();
+        let message = self
+            .chat
+            .react(
+                &r.actor_id,
+                &r.conversation_id,
+                &r.message_id,
+                &r.emoji,
+                true,
+            )
+            .await?;
+        Ok(Response::new(pb::AddReactionResponse {
+            message: Some(message_v2_pb(&message)),
+        }))
+    }
+
+    async fn remove_reaction(
+        &self,
+        request: Request<pb::RemoveReactionRequest>,
+    ) -> Result<Response<pb::RemoveReactionResponse>, Status> {
+        let r = request.into_inner();
+        let message = self
+            .chat
+            .react(
+                &r.actor_id,
+                &r.conversation_id,
+                &r.message_id,
+                &r.emoji,
+                false,
+            )
+            .await?;
+        Ok(Response::new(pb::RemoveReactionResponse {
+            message: Some(message_v2_pb(&message)),
+        }))
+    }
+}

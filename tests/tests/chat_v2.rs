@@ -1,0 +1,306 @@
+//! v1 and v2 side by side over one core: a v2 client shares a video and reacts; a v1 client
+//! in the same conversation sees the video as a text fallback and never sees reactions, over
+//! REST and over its WebSocket.
+
+use serde_json::{Value, json};
+use tertulia_tests::{Session, Stack, WsClient, assert_problem};
+
+async fn reaction(
+    stack: &Stack,
+    method: reqwest::Method,
+    path: &str,
+    who: &Session,
+) -> reqwest::Response {
+    stack
+        .http
+        .request(method, stack.url(path))
+        .bearer_auth(&who.access_token)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_v2_client_and_a_v1_client_each_see_their_own_shape() {
+    let stack = Stack::start().await;
+    let alice = stack.signed_up("alice").await; // on v2
+    let bob = stack.signed_up("bob").await; // still on v1
+    let conversation = stack.group(&alice, &[&bob]).await;
+    let mut bob_ws = stack.ws(&bob, &json!({})).await;
+    let video = stack
+        .create_video(
+            &alice,
+            &json!({"title": "Holiday", "visibility": "unlisted"}),
+        )
+        .await;
+    let video_id = video["id"].as_str().unwrap();
+    let messages = format!("/api/v2/conversations/{conversation}/messages");
+
+    // Alice shares the video and writes, with v2's structured content.
+    let shared = stack
+        .post(
+            &messages,
+            &json!({"client_msg_id": "m1", "content": {"type": "video", "video_id": video_id}}),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(shared.status(), 201);
+    let shared: Value = shared.json().await.unwrap();
+    assert_eq!(
+        shared["content"],
+        json!({"type": "video", "video_id": video_id})
+    );
+    assert!(
+        shared.get("text").is_none(),
+        "v2 has no text field: {shared}"
+    );
+    let again = stack
+        .post(
+            &messages,
+            &json!({"client_msg_id": "m1", "content": {"type": "video", "video_id": video_id}}),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(again.status(), 200, "idempotent");
+    let text = stack
+        .post(
+            &messages,
+            &json!({"client_msg_id": "m2", "content": {"type": "text", "text": "look!"}}),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(text.status(), 201);
+
+    // Bob, on v1, reads the video as a text fallback, live and in history.
+    let live = bob_ws.frame_of("message").await;
+    let fallback = format!("[video] /api/v1/videos/{video_id}");
+    assert_eq!(live["message"]["text"], fallback, "{live}");
+    assert!(live["message"].get("content").is_none());
+    let v1_history: Value = stack
+        .get(
+            &format!("/api/v1/conversations/{conversation}/messages"),
+            Some(&bob.access_token),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v1_history["messages"][0]["text"], fallback);
+    assert_eq!(v1_history["messages"][1]["text"], "look!");
+    let second_live = bob_ws.frame_of("message").await;
+    assert_eq!(second_live["message"]["text"], "look!");
+
+    // Bob can still write on v1; Alice reads it as v2 text.
+    let from_v1 = stack
+        .post(
+            &format!("/api/v1/conversations/{conversation}/messages"),
+            &json!({"client_msg_id": "b1", "text": "nice"}),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(from_v1.status(), 201);
+    let bobs: Value = from_v1.json().await.unwrap();
+    let bobs_id = bobs["id"].as_str().unwrap();
+    let _ = bob_ws.frame_of("message").await;
+
+    reactions_are_v2_only(&stack, &conversation, &alice, &bob, &mut bob_ws, bobs_id).await;
+}
+
+#[tokio::test]
+async fn v2_input_is_checked() {
+    let stack = Stack::start().await;
+    let alice = stack.signed_up("alice").await;
+    let bob = stack.signed_up("bob").await;
+    let carol = stack.signed_up("carol").await;
+    let conversation = stack.group(&alice, &[&bob]).await;
+    let messages = format!("/api/v2/conversations/{conversation}/messages");
+    let send = |body: Value, who: &Session| {
+        let token = who.access_token.clone();
+        let messages = messages.clone();
+        let stack = &stack;
+        async move { stack.post(&messages, &body, Some(&token)).await }
+    };
+    assert_problem(
+        send(
+            json!({"client_msg_id": "x", "content": {"type": "sticker"}}),
+            &alice,
+        )
+        .await,
+        400,
+        "invalid_argument",
+    )
+    .await;
+    assert_problem(
+        send(
+            json!({"client_msg_id": "x", "content": {"type": "text", "text": ""}}),
+            &alice,
+        )
+        .await,
+        400,
+        "invalid_argument",
+    )
+    .await;
+    assert_problem(
+        send(
+            json!({"client_msg_id": "x", "content": {"type": "video", "video_id": "nope"}}),
+            &alice,
+        )
+        .await,
+        404,
+        "not_found",
+    )
+    .await;
+    // A private video of someone else cannot be shared: the sender cannot see it.
+    let private = stack.create_video(&carol, &json!({"title": "Mine"})).await;
+    let body =
+        json!({"client_msg_id": "x", "content": {"type": "video", "video_id": private["id"]}});
+    assert_problem(send(body, &alice).await, 404, "not_found").await;
+    assert_problem(
+        send(
+            json!({"client_msg_id": "x", "content": {"type": "text", "text": "hi"}}),
+            &carol,
+        )
+        .await,
+        404,
+        "not_found",
+    )
+    .await;
+
+    reactions_are_checked(&stack, &conversation, &alice, &bob, &carol).await;
+}
+
+/// Alice reacts to Bob's message: v2 shows it, v1 never does (REST or socket).
+async fn reactions_are_v2_only(
+    stack: &Stack,
+    conversation: &str,
+    alice: &Session,
+    bob: &Session,
+    bob_ws: &mut WsClient,
+    bobs_id: &str,
+) {
+    let messages = format!("/api/v2/conversations/{conversation}/messages");
+    // Reactions exist in v2 only.
+    let react = format!("{messages}/{bobs_id}/reactions/%F0%9F%91%8D");
+    let reacted: Value = reaction(stack, reqwest::Method::POST, &react, alice)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        reacted["reactions"],
+        json!([{"emoji": "👍", "user_ids": [alice.user_id]}])
+    );
+    let twice: Value = reaction(stack, reqwest::Method::POST, &react, alice)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        twice["reactions"], reacted["reactions"],
+        "adding twice changes nothing"
+    );
+    let v2_history: Value = stack
+        .get(&messages, Some(&alice.access_token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v2_history["messages"][2]["reactions"][0]["emoji"], "👍");
+    assert_eq!(
+        v2_history["messages"][1]["content"],
+        json!({"type": "text", "text": "look!"})
+    );
+    let v1_again: Value = stack
+        .get(
+            &format!("/api/v1/conversations/{conversation}/messages"),
+            Some(&bob.access_token),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        v1_again["messages"][2].get("reactions").is_none(),
+        "{v1_again}"
+    );
+    // Bob's v1 socket gets no frame for the reaction: the next frame is the next message.
+    stack
+        .post(
+            &messages,
+            &json!({"client_msg_id": "m3", "content": {"type": "text", "text": "after"}}),
+            Some(&alice.access_token),
+        )
+        .await;
+    let next = bob_ws.frame().await;
+    assert_eq!(next["type"], "message", "{next}");
+    assert_eq!(next["message"]["text"], "after");
+
+    let removed: Value = reaction(stack, reqwest::Method::DELETE, &react, alice)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(removed["reactions"], json!([]));
+}
+
+/// Bad emoji, strangers, unknown and deleted messages.
+async fn reactions_are_checked(
+    stack: &Stack,
+    conversation: &str,
+    alice: &Session,
+    bob: &Session,
+    carol: &Session,
+) {
+    let messages = format!("/api/v2/conversations/{conversation}/messages");
+    let send = |body: Value, who: &Session| {
+        let token = who.access_token.clone();
+        let messages = messages.clone();
+        async move { stack.post(&messages, &body, Some(&token)).await }
+    };
+    let greeting: Value = send(
+        json!({"client_msg_id": "t", "content": {"type": "text", "text": "hi"}}),
+        alice,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let id = greeting["id"].as_str().unwrap();
+    let path = |emoji: &str| format!("{messages}/{id}/reactions/{emoji}");
+    assert_problem(
+        reaction(stack, reqwest::Method::POST, &path("thumbsup"), bob).await,
+        400,
+        "invalid_argument",
+    )
+    .await;
+    assert_problem(
+        reaction(stack, reqwest::Method::POST, &path("%F0%9F%91%8D"), carol).await,
+        404,
+        "not_found",
+    )
+    .await;
+    let unknown = format!("{messages}/{}/reactions/%F0%9F%91%8D", uuid::Uuid::now_v7());
+    assert_problem(
+        reaction(stack, reqwest::Method::POST, &unknown, bob).await,
+        404,
+        "not_found",
+    )
+    .await;
+    // Deleted messages take no reactions; v1's delete applies to v2 messages too.
+    let deleted = stack
+        .http
+        .delete(stack.url(&format!(
+            "/api/v1/conversations/{conversation}/messages/{id}"
+        )))
+        .bearer_auth(&alice.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success());
+    assert_problem(
+        reaction(stack, reqwest::Method::POST, &path("%F0%9F%91%8D"), bob).await,
+        409,
+        "conflict",
+    )
+    .await;
+}
