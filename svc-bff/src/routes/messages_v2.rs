@@ -131,40 +131,49 @@ async fn history(
 async fn add_reaction(
     State(state): State<AppState>,
     caller: Caller,
-    Path((id, message_id, emoji)): Path<(String, String, String)>,
+    Path(target): Path<(String, String, String)>,
 ) -> Result<Json<MessageViewV2>, ApiError> {
-    let request = pb::AddReactionRequest {
-        actor_id: caller.user_id,
-        conversation_id: id,
-        message_id,
-        emoji,
-    };
-    let answer = state
-        .chat_v2
-        .clone()
-        .add_reaction(with_deadline(request, state.call_deadline))
-        .await?
-        .into_inner();
-    Ok(Json(view(answer.message)?))
+    react(&state, caller, target, true).await
 }
 
 /// 200 with the message and its reactions (removing what is not there changes nothing).
 async fn remove_reaction(
     State(state): State<AppState>,
     caller: Caller,
-    Path((id, message_id, emoji)): Path<(String, String, String)>,
+    Path(target): Path<(String, String, String)>,
 ) -> Result<Json<MessageViewV2>, ApiError> {
-    let request = pb::RemoveReactionRequest {
-        actor_id: caller.user_id,
-        conversation_id: id,
-        message_id,
-        emoji,
+    react(&state, caller, target, false).await
+}
+
+async fn react(
+    state: &AppState,
+    caller: Caller,
+    (conversation_id, message_id, emoji): (String, String, String),
+    add: bool,
+) -> Result<Json<MessageViewV2>, ApiError> {
+    let mut chat = state.chat_v2.clone();
+    let message = if add {
+        let request = pb::AddReactionRequest {
+            actor_id: caller.user_id,
+            conversation_id,
+            message_id,
+            emoji,
+        };
+        chat.add_reaction(with_deadline(request, state.call_deadline))
+            .await?
+            .into_inner()
+            .message
+    } else {
+        let request = pb::RemoveReactionRequest {
+            actor_id: caller.user_id,
+            conversation_id,
+            message_id,
+            emoji,
+        };
+        chat.remove_reaction(with_deadline(request, state.call_deadline))
+            .await?
+            .into_inner()
+            .message
     };
-    let answer = state
-        .chat_v2
-        .clone()
-        .remove_reaction(with_deadline(request, state.call_deadline))
-        .await?
-        .into_inner();
-    Ok(Json(view(answer.message)?))
+    Ok(Json(view(message)?))
 }

@@ -149,6 +149,29 @@ fn conversation_from(row: &Row) -> Conversation {
     }
 }
 
+/// Locks a message of the conversation for the rest of the transaction, when `actor` is a
+/// member (writes to one message are serialised, so each event carries its whole state).
+async fn lock_message(
+    tx: &Transaction<'_>,
+    conversation_id: Uuid,
+    message_id: Uuid,
+    actor: Uuid,
+) -> Result<Option<Message>, DbError> {
+    let row = tx
+        .query_opt(
+            &format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages msg
+                 WHERE msg.conversation_id = $1 AND msg.message_id = $2
+                   AND EXISTS (SELECT 1 FROM members m
+                               WHERE m.conversation_id = $1 AND m.user_id = $3)
+                 FOR UPDATE"
+            ),
+            &[&conversation_id, &message_id, &actor],
+        )
+        .await?;
+    Ok(row.as_ref().map(message_from))
+}
+
 /// Reads the reactions of `ids` and puts them on the matching `messages`.
 async fn fill_reactions(
     client: &impl deadpool_postgres::GenericClient,
@@ -565,22 +588,9 @@ impl ChatStore {
     ) -> Result<Changed, DbError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let row = tx
-            .query_opt(
-                &format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM messages msg
-                     WHERE msg.conversation_id = $1 AND msg.message_id = $2
-                       AND EXISTS (SELECT 1 FROM members m
-                                   WHERE m.conversation_id = $1 AND m.user_id = $3)
-                     FOR UPDATE"
-                ),
-                &[&conversation_id, &message_id, &actor],
-            )
-            .await?;
-        let Some(row) = row else {
+        let Some(current) = lock_message(&tx, conversation_id, message_id, actor).await? else {
             return Ok(Changed::NotFound);
         };
-        let current = message_from(&row);
         if current.sender_id != actor {
             return Ok(Changed::NotSender);
         }
@@ -644,22 +654,9 @@ impl ChatStore {
         let tx = client.transaction().await?;
         // Locking the message row serialises reactions on it, so each event carries the
         // complete, current set.
-        let row = tx
-            .query_opt(
-                &format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM messages msg
-                     WHERE msg.conversation_id = $1 AND msg.message_id = $2
-                       AND EXISTS (SELECT 1 FROM members m
-                                   WHERE m.conversation_id = $1 AND m.user_id = $3)
-                     FOR UPDATE"
-                ),
-                &[&conversation_id, &message_id, &actor],
-            )
-            .await?;
-        let Some(row) = row else {
+        let Some(mut message) = lock_message(&tx, conversation_id, message_id, actor).await? else {
             return Ok(Changed::NotFound);
         };
-        let mut message = message_from(&row);
         if message.deleted {
             return Ok(Changed::Deleted);
         }
