@@ -282,6 +282,23 @@ impl Conversations {
         Ok(messages)
     }
 
+    /// Replaces the text of the actor's message; returns it with its reactions (v2).
+    pub async fn edit_with_reactions(
+        &self,
+        actor_id: &str,
+        conversation_id: &str,
+        message_id: &str,
+        text: &str,
+    ) -> Result<Message, ChatError> {
+        let mut message = self
+            .edit(actor_id, conversation_id, message_id, text)
+            .await?;
+        self.store
+            .load_reactions(std::slice::from_mut(&mut message))
+            .await?;
+        Ok(message)
+    }
+
     /// Adds (`add`) or removes the actor's reaction; returns the message with its reactions.
     pub async fn react(
         &self,

@@ -72,6 +72,23 @@ impl pb::chat_service_server::ChatService for ChatV2Grpc {
         }))
     }
 
+    async fn edit_message(
+        &self,
+        request: Request<pb::EditMessageRequest>,
+    ) -> Result<Response<pb::EditMessageResponse>, Status> {
+        let r = request.into_inner();
+        let Content::Text(text) = content(r.content)? else {
+            return Err(Status::invalid_argument("an edit's content must be text"));
+        };
+        let message = self
+            .chat
+            .edit_with_reactions(&r.actor_id, &r.conversation_id, &r.message_id, &text)
+            .await?;
+        Ok(Response::new(pb::EditMessageResponse {
+            message: Some(message_v2_pb(&message)),
+        }))
+    }
+
     async fn add_reaction(
         &self,
         request: Request<pb::AddReactionRequest>,

@@ -304,3 +304,125 @@ async fn reactions_are_checked(
     )
     .await;
 }
+
+#[tokio::test]
+async fn v2_edits_keep_reactions_and_deletes_share_v1_s_contract() {
+    let stack = Stack::start().await;
+    let alice = stack.signed_up("alice").await;
+    let bob = stack.signed_up("bob").await;
+    let conversation = stack.group(&alice, &[&bob]).await;
+    let messages = format!("/api/v2/conversations/{conversation}/messages");
+    let sent: Value = stack
+        .post(
+            &messages,
+            &json!({"client_msg_id": "e1", "content": {"type": "text", "text": "helo"}}),
+            Some(&alice.access_token),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = sent["id"].as_str().unwrap();
+    reaction(
+        &stack,
+        reqwest::Method::POST,
+        &format!("{messages}/{id}/reactions/%F0%9F%98%80"),
+        &bob,
+    )
+    .await;
+    let patch = |body: Value| {
+        stack
+            .http
+            .patch(stack.url(&format!("{messages}/{id}")))
+            .bearer_auth(&alice.access_token)
+            .json(&body)
+            .send()
+    };
+    let edited: Value = patch(json!({"content": {"type": "text", "text": "hello"}}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(edited["content"], json!({"type": "text", "text": "hello"}));
+    assert!(edited["edited_at"].is_string());
+    assert_eq!(
+        edited["reactions"][0]["emoji"], "😀",
+        "an edit keeps the reactions"
+    );
+    let video = stack.create_video(&alice, &json!({"title": "clip"})).await;
+    assert_problem(
+        patch(json!({"content": {"type": "video", "video_id": video["id"]}}))
+            .await
+            .unwrap(),
+        400,
+        "invalid_argument",
+    )
+    .await;
+    let v1: Value = stack
+        .get(
+            &format!("/api/v1/conversations/{conversation}/messages"),
+            Some(&bob.access_token),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v1["messages"][0]["text"], "hello",
+        "v1 readers see the edit"
+    );
+
+    shared_videos_are_not_edited_and_deletes_are_v1_s(&stack, &messages, &alice, &video).await;
+}
+
+/// A shared video cannot be edited into text; delete is v1's handler under both prefixes.
+async fn shared_videos_are_not_edited_and_deletes_are_v1_s(
+    stack: &Stack,
+    messages: &str,
+    alice: &Session,
+    video: &Value,
+) {
+    let shared: Value = stack
+        .post(
+            messages,
+            &json!({"client_msg_id": "e2", "content": {"type": "video", "video_id": video["id"]}}),
+            Some(&alice.access_token),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let video_message = shared["id"].as_str().unwrap();
+    let refused = stack
+        .http
+        .patch(stack.url(&format!("{messages}/{video_message}")))
+        .bearer_auth(&alice.access_token)
+        .json(&json!({"content": {"type": "text", "text": "no"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(refused, 409, "conflict").await;
+
+    // Delete is v1's handler under both prefixes.
+    let deleted = stack
+        .http
+        .delete(stack.url(&format!("{messages}/{video_message}")))
+        .bearer_auth(&alice.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let v2: Value = stack
+        .get(messages, Some(&alice.access_token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v2["messages"][1]["deleted"], true);
+    assert_eq!(
+        v2["messages"][1]["content"],
+        json!({"type": "text", "text": ""}),
+        "a tombstone shares nothing"
+    );
+}

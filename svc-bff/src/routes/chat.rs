@@ -355,16 +355,18 @@ async fn edit(
         message_id,
         text: body.text,
     };
-    let answer = state
-        .chat
-        .clone()
-        .edit_message(with_deadline(request, state.call_deadline))
-        .await?
-        .into_inner();
+    let mut chat = state.chat.clone();
+    #[expect(
+        deprecated,
+        reason = "the v1 routes are the v1 adapter; they call v1 until its sunset"
+    )]
+    let edited = chat.edit_message(with_deadline(request, state.call_deadline));
+    let answer = edited.await?.into_inner();
     Ok(Json(message_view(answer.message)?))
 }
 
-async fn delete_message(
+/// 204: the message is a tombstone now (the same contract in v1 and v2).
+pub(crate) async fn delete_message(
     State(state): State<AppState>,
     caller: Caller,
     Path((id, message_id)): Path<(String, String)>,

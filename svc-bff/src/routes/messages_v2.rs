@@ -6,7 +6,7 @@ use axum::{
     Json, Router,
     extract::{Path, State},
     http::StatusCode,
-    routing::post,
+    routing::{patch, post},
 };
 use serde::{Deserialize, Serialize};
 use tertulia_plumbing::client::with_deadline;
@@ -24,6 +24,10 @@ use crate::{
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/conversations/{id}/messages", post(send).get(history))
+        .route(
+            "/conversations/{id}/messages/{message_id}",
+            patch(edit).delete(crate::routes::chat::delete_message),
+        )
         .route(
             "/conversations/{id}/messages/{message_id}/reactions/{emoji}",
             post(add_reaction).delete(remove_reaction),
@@ -95,6 +99,38 @@ async fn send(
         StatusCode::OK
     };
     Ok((status, Json(view(answer.message)?)))
+}
+
+#[derive(Debug, Deserialize)]
+struct EditBody {
+    content: ContentBody,
+}
+
+/// 200 with the edited message (text only: a shared video cannot be edited, 400).
+async fn edit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, message_id)): Path<(String, String)>,
+    JsonBody(body): JsonBody<EditBody>,
+) -> Result<Json<MessageViewV2>, ApiError> {
+    let ContentBody::Text { text } = body.content else {
+        return Err(ApiError::invalid_argument("an edit's content must be text"));
+    };
+    let request = pb::EditMessageRequest {
+        actor_id: caller.user_id,
+        conversation_id: id,
+        message_id,
+        content: Some(pb::Content {
+            kind: Some(pb::content::Kind::Text(pb::Text { text })),
+        }),
+    };
+    let answer = state
+        .chat_v2
+        .clone()
+        .edit_message(with_deadline(request, state.call_deadline))
+        .await?
+        .into_inner();
+    Ok(Json(view(answer.message)?))
 }
 
 #[derive(Debug, Serialize)]
