@@ -27,6 +27,9 @@ use tertulia_plumbing::token::TokenVerifier;
 
 use crate::{problem::ApiError, usage::ApiUsage};
 
+/// Longest `User-Agent` kept in usage counts.
+const MAX_USER_AGENT_CHARS: usize = 160;
+
 /// The built-in policy (`svc-bff/versions.toml`).
 pub const DEFAULT_POLICY: &str = include_str!("../versions.toml");
 
@@ -249,11 +252,14 @@ impl Gate {
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .map(|t| t.trim().to_owned());
-        let user_agent = headers
+        // Bounded: the client names its counter, and a counter's key must stay short.
+        let user_agent: String = headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
-            .to_owned();
+            .chars()
+            .take(MAX_USER_AGENT_CHARS)
+            .collect();
         let subject = match token {
             Some(token) => self
                 .verifier

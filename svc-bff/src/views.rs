@@ -175,6 +175,12 @@ impl VideoView {
     pub fn has_media(&self) -> bool {
         matches!(self.status, "processing" | "ready")
     }
+
+    /// Its id.
+    #[must_use]
+    pub fn id(&self) -> &str {
+        &self.id
+    }
 }
 
 /// A message as v2 shows it: structured content and reactions.

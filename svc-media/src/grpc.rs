@@ -1,7 +1,7 @@
 //! `tertulia.media.v1.MediaService`: upload URLs, signed playback URLs, media removal.
 //! The bytes themselves travel over HTTP (see [`crate::uploads`] and [`crate::origin`]).
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use tertulia_plumbing::{error as status, wire::timestamp};
 use tertulia_proto::media::v1 as pb;
@@ -28,6 +28,56 @@ impl MediaGrpc {
 fn id(raw: &str, what: &str) -> Result<Uuid, Status> {
     raw.parse()
         .map_err(|_| Status::invalid_argument(format!("{what} is not a valid id")))
+}
+
+/// Most videos signed in one call (a page of the largest size).
+const MAX_BATCH: usize = 200;
+
+impl MediaGrpc {
+    /// Signed URLs for every video of `ids` whose file arrived, by video id.
+    async fn playbacks(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<HashMap<String, pb::GetPlaybackResponse>, Status> {
+        let playable = self
+            .media
+            .store
+            .playable(ids)
+            .await
+            .map_err(|e| status::unavailable(&e))?;
+        let expires_at = expiry(self.media.playback_ttl());
+        Ok(playable
+            .into_iter()
+            .map(|(video_id, processed)| {
+                let token = self
+                    .media
+                    .signer
+                    .playback(video_id, expires_at.unix_timestamp());
+                let url = |path: &str| {
+                    format!(
+                        "{}/media/{video_id}/{path}?{}",
+                        self.media.public_url,
+                        token.query()
+                    )
+                };
+                let playback = pb::GetPlaybackResponse {
+                    hls_url: if processed {
+                        url("hls/master.m3u8")
+                    } else {
+                        String::new()
+                    },
+                    mp4_url: url("original"),
+                    thumbnail_url: if processed {
+                        url("thumbnail.jpg")
+                    } else {
+                        String::new()
+                    },
+                    expires_at: Some(timestamp(expires_at)),
+                };
+                (video_id.to_string(), playback)
+            })
+            .collect())
+    }
 }
 
 fn expiry(ttl: Duration) -> OffsetDateTime {
@@ -61,48 +111,29 @@ impl pb::media_service_server::MediaService for MediaGrpc {
         request: Request<pb::GetPlaybackRequest>,
     ) -> Result<Response<pb::GetPlaybackResponse>, Status> {
         let video_id = id(&request.into_inner().video_id, "video_id")?;
-        let unavailable = |e: &tertulia_plumbing::postgres::DbError| status::unavailable(e);
-        let Some(video) = self
-            .media
-            .store
-            .video(video_id)
-            .await
-            .map_err(|e| unavailable(&e))?
-        else {
-            return Ok(Response::new(pb::GetPlaybackResponse::default()));
-        };
-        let expires_at = expiry(self.media.playback_ttl());
-        let token = self
-            .media
-            .signer
-            .playback(video_id, expires_at.unix_timestamp());
-        let url = |path: &str| {
-            format!(
-                "{}/media/{video_id}/{path}?{}",
-                self.media.public_url,
-                token.query()
-            )
-        };
-        let processed = self
-            .media
-            .store
-            .transcode(&video.content_hash)
-            .await
-            .map_err(|e| unavailable(&e))?
-            .is_some_and(|t| !t.renditions.is_empty());
-        Ok(Response::new(pb::GetPlaybackResponse {
-            hls_url: if processed {
-                url("hls/master.m3u8")
-            } else {
-                String::new()
-            },
-            mp4_url: url("original"),
-            thumbnail_url: if processed {
-                url("thumbnail.jpg")
-            } else {
-                String::new()
-            },
-            expires_at: Some(timestamp(expires_at)),
+        let mut playbacks = self.playbacks(&[video_id]).await?;
+        Ok(Response::new(
+            playbacks.remove(&video_id.to_string()).unwrap_or_default(),
+        ))
+    }
+
+    async fn get_playbacks(
+        &self,
+        request: Request<pb::GetPlaybacksRequest>,
+    ) -> Result<Response<pb::GetPlaybacksResponse>, Status> {
+        let ids = request
+            .into_inner()
+            .video_ids
+            .iter()
+            .map(|raw| id(raw, "video_ids"))
+            .collect::<Result<Vec<_>, _>>()?;
+        if ids.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_BATCH} video_ids"
+            )));
+        }
+        Ok(Response::new(pb::GetPlaybacksResponse {
+            playbacks: self.playbacks(&ids).await?,
         }))
     }
 

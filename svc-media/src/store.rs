@@ -316,6 +316,24 @@ impl MediaStore {
         }))
     }
 
+    /// Of `video_ids`, those whose file arrived, and whether a rendition of it plays yet: one
+    /// query for a whole page of videos.
+    pub async fn playable(&self, video_ids: &[Uuid]) -> Result<Vec<(Uuid, bool)>, DbError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT v.video_id,
+                        EXISTS (SELECT 1 FROM transcodes t
+                                WHERE t.content_hash = v.content_hash
+                                  AND jsonb_array_length(t.renditions) > 0) AS processed
+                 FROM videos v WHERE v.video_id = ANY($1)",
+                &[&video_ids],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// Marks the upload event as published.
     pub async fn mark_announced(&self, video_id: Uuid) -> Result<(), DbError> {
         self.client()

@@ -28,11 +28,12 @@ async fn gateway(stack: &Stack, clock: Arc<ManualClock>) -> std::net::SocketAddr
     let file = std::env::temp_dir().join(format!("{}.toml", unique_name("versions")));
     std::fs::write(&file, POLICY).unwrap();
     let mut config = stack.bff_config.clone();
-    config.versions_file = Some(file);
+    config.versions_file = Some(file.clone());
     config.admin_token = Some(ADMIN_TOKEN.to_owned().into());
     let app = svc_bff::App::build_with_clock(config, clock)
         .await
         .expect("the gateway starts");
+    let _ = std::fs::remove_file(file);
     let addr = app.http_addr();
     tokio::spawn(app.run(tertulia_plumbing::shutdown::Shutdown::new()));
     addr

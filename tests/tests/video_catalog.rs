@@ -100,9 +100,11 @@ async fn visibility_is_enforced_for_owner_others_and_anonymous() {
     );
 
     // Lists: others and anonymous see public, ready videos; the owner sees all of theirs.
-    assert_eq!(
-        ids(&json_of(list(&stack, "", None).await).await),
-        std::slice::from_ref(&public)
+    let anonymous = json_of(list(&stack, "", None).await).await;
+    assert_eq!(ids(&anonymous), std::slice::from_ref(&public));
+    assert!(
+        anonymous["videos"][0]["playback"]["hls_url"].is_string(),
+        "listed videos carry signed URLs: {anonymous}"
     );
     assert_eq!(
         ids(&json_of(list(&stack, "", Some(&bob)).await).await),

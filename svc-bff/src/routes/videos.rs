@@ -9,7 +9,6 @@ use axum::{
     http::StatusCode,
     routing::{get, post},
 };
-use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tertulia_plumbing::client::with_deadline;
 use tertulia_proto::{catalog::v1 as pb, media::v1 as media_pb};
@@ -20,9 +19,6 @@ use crate::{
     problem::ApiError,
     views::{PlaybackView, VideoView, rfc3339},
 };
-
-/// Playback URLs signed at once while answering a list.
-const SIGNING_CONCURRENCY: usize = 16;
 
 /// The routes of this module, relative to `/api/v1`.
 pub fn router() -> Router<AppState> {
@@ -49,31 +45,44 @@ fn video_of(v: Option<pb::Video>) -> Result<VideoView, ApiError> {
         .ok_or_else(|| ApiError::unavailable("svc-catalog answered without a video"))
 }
 
-/// Adds signed media URLs to a video that has a file.
-async fn with_playback(
-    state: &AppState,
-    id: &str,
-    mut video: VideoView,
-) -> Result<VideoView, ApiError> {
-    if !video.has_media() {
-        return Ok(video);
+/// Adds signed media URLs to the videos that have a file: one call for all of them.
+async fn with_playback(state: &AppState, videos: &mut [VideoView]) -> Result<(), ApiError> {
+    let video_ids: Vec<String> = videos
+        .iter()
+        .filter(|v| v.has_media())
+        .map(|v| v.id().to_owned())
+        .collect();
+    if video_ids.is_empty() {
+        return Ok(());
     }
-    let request = media_pb::GetPlaybackRequest {
-        video_id: id.to_owned(),
-    };
-    let p = state
+    let request = media_pb::GetPlaybacksRequest { video_ids };
+    let mut playbacks = state
         .media
         .clone()
-        .get_playback(with_deadline(request, state.call_deadline))
+        .get_playbacks(with_deadline(request, state.call_deadline))
         .await?
-        .into_inner();
+        .into_inner()
+        .playbacks;
     let some = |s: String| Some(s).filter(|s| !s.is_empty());
-    video.thumbnail_url = some(p.thumbnail_url);
-    video.playback = PlaybackView {
-        hls_url: some(p.hls_url),
-        mp4_url: some(p.mp4_url),
-        expires_at: rfc3339(p.expires_at.as_ref()),
-    };
+    for video in videos {
+        let Some(p) = playbacks.remove(video.id()) else {
+            continue;
+        };
+        video.thumbnail_url = some(p.thumbnail_url);
+        video.playback = PlaybackView {
+            hls_url: some(p.hls_url),
+            mp4_url: some(p.mp4_url),
+            expires_at: rfc3339(p.expires_at.as_ref()),
+        };
+    }
+    Ok(())
+}
+
+/// One video with its signed media URLs.
+async fn signed(state: &AppState, video: VideoView) -> Result<VideoView, ApiError> {
+    let mut one = [video];
+    with_playback(state, &mut one).await?;
+    let [video] = one;
     Ok(video)
 }
 
@@ -217,9 +226,7 @@ async fn get_one(
         .get_video(with_deadline(request, state.call_deadline))
         .await?
         .into_inner();
-    Ok(Json(
-        with_playback(&state, &id, video_of(answer.video)?).await?,
-    ))
+    Ok(Json(signed(&state, video_of(answer.video)?).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,17 +268,8 @@ async fn list(
         .list_videos(with_deadline(request, state.call_deadline))
         .await?
         .into_inner();
-    let state = &state;
-    let videos: Vec<VideoView> = futures::stream::iter(answer.videos)
-        .map(|v| async move {
-            let id = v.video_id.clone();
-            with_playback(state, &id, VideoView::from(v)).await
-        })
-        .buffered(SIGNING_CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+    let mut videos: Vec<VideoView> = answer.videos.into_iter().map(VideoView::from).collect();
+    with_playback(&state, &mut videos).await?;
     Ok(Json(VideoPage {
         videos,
         next_page_token: Some(answer.next_page_token).filter(|t| !t.is_empty()),
@@ -306,9 +304,7 @@ async fn update(
         .update_video(with_deadline(request, state.call_deadline))
         .await?
         .into_inner();
-    Ok(Json(
-        with_playback(&state, &id, video_of(answer.video)?).await?,
-    ))
+    Ok(Json(signed(&state, video_of(answer.video)?).await?))
 }
 
 /// 204: the video is gone for everyone; its media is removed now or by the reconciler.
