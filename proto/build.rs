@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "tertulia/chat/v2/chat.proto",
     "tertulia/presence/v1/presence.proto",
     "tertulia/catalog/v1/catalog.proto",
+    "tertulia/catalog/v2/catalog.proto",
     "tertulia/media/v1/media.proto",
     "tertulia/events/v1/events.proto",
 ];

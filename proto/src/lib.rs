@@ -50,6 +50,11 @@ pub mod catalog {
     pub mod v1 {
         tonic::include_proto!("tertulia.catalog.v1");
     }
+    /// Version 2: search with several tags, an explicit order and relevance (search only;
+    /// the rest stays in v1).
+    pub mod v2 {
+        tonic::include_proto!("tertulia.catalog.v2");
+    }
 }
 
 /// `tertulia.media.*`: uploads, playback, media removal.

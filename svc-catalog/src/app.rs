@@ -5,14 +5,20 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use secrecy::ExposeSecret as _;
 use tertulia_plumbing::{StartError, client, grpc::GrpcServer, nats, postgres, shutdown::Shutdown};
-use tertulia_proto::{catalog::v1::catalog_service_server::CatalogServiceServer, subjects};
+use tertulia_proto::{
+    catalog::{
+        v1::catalog_service_server::CatalogServiceServer,
+        v2::catalog_service_server::CatalogServiceServer as CatalogV2ServiceServer,
+    },
+    subjects,
+};
 
 use crate::{
     catalog::Catalog,
     config::{CatalogConfig, StoreKind},
     deletion::Deletion,
     events,
-    grpc::CatalogGrpc,
+    grpc::{CatalogGrpc, CatalogV2Grpc},
     store::{
         VideoStore,
         mongo::MongoVideos,
@@ -72,6 +78,9 @@ impl App {
             .add_service(CatalogServiceServer::new(CatalogGrpc::new(
                 catalog.clone(),
                 deletion.clone(),
+            )))
+            .add_service(CatalogV2ServiceServer::new(CatalogV2Grpc::new(
+                catalog.clone(),
             )));
         Ok(Self {
             grpc,

@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
-    domain::{Invalid, MediaEvent, Search, Video, VideoChanges, page_token},
+    domain::{Hit, Invalid, MAX_TAGS, MediaEvent, Order, Search, Video, VideoChanges, page_token},
     error::CatalogError,
     store::VideoStore,
 };
@@ -22,22 +22,27 @@ const ATTEMPTS: usize = 5;
 /// A page of search results.
 #[derive(Debug)]
 pub struct Page {
-    /// The videos, newest first.
-    pub videos: Vec<Video>,
+    /// The results, in `order`.
+    pub hits: Vec<Hit>,
     /// Resumes after the last one, when more may follow.
     pub next_page_token: Option<String>,
+    /// The order applied.
+    pub order: Order,
 }
 
-/// What a list call asks for, raw from the wire.
+/// What a search asks for, raw from the wire (v1 `ListVideos` is the special case of at
+/// most one tag, newest first).
 #[derive(Debug, Default)]
-pub struct ListRequest {
+pub struct SearchRequest {
     /// Full-text query (empty: none).
     pub query: String,
-    /// Tag filter (empty: none).
-    pub tag: String,
+    /// Only videos with every one of these tags (empty strings ignored).
+    pub tags: Vec<String>,
     /// Owner filter (empty: none).
     pub owner_id: String,
-    /// Opaque cursor (empty: first page).
+    /// The order (`None`: relevance with a query, newest first without).
+    pub order: Option<Order>,
+    /// Opaque cursor of the same order (empty: first page).
     pub page_token: String,
     /// Page size (0: default).
     pub limit: usize,
@@ -111,7 +116,11 @@ impl Catalog {
     }
 
     /// Searches what `actor_id` may list.
-    pub async fn list(&self, actor_id: &str, request: ListRequest) -> Result<Page, CatalogError> {
+    pub async fn search(
+        &self,
+        actor_id: &str,
+        request: SearchRequest,
+    ) -> Result<Page, CatalogError> {
         let limit = match request.limit {
             0 => DEFAULT_PAGE,
             n if n <= MAX_PAGE => n,
@@ -128,29 +137,50 @@ impl Catalog {
                     .map_err(|_| Invalid("owner_id is not a valid id".into()))?,
             ),
         };
-        let before = match non_empty(request.page_token) {
+        let mut tags: Vec<String> = Vec::new();
+        for tag in request.tags.into_iter().filter_map(non_empty) {
+            let tag = tag.to_lowercase();
+            if !tags.contains(&tag) {
+                tags.push(tag);
+            }
+        }
+        if tags.len() > MAX_TAGS {
+            return Err(Invalid(format!("at most {MAX_TAGS} tags")).into());
+        }
+        let text = non_empty(request.query);
+        let order = match (request.order, &text) {
+            (Some(Order::Relevance), None) => {
+                return Err(Invalid("ordering by relevance needs a query".into()).into());
+            }
+            (Some(order), _) => order,
+            (None, Some(_)) => Order::Relevance,
+            (None, None) => Order::Newest,
+        };
+        let after = match non_empty(request.page_token) {
             None => None,
-            Some(t) => Some(page_token::decode(&t)?),
+            Some(t) => Some(page_token::decode(&t, order)?),
         };
         let search = Search {
             viewer: viewer(actor_id)?,
-            text: non_empty(request.query),
-            tag: non_empty(request.tag).map(|t| t.to_lowercase()),
+            text,
+            tags,
             owner_id,
-            before,
+            order,
+            after,
             // One more than asked tells whether another page follows.
             limit: limit + 1,
         };
-        let mut videos = self.store.search(&search).await?;
-        let next_page_token = if videos.len() > limit {
-            videos.truncate(limit);
-            videos.last().map(|v| page_token::encode(v.id))
+        let mut hits = self.store.search(&search).await?;
+        let next_page_token = if hits.len() > limit {
+            hits.truncate(limit);
+            hits.last().map(|h| page_token::encode(h.cursor(order)))
         } else {
             None
         };
         Ok(Page {
-            videos,
+            hits,
             next_page_token,
+            order,
         })
     }
 

@@ -1,5 +1,6 @@
 //! svc-catalog owns video metadata and search. It serves `tertulia.catalog.v1.CatalogService`
-//! over gRPC.
+//! and, beside it, `tertulia.catalog.v2.CatalogService` (search with several tags and
+//! relevance order) over gRPC: one core, v1 `ListVideos` an adapter over the v2 search.
 //!
 //! Videos are documents in a store behind one trait ([`store::VideoStore`]): PostgreSQL
 //! JSONB with full-text search (the default) or MongoDB with a text index; both pass one

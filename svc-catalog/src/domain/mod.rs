@@ -290,27 +290,54 @@ fn tags(raw: &[String]) -> Result<Vec<String>, Invalid> {
     Ok(out)
 }
 
+/// How results are ordered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Order {
+    /// Newest first (UUIDv7 ids sort by creation time).
+    #[default]
+    Newest,
+    /// Best text match first (needs a query), ties newest first.
+    Relevance,
+}
+
+/// Where the next page resumes: after the last result of the previous one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cursor {
+    /// Videos older than this one.
+    Newest(Uuid),
+    /// Videos ranked after this score and id: a lower score, or the same score and older.
+    Relevance {
+        /// The last result's relevance, exactly as the store computed it.
+        score: f64,
+        /// The last result's id.
+        id: Uuid,
+    },
+}
+
 /// A search over what one viewer may list: their own videos in any state, and others'
-/// public videos once ready. Newest first.
+/// public videos once ready.
 #[derive(Debug, Clone, Default)]
 pub struct Search {
     /// Who is asking (`None`: anonymous).
     pub viewer: Option<Uuid>,
     /// Full-text query over title, description and tags.
     pub text: Option<String>,
-    /// Only videos with this tag.
-    pub tag: Option<String>,
+    /// Only videos carrying every one of these tags (lower case).
+    pub tags: Vec<String>,
     /// Only videos of this owner.
     pub owner_id: Option<Uuid>,
-    /// Keyset cursor: only videos with a smaller id (older).
-    pub before: Option<Uuid>,
+    /// The order of results ([`Order::Relevance`] needs `text`).
+    pub order: Order,
+    /// Keyset cursor of the same order: resume after it.
+    pub after: Option<Cursor>,
     /// Most results.
     pub limit: usize,
 }
 
 impl Search {
-    /// Whether `video` belongs in this search's results, text aside (stores match text
-    /// with their own index). The rule both stores implement in their query language.
+    /// Whether `video` belongs in this search's results, text and relevance aside (stores
+    /// match and rank text with their own index). The rule both stores implement in their
+    /// query language.
     #[must_use]
     pub fn admits(&self, video: &Video) -> bool {
         let listable = !video.deleted
@@ -318,34 +345,81 @@ impl Search {
                 || (video.visibility == Visibility::Public && video.status == Status::Ready));
         listable
             && self.owner_id.is_none_or(|o| o == video.owner_id)
-            && self.tag.as_ref().is_none_or(|t| video.tags.contains(t))
-            && self.before.is_none_or(|b| video.id < b)
+            && self.tags.iter().all(|t| video.tags.contains(t))
+            && match self.after {
+                Some(Cursor::Newest(before)) => video.id < before,
+                _ => true,
+            }
     }
 }
 
-/// Opaque page tokens: the id of the last video of the previous page.
+/// One search result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    /// The video.
+    pub video: Video,
+    /// How well it matches the query (0 when ordered newest first).
+    pub relevance: f64,
+}
+
+impl Hit {
+    /// The cursor that resumes after this hit in `order`.
+    #[must_use]
+    pub fn cursor(&self, order: Order) -> Cursor {
+        match order {
+            Order::Newest => Cursor::Newest(self.video.id),
+            Order::Relevance => Cursor::Relevance {
+                score: self.relevance,
+                id: self.video.id,
+            },
+        }
+    }
+}
+
+/// Opaque page tokens: the cursor after the last result of the previous page. Tokens of
+/// newest-first pages keep the format v1 always issued (`v1:<id>`), so old tokens still
+/// work; relevance tokens carry the score exactly (`r1:<score>:<id>`).
 pub mod page_token {
     use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-    use uuid::Uuid;
 
-    use super::Invalid;
+    use super::{Cursor, Invalid, Order};
 
-    const PREFIX: &str = "v1:";
+    const NEWEST: &str = "v1:";
+    const RELEVANCE: &str = "r1:";
 
-    /// The token that resumes after `last`.
+    /// The token that resumes after `cursor`.
     #[must_use]
-    pub fn encode(last: Uuid) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{PREFIX}{last}"))
+    pub fn encode(cursor: Cursor) -> String {
+        let raw = match cursor {
+            Cursor::Newest(id) => format!("{NEWEST}{id}"),
+            // `{}` of an f64 parses back to the same f64.
+            Cursor::Relevance { score, id } => format!("{RELEVANCE}{score}:{id}"),
+        };
+        URL_SAFE_NO_PAD.encode(raw)
     }
 
-    /// The cursor inside a token.
-    pub fn decode(token: &str) -> Result<Uuid, Invalid> {
-        let bad = || Invalid("page_token is not valid".into());
+    /// The cursor inside a token, which must belong to `order`.
+    pub fn decode(token: &str, order: Order) -> Result<Cursor, Invalid> {
+        let bad = || Invalid("page_token is not valid for this search".into());
         let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
         let text = String::from_utf8(raw).map_err(|_| bad())?;
-        text.strip_prefix(PREFIX)
-            .and_then(|id| id.parse().ok())
-            .ok_or_else(bad)
+        let cursor = match order {
+            Order::Newest => text
+                .strip_prefix(NEWEST)
+                .and_then(|id| id.parse().ok())
+                .map(Cursor::Newest),
+            Order::Relevance => text
+                .strip_prefix(RELEVANCE)
+                .and_then(|rest| rest.split_once(':'))
+                .and_then(|(score, id)| {
+                    let score: f64 = score.parse().ok().filter(|s: &f64| s.is_finite())?;
+                    Some(Cursor::Relevance {
+                        score,
+                        id: id.parse().ok()?,
+                    })
+                }),
+        };
+        cursor.ok_or_else(bad)
     }
 }
 
@@ -457,8 +531,28 @@ mod tests {
     #[test]
     fn page_tokens_round_trip_and_reject_garbage() {
         let id = Uuid::now_v7();
-        assert_eq!(page_token::decode(&page_token::encode(id)).unwrap(), id);
-        assert!(page_token::decode("nope").is_err());
-        assert!(page_token::decode("").is_err());
+        let newest = Cursor::Newest(id);
+        assert_eq!(
+            page_token::decode(&page_token::encode(newest), Order::Newest).unwrap(),
+            newest
+        );
+        let ranked = Cursor::Relevance {
+            score: 0.1 + 0.2,
+            id,
+        };
+        assert_eq!(
+            page_token::decode(&page_token::encode(ranked), Order::Relevance).unwrap(),
+            ranked,
+            "the score survives exactly"
+        );
+        assert!(
+            page_token::decode(&page_token::encode(newest), Order::Relevance).is_err(),
+            "a token belongs to its order"
+        );
+        assert!(page_token::decode(&page_token::encode(ranked), Order::Newest).is_err());
+        for garbage in ["nope", "", "cjE6TmFOOng"] {
+            assert!(page_token::decode(garbage, Order::Newest).is_err());
+            assert!(page_token::decode(garbage, Order::Relevance).is_err());
+        }
     }
 }

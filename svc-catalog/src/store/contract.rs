@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::VideoStore;
 use crate::domain::{
-    Rendition, Search,
+    Cursor, Hit, Order, Rendition, Search,
     Status::{self, AwaitingUpload, Processing, Ready},
     Video, VideoChanges,
     Visibility::{self, Private, Public, Unlisted},
@@ -37,8 +37,8 @@ fn video(
     v
 }
 
-fn ids(videos: &[Video]) -> Vec<Uuid> {
-    videos.iter().map(|v| v.id).collect()
+fn ids(hits: &[Hit]) -> Vec<Uuid> {
+    hits.iter().map(|h| h.video.id).collect()
 }
 
 async fn search(store: &dyn VideoStore, search: Search) -> Vec<Uuid> {
@@ -57,6 +57,7 @@ pub async fn run(store: &dyn VideoStore) {
     let cats = round_trip_and_replace(store, alice).await;
     let bobs_ready = visibility_and_search(store, alice, bob, &cats).await;
     pagination(store).await;
+    relevance_and_tags(store).await;
     tombstones(store, &bobs_ready, &cats).await;
 }
 
@@ -215,7 +216,7 @@ async fn visibility_and_search(
     // Filters and full text (title, tags, description; stemmed).
     let by_tag = |tag: &str, viewer| Search {
         viewer,
-        tag: Some(tag.into()),
+        tags: vec![tag.into()],
         ..Search::default()
     };
     assert_eq!(
@@ -287,19 +288,19 @@ async fn pagination(store: &dyn VideoStore) {
     }
     all.reverse();
     let mut pages = Vec::new();
-    let mut before = None;
+    let mut after = None;
     loop {
         let page = store
             .search(&Search {
                 owner_id: Some(carol),
-                before,
+                after,
                 limit: 3,
                 ..Search::default()
             })
             .await
             .expect("page");
         let done = page.len() < 3;
-        before = page.last().map(|v| v.id);
+        after = page.last().map(|h| Cursor::Newest(h.video.id));
         pages.extend(ids(&page));
         if done {
             break;
@@ -308,10 +309,109 @@ async fn pagination(store: &dyn VideoStore) {
     assert_eq!(pages, all, "pages");
 }
 
+/// Relevance order (title over tags over description, ties newest first) pages by its own
+/// cursor without duplicates or gaps; several tags must all match.
+async fn relevance_and_tags(store: &dyn VideoStore) {
+    let dave = Uuid::now_v7();
+    // Inserted best match first, so newest-first order would be the reverse.
+    let in_title = video(
+        dave,
+        "Harpsichord basics",
+        "",
+        &["baroque", "lesson"],
+        Public,
+        Ready,
+    );
+    let in_tags = video(
+        dave,
+        "Lesson two",
+        "",
+        &["harpsichord", "lesson"],
+        Public,
+        Ready,
+    );
+    let in_description = video(
+        dave,
+        "Lesson three",
+        "a harpsichord piece",
+        &["lesson"],
+        Public,
+        Ready,
+    );
+    let twin = video(
+        dave,
+        "Lesson four",
+        "a harpsichord piece",
+        &["lesson"],
+        Public,
+        Ready,
+    );
+    for v in [&in_title, &in_tags, &in_description, &twin] {
+        store.insert(v).await.expect("insert");
+    }
+    let ranked = Search {
+        text: Some("harpsichord".into()),
+        order: Order::Relevance,
+        ..Search::default()
+    };
+    let hits = store
+        .search(&Search {
+            limit: 10,
+            ..ranked.clone()
+        })
+        .await
+        .expect("ranked");
+    assert_eq!(
+        ids(&hits),
+        [in_title.id, in_tags.id, twin.id, in_description.id],
+        "title, then tags, then description; equal scores newest first"
+    );
+    assert!(
+        hits.windows(2).all(|w| w[0].relevance >= w[1].relevance) && hits[3].relevance > 0.0,
+        "scores are positive and descending: {hits:?}"
+    );
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .search(&Search {
+                after,
+                limit: 1,
+                ..ranked.clone()
+            })
+            .await
+            .expect("page");
+        let Some(last) = page.last() else { break };
+        after = Some(last.cursor(Order::Relevance));
+        paged.extend(ids(&page));
+    }
+    assert_eq!(paged, ids(&hits), "pages of one in relevance order");
+
+    let tagged = |tags: &[&str]| Search {
+        owner_id: Some(dave),
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        ..Search::default()
+    };
+    assert_eq!(
+        search(store, tagged(&["lesson", "baroque"])).await,
+        [in_title.id],
+        "every tag must match"
+    );
+    assert_eq!(
+        search(store, tagged(&["lesson"])).await,
+        [twin.id, in_description.id, in_tags.id, in_title.id]
+    );
+    assert!(
+        search(store, tagged(&["lesson", "nothing"]))
+            .await
+            .is_empty()
+    );
+}
+
 /// Tombstones leave every listing, stay findable for the saga, then go.
 async fn tombstones(store: &dyn VideoStore, bobs_ready: &Video, cats: &Video) {
     let by_tag = |tag: &str| Search {
-        tag: Some(tag.into()),
+        tags: vec![tag.into()],
         ..Search::default()
     };
 
@@ -326,7 +426,13 @@ async fn tombstones(store: &dyn VideoStore, bobs_ready: &Video, cats: &Video) {
     );
     assert_eq!(search(store, by_tag("music")).await, [cats.id]);
     assert_eq!(
-        ids(&store.tombstoned(10).await.expect("tombstoned")),
+        store
+            .tombstoned(10)
+            .await
+            .expect("tombstoned")
+            .iter()
+            .map(|v| v.id)
+            .collect::<Vec<_>>(),
         [gone.id]
     );
     store.remove(gone.id).await.expect("remove");

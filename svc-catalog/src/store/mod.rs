@@ -10,7 +10,7 @@ pub mod postgres;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::domain::{Search, Video};
+use crate::domain::{Hit, Search, Video};
 
 /// A store failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +34,9 @@ pub trait VideoStore: Send + Sync + 'static {
     /// (optimistic concurrency: an owner's edit and a media event never overwrite each other).
     /// Returns whether it did.
     async fn replace(&self, video: &Video, expected_revision: i64) -> Result<bool, StoreError>;
-    /// Videos matching `search`, newest first, at most `search.limit`.
-    async fn search(&self, search: &Search) -> Result<Vec<Video>, StoreError>;
+    /// Videos matching `search` in its order, at most `search.limit`. Relevance ranks the
+    /// text match (title over tags over description); ties and newest-first go by id.
+    async fn search(&self, search: &Search) -> Result<Vec<Hit>, StoreError>;
     /// Tombstoned videos (media removal still to confirm), oldest first.
     async fn tombstoned(&self, limit: usize) -> Result<Vec<Video>, StoreError>;
     /// Forgets a video for good (after its media is gone).

@@ -13,7 +13,10 @@ use mongodb::{
 use uuid::Uuid;
 
 use super::{StoreError, VideoStore};
-use crate::domain::{Search, Video};
+use crate::domain::{Cursor, Hit, Order, Search, Video};
+
+/// The field a relevance search ranks by (never stored).
+const RELEVANCE: &str = "_relevance";
 
 /// Videos in MongoDB.
 #[derive(Clone)]
@@ -130,7 +133,7 @@ impl VideoStore for MongoVideos {
         Ok(result.matched_count == 1)
     }
 
-    async fn search(&self, search: &Search) -> Result<Vec<Video>, StoreError> {
+    async fn search(&self, search: &Search) -> Result<Vec<Hit>, StoreError> {
         // The same rule as `Search::admits`, as a query document.
         let mut may_list = vec![doc! {"visibility": "public", "status": "ready"}];
         if let Some(viewer) = search.viewer {
@@ -140,16 +143,58 @@ impl VideoStore for MongoVideos {
         if let Some(owner) = search.owner_id {
             filter.insert("owner_id", owner.to_string());
         }
-        if let Some(tag) = &search.tag {
-            filter.insert("tags", tag);
+        if !search.tags.is_empty() {
+            filter.insert("tags", doc! {"$all": &search.tags});
         }
         if let Some(text) = &search.text {
             filter.insert("$text", doc! {"$search": text});
         }
-        if let Some(before) = search.before {
-            filter.insert("_id", doc! {"$lt": before.to_string()});
-        }
-        self.find(filter, doc! {"_id": -1}, search.limit).await
+        let limit = i64::try_from(search.limit).unwrap_or(i64::MAX);
+        let pipeline = match (search.order, search.after) {
+            (Order::Relevance, after) => {
+                let mut stages = vec![
+                    doc! {"$match": filter},
+                    doc! {"$addFields": {RELEVANCE: {"$meta": "textScore"}}},
+                ];
+                if let Some(Cursor::Relevance { score, id }) = after {
+                    stages.push(doc! {"$match": {"$or": [
+                        {RELEVANCE: {"$lt": score}},
+                        {RELEVANCE: score, "_id": {"$lt": id.to_string()}},
+                    ]}});
+                }
+                stages.push(doc! {"$sort": {RELEVANCE: -1, "_id": -1}});
+                stages.push(doc! {"$limit": limit});
+                stages
+            }
+            (Order::Newest, after) => {
+                if let Some(Cursor::Newest(before)) = after {
+                    filter.insert("_id", doc! {"$lt": before.to_string()});
+                }
+                vec![
+                    doc! {"$match": filter},
+                    doc! {"$sort": {"_id": -1}},
+                    doc! {"$limit": limit},
+                ]
+            }
+        };
+        let documents: Vec<Document> = self
+            .videos
+            .aggregate(pipeline)
+            .await
+            .map_err(|e| failed(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| failed(&e))?;
+        documents
+            .into_iter()
+            .map(|mut d| {
+                let relevance = d.remove(RELEVANCE).and_then(|r| r.as_f64()).unwrap_or(0.0);
+                Ok(Hit {
+                    video: decode(d)?,
+                    relevance,
+                })
+            })
+            .collect()
     }
 
     async fn tombstoned(&self, limit: usize) -> Result<Vec<Video>, StoreError> {

@@ -6,11 +6,11 @@
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use tertulia_plumbing::postgres::{DbError, Migration};
-use tokio_postgres::types::Json;
+use tokio_postgres::types::{Json, ToSql};
 use uuid::Uuid;
 
 use super::{StoreError, VideoStore};
-use crate::domain::{Search, Video};
+use crate::domain::{Cursor, Hit, Order, Search, Video};
 
 /// Schema migrations, applied in order at start.
 pub const MIGRATIONS: &[Migration] = &[Migration {
@@ -112,35 +112,60 @@ impl VideoStore for PostgresVideos {
         Ok(n == 1)
     }
 
-    async fn search(&self, search: &Search) -> Result<Vec<Video>, StoreError> {
-        // The same rule as `Search::admits`, in SQL.
+    async fn search(&self, search: &Search) -> Result<Vec<Hit>, StoreError> {
+        // The same rule as `Search::admits`, in SQL; `$4` is the query (or NULL).
+        const LISTABLE: &str = "NOT deleted
+               AND (owner_id = $1::uuid
+                    OR (doc->>'visibility' = 'public' AND doc->>'status' = 'ready'))
+               AND ($2::uuid IS NULL OR owner_id = $2)
+               AND doc->'tags' @> $3::jsonb
+               AND ($4::text IS NULL OR search @@ websearch_to_tsquery('english', $4))";
         let limit = i64::try_from(search.limit).unwrap_or(i64::MAX);
+        let tags = Json(&search.tags);
+        let (score, id) = match search.after {
+            Some(Cursor::Relevance { score, id }) => (Some(score), Some(id)),
+            Some(Cursor::Newest(id)) => (None, Some(id)),
+            None => (None, None),
+        };
+        let mut params: Vec<&(dyn ToSql + Sync)> =
+            vec![&search.viewer, &search.owner_id, &tags, &search.text];
+        let sql = match search.order {
+            Order::Newest => {
+                params.extend([&id as &(dyn ToSql + Sync), &limit]);
+                format!(
+                    "SELECT doc, 0::float8 FROM videos
+                     WHERE {LISTABLE} AND ($5::uuid IS NULL OR id < $5)
+                     ORDER BY id DESC LIMIT $6"
+                )
+            }
+            // Ranked in float8 so a cursor's score compares exactly.
+            Order::Relevance => {
+                params.extend([&score as &(dyn ToSql + Sync), &id, &limit]);
+                format!(
+                    "SELECT doc, relevance FROM (
+                         SELECT id, doc,
+                                ts_rank(search, websearch_to_tsquery('english', $4))::float8
+                                    AS relevance
+                         FROM videos WHERE {LISTABLE}
+                     ) ranked
+                     WHERE $5::float8 IS NULL OR (relevance, id) < ($5, $6::uuid)
+                     ORDER BY relevance DESC, id DESC LIMIT $7"
+                )
+            }
+        };
         let rows = self
             .client()
             .await?
-            .query(
-                "SELECT doc FROM videos
-                 WHERE NOT deleted
-                   AND (owner_id = $1::uuid
-                        OR (doc->>'visibility' = 'public' AND doc->>'status' = 'ready'))
-                   AND ($2::uuid IS NULL OR owner_id = $2)
-                   AND ($3::text IS NULL OR doc->'tags' ? $3)
-                   AND ($4::text IS NULL OR search @@ websearch_to_tsquery('english', $4))
-                   AND ($5::uuid IS NULL OR id < $5)
-                 ORDER BY id DESC
-                 LIMIT $6",
-                &[
-                    &search.viewer,
-                    &search.owner_id,
-                    &search.tag,
-                    &search.text,
-                    &search.before,
-                    &limit,
-                ],
-            )
+            .query(&sql, &params)
             .await
             .map_err(query_failed)?;
-        Ok(documents(&rows))
+        Ok(rows
+            .iter()
+            .map(|r| Hit {
+                video: r.get::<_, Json<Video>>(0).0,
+                relevance: r.get(1),
+            })
+            .collect())
     }
 
     async fn tombstoned(&self, limit: usize) -> Result<Vec<Video>, StoreError> {
