@@ -52,6 +52,7 @@ service_env() {
       echo "TERTULIA_CATALOG_GRPC__LISTEN=127.0.0.1:$CATALOG_PORT"
       echo "TERTULIA_CATALOG_DATABASE__SCHEMA=catalog"
       echo "TERTULIA_CATALOG_MEDIA__URL=http://127.0.0.1:$MEDIA_PORT"
+      echo "TERTULIA_CATALOG_GRPC__LIFECYCLE_FILE=$ROOT/proto/lifecycle.toml"
       ;;
     media)
       echo "TERTULIA_MEDIA_GRPC__LISTEN=127.0.0.1:$MEDIA_PORT"
@@ -72,6 +73,10 @@ service_env() {
     *)
       echo "TERTULIA_${up}_GRPC__LISTEN=127.0.0.1:$(grpc_port "$instance")"
       echo "TERTULIA_${up}_DATABASE__SCHEMA=$svc"
+      # Dates of deprecated gRPC methods (only chat has some among these).
+      if [ "$svc" = chat ]; then
+        echo "TERTULIA_CHAT_GRPC__LIFECYCLE_FILE=$ROOT/proto/lifecycle.toml"
+      fi
       ;;
   esac
 }

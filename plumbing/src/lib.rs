@@ -16,6 +16,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod logging;
 pub mod main_loop;
+pub mod metrics;
 pub mod nats;
 pub mod postgres;
 pub mod shutdown;

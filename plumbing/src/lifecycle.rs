@@ -74,6 +74,12 @@ impl GrpcLifecycle {
         Ok(Self { services })
     }
 
+    /// Every service's lifecycle, by full service name.
+    #[must_use]
+    pub fn services(&self) -> &BTreeMap<String, ServiceLifecycle> {
+        &self.services
+    }
+
     /// What applies to the call at `path` (`/package.Service/Method`).
     fn lookup(&self, path: &str) -> Option<&ServiceLifecycle> {
         let (service, method) = path.trim_start_matches('/').split_once('/')?;

@@ -55,6 +55,9 @@ pub struct AppState {
     pub presence: PresenceServiceClient<Channel>,
     /// svc-catalog.
     pub catalog: CatalogServiceClient<Channel>,
+    /// svc-catalog, version 2 (search with several tags and relevance).
+    pub catalog_v2:
+        tertulia_proto::catalog::v2::catalog_service_client::CatalogServiceClient<Channel>,
     /// svc-media.
     pub media: MediaServiceClient<Channel>,
     /// This gateway's id, in presence records.
@@ -79,6 +82,8 @@ pub struct AppState {
     pub usage: Arc<ApiUsage>,
     /// The bearer token of `/admin/*`, if the admin API is on.
     pub admin_token: Option<secrecy::SecretString>,
+    /// This gateway's Prometheus series (`GET /metrics`).
+    pub metrics: Arc<tertulia_plumbing::metrics::Registry>,
 }
 
 /// A built, bound svc-bff.
@@ -117,6 +122,8 @@ impl App {
         let catalog_channel = channel(&config.catalog)?;
         let media_channel = channel(&config.media)?;
         let usage = Arc::new(ApiUsage::open(&nats).await.map_err(StartError::Other)?);
+        let mut metrics = tertulia_plumbing::metrics::Registry::with_prefix("tertulia");
+        usage.register_metrics(&mut metrics);
         let state = AppState {
             auth: AuthServiceClient::new(auth_channel.clone()),
             chat: ChatServiceClient::new(chat_channel.clone()),
@@ -125,6 +132,10 @@ impl App {
             ),
             presence: PresenceServiceClient::new(presence_channel.clone()),
             catalog: CatalogServiceClient::new(catalog_channel.clone()),
+            catalog_v2:
+                tertulia_proto::catalog::v2::catalog_service_client::CatalogServiceClient::new(
+                    catalog_channel.clone(),
+                ),
             media: MediaServiceClient::new(media_channel.clone()),
             gateway_id: uuid::Uuid::now_v7().to_string(),
             verifier: TokenVerifier::from_auth_service(&config.tokens, auth_channel.clone()),
@@ -146,6 +157,7 @@ impl App {
             typing: Arc::new(TypingRelay::new(nats)),
             usage,
             admin_token: config.admin_token.clone(),
+            metrics: Arc::new(metrics),
             realtime: config.realtime.clone(),
             shutdown: Shutdown::new(),
         };
@@ -261,14 +273,18 @@ fn router(
                 .route_layer(middleware::from_fn_with_state(gate("v1"), lifecycle)),
         )
         // v2 shares every route whose contract it keeps, and has its own message routes
-        // (structured content, reactions) over `tertulia.chat.v2`.
+        // (structured content, reactions) over `tertulia.chat.v2`, its own video search over
+        // `tertulia.catalog.v2`, and real-time transports speaking its message shape.
         .nest(
             "/api/v2",
             routes::auth::router()
                 .merge(routes::chat::conversations_router())
                 .merge(routes::messages_v2::router())
                 .merge(routes::presence::router())
-                .merge(routes::videos::router())
+                .merge(routes::videos::router_v2())
+                .route("/ws", axum::routing::get(crate::realtime::ws::upgrade))
+                .route("/events", axum::routing::get(crate::realtime::sse::events))
+                .route("/poll", axum::routing::get(crate::realtime::poll::poll))
                 .route_layer(middleware::from_fn_with_state(gate("v2"), lifecycle)),
         )
         .merge(routes::ops::router())

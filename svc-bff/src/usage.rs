@@ -5,15 +5,70 @@
 //! Each gateway counts in memory and adds its counts to the NATS KV bucket `API_USAGE`
 //! (compare-and-set, so gateways never lose each other's counts) every few seconds and before
 //! answering `GET /admin/api-usage`, which reads the bucket: the report covers every gateway.
+//!
+//! The same calls are Prometheus series of this gateway (`GET /metrics`):
+//! `tertulia_api_deprecated_calls_total` and `tertulia_api_deprecated_last_seen_seconds`, by
+//! version, route and `User-Agent`. Token subjects stay out of metrics (one series per user
+//! would swamp any Prometheus); the report has them. Distinct `User-Agent`s are capped at
+//! [`MAX_USER_AGENT_SERIES`], beyond which calls count under `other`.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Mutex,
+    time::Duration,
+};
 
 use async_nats::jetstream::kv;
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use futures::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
-use tertulia_plumbing::{nats::Nats, shutdown::Shutdown};
+use tertulia_plumbing::{
+    metrics::{Counter, EncodeLabelSet, Family, Gauge, Registry},
+    nats::Nats,
+    shutdown::Shutdown,
+};
 use time::OffsetDateTime;
+
+/// Distinct `User-Agent` label values per gateway before new ones count as `other`.
+pub const MAX_USER_AGENT_SERIES: usize = 256;
+
+/// Labels of the deprecated-call series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SeriesLabels {
+    version: String,
+    route: String,
+    user_agent: String,
+}
+
+/// This gateway's deprecated-call series.
+#[derive(Debug, Default)]
+struct Series {
+    calls: Family<SeriesLabels, Counter>,
+    last_seen: Family<SeriesLabels, Gauge>,
+    user_agents: Mutex<HashSet<String>>,
+}
+
+impl Series {
+    fn record(&self, caller: &Caller, at: OffsetDateTime) {
+        let user_agent = {
+            let mut seen = self.user_agents.lock().expect("usage lock");
+            if seen.contains(&caller.user_agent) || seen.len() < MAX_USER_AGENT_SERIES {
+                seen.insert(caller.user_agent.clone());
+                caller.user_agent.clone()
+            } else {
+                "other".to_owned()
+            }
+        };
+        let labels = SeriesLabels {
+            version: caller.version.clone(),
+            route: caller.route.clone(),
+            user_agent,
+        };
+        self.calls.get_or_create(&labels).inc();
+        let last_seen = self.last_seen.get_or_create(&labels);
+        last_seen.set(last_seen.get().max(at.unix_timestamp()));
+    }
+}
 
 /// How often a gateway adds its counts to the bucket.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(10);
@@ -51,6 +106,7 @@ pub struct UsageRow {
 pub struct ApiUsage {
     pending: Mutex<HashMap<Caller, (u64, OffsetDateTime)>>,
     bucket: kv::Store,
+    series: Series,
 }
 
 impl ApiUsage {
@@ -69,11 +125,27 @@ impl ApiUsage {
         Ok(Self {
             pending: Mutex::default(),
             bucket,
+            series: Series::default(),
         })
+    }
+
+    /// Registers this gateway's deprecated-call series with `registry`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "api_deprecated_calls",
+            "Calls to deprecated or sunset API routes, by version, route and User-Agent",
+            self.series.calls.clone(),
+        );
+        registry.register(
+            "api_deprecated_last_seen_seconds",
+            "Unix time of the last call to a deprecated or sunset API route",
+            self.series.last_seen.clone(),
+        );
     }
 
     /// Counts one deprecated call (cheap: memory only).
     pub fn record(&self, caller: Caller, at: OffsetDateTime) {
+        self.series.record(&caller, at);
         let mut pending = self.pending.lock().expect("usage lock");
         let entry = pending.entry(caller).or_insert((0, at));
         entry.0 += 1;
@@ -185,5 +257,43 @@ impl ApiUsage {
         if let Err(error) = self.flush().await {
             tracing::warn!(message = "API usage lost at shutdown.", error = %error);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_agent_series_are_capped() {
+        let series = Series::default();
+        let mut registry = Registry::default();
+        registry.register("calls", "", series.calls.clone());
+        let at = OffsetDateTime::UNIX_EPOCH;
+        let caller = |agent: String| Caller {
+            version: "v1".into(),
+            route: "/ws".into(),
+            subject: "s".into(),
+            user_agent: agent,
+        };
+        for i in 0..MAX_USER_AGENT_SERIES + 10 {
+            series.record(&caller(format!("agent/{i}")), at);
+        }
+        series.record(&caller("agent/0".into()), at);
+        let text = tertulia_plumbing::metrics::render(&registry);
+        let lines: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("calls_total"))
+            .collect();
+        assert_eq!(
+            lines.len(),
+            MAX_USER_AGENT_SERIES + 1,
+            "the cap, plus `other`"
+        );
+        assert!(text.contains(r#"user_agent="other"} 10"#), "{text}");
+        assert!(
+            text.contains(r#"user_agent="agent/0"} 2"#),
+            "known agents keep counting"
+        );
     }
 }

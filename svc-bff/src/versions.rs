@@ -56,7 +56,8 @@ pub struct VersionLifecycle {
     pub successor: Option<String>,
     /// Where clients read how to migrate.
     pub migration_guide: Option<String>,
-    /// Route patterns (relative to the version prefix) whose contract the successor changes.
+    /// Route patterns (relative to the version prefix) whose contract the successor changes:
+    /// `/path` (every method) or `METHOD /path` (that method only).
     #[serde(default)]
     pub changed_in_successor: Vec<String>,
     /// Dates of single routes, overriding the version's.
@@ -178,6 +179,20 @@ impl VersionPolicy {
                     ));
                 }
             }
+            if let Some(bad) = v.changed_in_successor.iter().find(|entry| {
+                let route = entry.split_once(' ').map_or(entry.as_str(), |(m, r)| {
+                    if m.chars().all(|c| c.is_ascii_uppercase()) {
+                        r
+                    } else {
+                        ""
+                    }
+                });
+                !route.starts_with('/')
+            }) {
+                return Err(format!(
+                    "version policy: {name}.changed_in_successor entry {bad:?} is neither \"/path\" nor \"METHOD /path\""
+                ));
+            }
             if let Some(s) = &v.successor
                 && !versions.contains_key(s)
             {
@@ -217,11 +232,18 @@ impl VersionPolicy {
         (phase, notice)
     }
 
-    /// Whether the successor of `version` keeps the contract of `route`.
+    /// Whether the successor of `version` keeps the contract of `method route`.
     #[must_use]
-    pub fn kept_in_successor(&self, version: &str, route: &str) -> bool {
+    pub fn kept_in_successor(&self, version: &str, method: &str, route: &str) -> bool {
         self.versions.get(version).is_some_and(|v| {
-            v.successor.is_some() && !v.changed_in_successor.iter().any(|r| r == route)
+            v.successor.is_some()
+                && !v
+                    .changed_in_successor
+                    .iter()
+                    .any(|entry| match entry.split_once(' ') {
+                        Some((m, r)) => m.eq_ignore_ascii_case(method) && r == route,
+                        None => entry == route,
+                    })
         })
     }
 }
@@ -307,7 +329,13 @@ pub async fn lifecycle(State(gate): State<Gate>, mut request: Request, next: Nex
             let headers = notice.as_ref().map(Notice::headers).unwrap_or_default();
             let successor = notice.and_then(|n| n.successor);
             let mut response = match successor {
-                Some(to) if gate.policy.kept_in_successor(gate.version, &route) => {
+                Some(to)
+                    if gate.policy.kept_in_successor(
+                        gate.version,
+                        request.method().as_str(),
+                        &route,
+                    ) =>
+                {
                     let uri = request.uri();
                     let rest = uri.path().strip_prefix(&prefix).unwrap_or(uri.path());
                     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
@@ -350,7 +378,7 @@ deprecated_at = "2027-01-01T00:00:00Z"
 sunset_at = "2027-07-01T00:00:00Z"
 successor = "v2"
 migration_guide = "https://example.test/migrate"
-changed_in_successor = ["/ws"]
+changed_in_successor = ["/ws", "PATCH /conversations/{id}/messages/{message_id}"]
 
 [v1.routes."/videos"]
 deprecated_at = "2027-03-01T00:00:00Z"
@@ -398,9 +426,15 @@ deprecated_at = "2027-03-01T00:00:00Z"
                 .0,
             Phase::Active
         );
-        assert!(p.kept_in_successor("v1", "/conversations"));
-        assert!(!p.kept_in_successor("v1", "/ws"));
-        assert!(!p.kept_in_successor("v2", "/conversations"), "no successor");
+        assert!(p.kept_in_successor("v1", "GET", "/conversations"));
+        assert!(!p.kept_in_successor("v1", "GET", "/ws"));
+        let message = "/conversations/{id}/messages/{message_id}";
+        assert!(!p.kept_in_successor("v1", "PATCH", message), "per method");
+        assert!(p.kept_in_successor("v1", "DELETE", message));
+        assert!(
+            !p.kept_in_successor("v2", "GET", "/conversations"),
+            "no successor"
+        );
     }
 
     #[test]
@@ -419,6 +453,15 @@ deprecated_at = "2027-03-01T00:00:00Z"
                 .contains("v9")
         );
         assert!(VersionPolicy::parse("[v1]\nbogus = 1\n").is_err());
+        for bad in ["ws", "get /ws", "GET ws"] {
+            let policy = format!("[v1]\nchanged_in_successor = [{bad:?}]\n");
+            assert!(
+                VersionPolicy::parse(&policy)
+                    .unwrap_err()
+                    .contains("METHOD /path"),
+                "{bad}"
+            );
+        }
         assert!(VersionPolicy::parse(DEFAULT_POLICY).is_ok());
     }
 }

@@ -128,46 +128,55 @@ pub struct VideoView {
     created_at: Option<String>,
 }
 
-impl From<tertulia_proto::catalog::v1::Video> for VideoView {
-    fn from(v: tertulia_proto::catalog::v1::Video) -> Self {
-        use tertulia_proto::catalog::v1::{VideoStatus, Visibility};
-        Self {
-            visibility: match v.visibility() {
-                Visibility::Public => "public",
-                Visibility::Unlisted => "unlisted",
-                Visibility::Private | Visibility::Unspecified => "private",
-            },
-            status: match v.status() {
-                VideoStatus::AwaitingUpload | VideoStatus::Unspecified => "awaiting_upload",
-                VideoStatus::Processing => "processing",
-                VideoStatus::Ready => "ready",
-                VideoStatus::Failed => "failed",
-            },
-            created_at: rfc3339(v.created_at.as_ref()),
-            id: v.video_id,
-            owner_id: v.owner_id,
-            title: v.title,
-            description: v.description,
-            tags: v.tags,
-            duration_s: v.duration_s,
-            width: v.width,
-            height: v.height,
-            renditions: v
-                .renditions
-                .into_iter()
-                .map(|r| RenditionView {
-                    name: r.name,
-                    width: r.width,
-                    height: r.height,
-                    bitrate: r.bitrate,
-                })
-                .collect(),
-            failure_reason: Some(v.failure_reason).filter(|r| !r.is_empty()),
-            thumbnail_url: None,
-            playback: PlaybackView::default(),
+/// `impl From<$pkg::Video> for VideoView`, for each catalog package whose `Video` has v1's
+/// fields (v2 keeps them; each package owns its messages).
+macro_rules! video_view_from {
+    ($($pkg:ident)::+) => {
+        impl From<$($pkg)::+::Video> for VideoView {
+            fn from(v: $($pkg)::+::Video) -> Self {
+                use $($pkg)::+::{VideoStatus, Visibility};
+                Self {
+                    visibility: match v.visibility() {
+                        Visibility::Public => "public",
+                        Visibility::Unlisted => "unlisted",
+                        Visibility::Private | Visibility::Unspecified => "private",
+                    },
+                    status: match v.status() {
+                        VideoStatus::AwaitingUpload | VideoStatus::Unspecified => "awaiting_upload",
+                        VideoStatus::Processing => "processing",
+                        VideoStatus::Ready => "ready",
+                        VideoStatus::Failed => "failed",
+                    },
+                    created_at: rfc3339(v.created_at.as_ref()),
+                    id: v.video_id,
+                    owner_id: v.owner_id,
+                    title: v.title,
+                    description: v.description,
+                    tags: v.tags,
+                    duration_s: v.duration_s,
+                    width: v.width,
+                    height: v.height,
+                    renditions: v
+                        .renditions
+                        .into_iter()
+                        .map(|r| RenditionView {
+                            name: r.name,
+                            width: r.width,
+                            height: r.height,
+                            bitrate: r.bitrate,
+                        })
+                        .collect(),
+                    failure_reason: Some(v.failure_reason).filter(|r| !r.is_empty()),
+                    thumbnail_url: None,
+                    playback: PlaybackView::default(),
+                }
+            }
         }
-    }
+    };
 }
+
+video_view_from!(tertulia_proto::catalog::v1);
+video_view_from!(tertulia_proto::catalog::v2);
 
 impl VideoView {
     /// Whether the video has a file whose URLs are worth signing.
@@ -197,6 +206,14 @@ pub struct MessageViewV2 {
     #[serde(skip_serializing_if = "Option::is_none")]
     edited_at: Option<String>,
     deleted: bool,
+}
+
+impl MessageViewV2 {
+    /// Its conversation.
+    #[must_use]
+    pub fn conversation_id(&self) -> &str {
+        &self.conversation_id
+    }
 }
 
 impl From<tertulia_proto::chat::v2::Message> for MessageViewV2 {

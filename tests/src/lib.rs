@@ -368,7 +368,7 @@ impl Stack {
             nats: nats.clone(),
             tokens: TokenPolicy::standard(),
             realtime: svc_bff::realtime::RealtimeConfig::standard(),
-            versions_file: None,
+            versions_file: Some(undated_versions_file()),
             admin_token: None,
         };
         adjust_bff(&mut bff_config);
@@ -880,6 +880,39 @@ impl Drop for TestPostgres {
     }
 }
 
+/// The gateway's built-in version policy without its dates: what the suite asserts about v1
+/// must not change when the calendar reaches v1's deprecation or sunset (`tests/api_versions.rs`
+/// moves a clock through every phase). One file per policy text, shared by every test process
+/// (written to a temporary name, then renamed into place).
+fn undated_versions_file() -> std::path::PathBuf {
+    use std::hash::{Hash as _, Hasher as _};
+    static FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let mut undated = String::new();
+        for line in svc_bff::versions::DEFAULT_POLICY
+            .lines()
+            .filter(|l| !l.starts_with("deprecated_at") && !l.starts_with("sunset_at"))
+        {
+            undated.push_str(line);
+            undated.push('\n');
+        }
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        undated.hash(&mut hasher);
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!(
+            "tertulia-versions-undated-{:016x}.toml",
+            hasher.finish()
+        ));
+        if !path.exists() {
+            let partial = dir.join(format!("{}.toml", unique_name("versions")));
+            std::fs::write(&partial, undated).expect("the policy file is written");
+            std::fs::rename(&partial, &path).expect("the policy file is put in place");
+        }
+        path
+    })
+    .clone()
+}
+
 /// How long a test waits for a frame before it fails.
 pub const FRAME_WAIT: Duration = Duration::from_secs(10);
 
@@ -899,15 +932,35 @@ impl WsClient {
         bff: SocketAddr,
     ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>
     {
-        let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{bff}/api/v1/ws"))
+        Self::open_version(bff, "v1").await
+    }
+
+    /// Opens `/api/<version>/ws` on `bff` without saying anything.
+    pub async fn open_version(
+        bff: SocketAddr,
+        version: &str,
+    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>
+    {
+        let url = format!("ws://{bff}/api/{version}/ws");
+        let (socket, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("the WebSocket opens");
         socket
     }
 
-    /// Opens, says hello with `token` and `resume`, and waits for `ready`.
+    /// Opens `/api/v1/ws`, says hello with `token` and `resume`, and waits for `ready`.
     pub async fn ready(bff: SocketAddr, token: &str, resume: &Value) -> Self {
-        let mut socket = Self::open(bff).await;
+        Self::ready_version(bff, "v1", token, resume).await
+    }
+
+    /// Opens `/api/<version>/ws`, says hello with `token` and `resume`, and waits for `ready`.
+    pub async fn ready_version(
+        bff: SocketAddr,
+        version: &str,
+        token: &str,
+        resume: &Value,
+    ) -> Self {
+        let mut socket = Self::open_version(bff, version).await;
         let hello = json!({"type": "hello", "token": token, "resume": resume});
         socket
             .send(tokio_tungstenite::tungstenite::Message::text(

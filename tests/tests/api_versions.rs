@@ -16,7 +16,12 @@ deprecated_at = "2027-01-01T00:00:00Z"
 sunset_at = "2027-07-01T00:00:00Z"
 successor = "v2"
 migration_guide = "https://docs.tertulia.dev/api/migrating-v1-to-v2"
-changed_in_successor = ["/conversations/{id}/messages", "/ws"]
+changed_in_successor = [
+  "/conversations/{id}/messages",
+  "PATCH /conversations/{id}/messages/{message_id}",
+  "GET /videos",
+  "/ws",
+]
 
 [v2]
 "#;
@@ -151,13 +156,47 @@ async fn v1_goes_from_active_to_deprecated_to_sunset_while_v2_stays() {
         .unwrap();
     assert_eq!(login.status(), 308);
     assert_eq!(login.headers()["location"], "/api/v2/auth/login");
+    sunset_is_per_method(&stack, gw, &conversation).await;
+}
+
+/// After sunset, a route whose methods differ in v2 answers per method: a message's DELETE
+/// (kept) moves, its PATCH (changed) is gone; video search is gone, the rest of videos moves.
+async fn sunset_is_per_method(stack: &Stack, gw: std::net::SocketAddr, conversation: &str) {
+    let call = |method: reqwest::Method, path: String| {
+        stack
+            .http
+            .request(method, format!("http://{gw}{path}"))
+            .send()
+    };
+    let message =
+        format!("/conversations/{conversation}/messages/0190f0f0-0000-7000-8000-000000000000");
+    let deleted = call(reqwest::Method::DELETE, format!("/api/v1{message}"))
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 308);
+    assert_eq!(deleted.headers()["location"], format!("/api/v2{message}"));
+    let edited = call(reqwest::Method::PATCH, format!("/api/v1{message}"))
+        .await
+        .unwrap();
+    assert_problem(edited, 410, "gone").await;
+    let searched = call(reqwest::Method::GET, "/api/v1/videos?tag=x".into())
+        .await
+        .unwrap();
+    assert_problem(searched, 410, "gone").await;
+    let created = call(reqwest::Method::POST, "/api/v1/videos".into())
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 308);
+    assert_eq!(created.headers()["location"], "/api/v2/videos");
+    let one = call(reqwest::Method::GET, "/api/v1/videos/some-id".into())
+        .await
+        .unwrap();
+    assert_eq!(one.headers()["location"], "/api/v2/videos/some-id");
     // Unknown routes are still plain 404s.
-    assert_problem(
-        get("/api/v1/nothing-here".into()).await.unwrap(),
-        404,
-        "not_found",
-    )
-    .await;
+    let unknown = call(reqwest::Method::GET, "/api/v1/nothing-here".into())
+        .await
+        .unwrap();
+    assert_problem(unknown, 404, "not_found").await;
 }
 
 #[tokio::test]
@@ -276,4 +315,35 @@ async fn deprecated_calls_are_counted_per_client_across_gateways() {
         "v2 calls are not deprecated: {report}"
     );
     assert_eq!(clients[0]["calls"], 3, "most calls first");
+
+    deprecated_calls_are_metrics(&stack, one, &alice.user_id).await;
+}
+
+/// Each gateway's own series, by version, route and User-Agent (no subjects).
+async fn deprecated_calls_are_metrics(stack: &Stack, one: std::net::SocketAddr, alice: &str) {
+    let metrics = stack
+        .http
+        .get(format!("http://{one}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        metrics.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let metrics = metrics.text().await.unwrap();
+    for series in [
+        r#"tertulia_api_deprecated_calls_total{version="v1",route="/conversations",user_agent="ios-app/3.1"} 2"#,
+        r#"tertulia_api_deprecated_calls_total{version="v1",route="/me",user_agent="curl/8"} 1"#,
+        r#"tertulia_api_deprecated_last_seen_seconds{version="v1",route="/me",user_agent="curl/8"} 1803902400"#,
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
+    assert!(
+        !metrics.contains("web/"),
+        "gateway one saw no web call on v1"
+    );
+    assert!(!metrics.contains(alice), "no subjects in metrics");
 }

@@ -426,3 +426,109 @@ async fn shared_videos_are_not_edited_and_deletes_are_v1_s(
         "a tombstone shares nothing"
     );
 }
+
+/// `/api/v2/ws`: sends carry `content`, acks, live frames and resumed history are in v2's
+/// shape, reactions arrive as `reactions` frames; a v1 socket in the same conversation gets
+/// the text fallback and nothing for reactions. Each socket refuses the other version's send.
+#[tokio::test]
+async fn the_v2_socket_speaks_v2_beside_a_v1_socket() {
+    let stack = Stack::start().await;
+    let alice = stack.signed_up("alice").await; // on v2
+    let bob = stack.signed_up("bob").await; // still on v1
+    let carol = stack.signed_up("carol").await;
+    let conversation = stack.group(&alice, &[&bob]).await;
+    let mut alice_ws =
+        WsClient::ready_version(stack.bff, "v2", &alice.access_token, &json!({})).await;
+    let mut bob_ws = stack.ws(&bob, &json!({})).await;
+    let video = stack
+        .create_video(&alice, &json!({"title": "Trip", "visibility": "unlisted"}))
+        .await;
+    let video_id = video["id"].as_str().unwrap();
+    let content = json!({"type": "video", "video_id": video_id});
+
+    alice_ws
+        .send(&json!({"type": "send", "conversation_id": conversation,
+                      "client_msg_id": "w1", "content": content}))
+        .await;
+    let ack = alice_ws.frame_of("ack").await;
+    assert_eq!(ack["client_msg_id"], "w1");
+    assert_eq!(ack["message"]["content"], content, "{ack}");
+    assert!(ack["message"].get("text").is_none());
+    let mine = alice_ws.frame_of("message").await;
+    assert_eq!(mine["message"]["content"], content, "{mine}");
+    assert_eq!(mine["message"]["reactions"], json!([]));
+    let bobs = bob_ws.frame_of("message").await;
+    assert_eq!(
+        bobs["message"]["text"],
+        format!("[video] /api/v1/videos/{video_id}")
+    );
+    let message_id = mine["message"]["id"].as_str().unwrap().to_owned();
+
+    // Reactions: a frame on v2, nothing on v1.
+    let react = format!(
+        "/api/v2/conversations/{conversation}/messages/{message_id}/reactions/%F0%9F%8E%89"
+    );
+    let reacted = reaction(&stack, reqwest::Method::POST, &react, &bob).await;
+    assert_eq!(reacted.status(), 200);
+    let frame = alice_ws.frame_of("reactions").await;
+    assert_eq!(frame["conversation_id"], conversation.as_str());
+    assert_eq!(frame["message"]["id"], message_id.as_str());
+    assert_eq!(
+        frame["message"]["reactions"],
+        json!([{"emoji": "🎉", "user_ids": [bob.user_id]}])
+    );
+
+    // Each socket refuses the other version's send frame, naming the right field.
+    alice_ws
+        .send(&json!({"type": "send", "conversation_id": conversation,
+                      "client_msg_id": "w2", "text": "old style"}))
+        .await;
+    let refused = alice_ws.frame_of("error").await;
+    assert_eq!(refused["code"], "invalid_argument");
+    assert_eq!(refused["client_msg_id"], "w2");
+    assert!(refused["message"].as_str().unwrap().contains("content"));
+    bob_ws
+        .send(&json!({"type": "send", "conversation_id": conversation,
+                      "client_msg_id": "b1", "content": {"type": "text", "text": "new style"}}))
+        .await;
+    let refused = bob_ws.frame().await;
+    assert_eq!(
+        refused["type"], "error",
+        "no reactions frame came first: {refused}"
+    );
+    assert!(refused["message"].as_str().unwrap().contains("/api/v2/ws"));
+    // A video the sender cannot see is refused over the socket as over REST.
+    let private = stack.create_video(&carol, &json!({"title": "Mine"})).await;
+    alice_ws
+        .send(
+            &json!({"type": "send", "conversation_id": conversation, "client_msg_id": "w3",
+                      "content": {"type": "video", "video_id": private["id"]}}),
+        )
+        .await;
+    assert_eq!(alice_ws.frame_of("error").await["code"], "not_found");
+
+    // Text over v2 reaches v1 as text; resuming a v2 socket replays history in v2's shape.
+    alice_ws
+        .send(
+            &json!({"type": "send", "conversation_id": conversation, "client_msg_id": "w4",
+                      "content": {"type": "text", "text": "hello"}}),
+        )
+        .await;
+    let _ = alice_ws.frame_of("ack").await;
+    assert_eq!(bob_ws.frame_of("message").await["message"]["text"], "hello");
+    let mut again = WsClient::ready_version(
+        stack.bff,
+        "v2",
+        &alice.access_token,
+        &json!({&conversation: 0}),
+    )
+    .await;
+    let first = again.frame_of("message").await;
+    assert_eq!(first["message"]["content"], content);
+    assert_eq!(first["message"]["reactions"][0]["emoji"], "🎉");
+    let second = again.frame_of("message").await;
+    assert_eq!(
+        second["message"]["content"],
+        json!({"type": "text", "text": "hello"})
+    );
+}

@@ -128,3 +128,51 @@ fn a_removed_rpc_fails() {
         "DeleteVideo",
     );
 }
+
+/// `proto/lifecycle.toml` dates exactly the RPCs the protos mark `deprecated`: none is
+/// deprecated without a date, none is dated without being deprecated, and every name is real.
+#[test]
+fn every_deprecated_rpc_has_a_dated_lifecycle() {
+    use prost::Message as _;
+    let text = std::fs::read_to_string(proto_dir().join("lifecycle.toml")).unwrap();
+    let lifecycle = tertulia_plumbing::lifecycle::GrpcLifecycle::parse(&text).unwrap();
+    let files =
+        prost_types::FileDescriptorSet::decode(tertulia_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let mut deprecated = Vec::new();
+    let mut known = Vec::new();
+    for file in &files.file {
+        for service in &file.service {
+            let name = format!("{}.{}", file.package(), service.name());
+            for method in &service.method {
+                let full = format!("{name}/{}", method.name());
+                if method
+                    .options
+                    .as_ref()
+                    .is_some_and(prost_types::MethodOptions::deprecated)
+                {
+                    deprecated.push(full.clone());
+                }
+                known.push(full);
+            }
+        }
+    }
+    let mut dated = Vec::new();
+    for (service, policy) in lifecycle.services() {
+        assert!(
+            !policy.methods.is_empty(),
+            "{service}: name the deprecated methods"
+        );
+        assert!(
+            known
+                .iter()
+                .any(|m| m.starts_with(&format!("{}/", policy.successor))),
+            "{service}: successor {} is not a service",
+            policy.successor
+        );
+        dated.extend(policy.methods.iter().map(|m| format!("{service}/{m}")));
+    }
+    deprecated.sort();
+    dated.sort();
+    assert!(!deprecated.is_empty());
+    assert_eq!(dated, deprecated, "lifecycle.toml against the protos");
+}

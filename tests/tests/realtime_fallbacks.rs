@@ -32,9 +32,19 @@ impl EventStream {
         last_event_id: Option<&str>,
         query: &str,
     ) -> Self {
+        Self::open_version(stack, "v1", session, last_event_id, query).await
+    }
+
+    async fn open_version(
+        stack: &Stack,
+        version: &str,
+        session: &Session,
+        last_event_id: Option<&str>,
+        query: &str,
+    ) -> Self {
         let mut request = stack
             .http
-            .get(stack.url(&format!("/api/v1/events{query}")))
+            .get(stack.url(&format!("/api/{version}/events{query}")))
             .bearer_auth(&session.access_token)
             .timeout(std::time::Duration::from_mins(5));
         if let Some(id) = last_event_id {
@@ -198,4 +208,62 @@ async fn long_polling_waits_answers_and_resumes_by_cursor() {
         .get("/api/v1/poll?cursor=garbage!", Some(&ben.access_token))
         .await;
     assert_problem(bad, 400, "invalid_argument").await;
+}
+
+/// `/api/v2/events` and `/api/v2/poll` carry messages in v2's shape (structured `content`).
+#[tokio::test]
+async fn the_v2_fallbacks_carry_v2_messages() {
+    let stack = Stack::start_tuned(|_| {}, |bff| bff.realtime.poll_wait_s = 1).await;
+    let ann = stack.signed_up("ann").await;
+    let ben = stack.signed_up("ben").await;
+    let conversation = stack.group(&ann, &[&ben]).await;
+    let messages = format!("/api/v2/conversations/{conversation}/messages");
+    let say = |key: &'static str| {
+        let body = json!({"client_msg_id": key, "content": {"type": "text", "text": key}});
+        let (stack, messages, token) = (&stack, &messages, ann.access_token.clone());
+        async move {
+            let answer = stack.post(messages, &body, Some(&token)).await;
+            assert_eq!(answer.status(), 201);
+        }
+    };
+    say("one").await;
+
+    let resume = format!("?resume=%7B%22{conversation}%22%3A0%7D");
+    let mut events = EventStream::open_version(&stack, "v2", &ben, None, &resume).await;
+    assert_eq!(events.next().await.1["type"], "ready");
+    let (_, frame) = events.next().await;
+    assert_eq!(frame["type"], "message", "{frame}");
+    assert_eq!(
+        frame["message"]["content"],
+        json!({"type": "text", "text": "one"})
+    );
+    assert!(frame["message"].get("text").is_none());
+
+    let first: Value = stack
+        .get("/api/v2/poll", Some(&ben.access_token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let cursor = first["cursor"].as_str().unwrap().to_owned();
+    say("two").await;
+    let polled: Value = stack
+        .get(
+            &format!("/api/v2/poll?cursor={cursor}"),
+            Some(&ben.access_token),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let message = polled["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["type"] == "message")
+        .unwrap_or_else(|| panic!("a message in {polled}"));
+    assert_eq!(
+        message["message"]["content"],
+        json!({"type": "text", "text": "two"})
+    );
 }

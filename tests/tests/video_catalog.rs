@@ -195,6 +195,75 @@ async fn search_filters_and_stable_pages() {
     );
 
     pages_of_two(&stack, &alice, &created).await;
+    v2_search(&stack, &alice, &created).await;
+}
+
+/// `GET /api/v2/videos`: relevance first when there is a query (title over description),
+/// several tags that must all match, relevance pages, and v1's `tag` refused.
+async fn v2_search(stack: &Stack, alice: &Session, created: &[String]) {
+    let search = |query: String| {
+        let token = alice.access_token.clone();
+        async move {
+            stack
+                .get(&format!("/api/v2/videos?{query}"), Some(&token))
+                .await
+        }
+    };
+    let ranked = json_of(search("query=fjord".into()).await).await;
+    assert_eq!(ranked["order"], "relevance");
+    let by_relevance = [created[2].clone(), created[0].clone(), created[4].clone()];
+    assert_eq!(
+        ids(&ranked),
+        by_relevance,
+        "titles (equal, newest first) before a description"
+    );
+    let newest = json_of(search("query=fjord&order=newest".into()).await).await;
+    assert_eq!(newest["order"], "newest");
+    assert_eq!(
+        ids(&newest),
+        [created[4].clone(), created[2].clone(), created[0].clone()]
+    );
+    assert_eq!(
+        ids(&json_of(search("tags=travel,NORWAY".into()).await).await),
+        [created[0].clone()],
+        "every tag must match"
+    );
+    assert_eq!(
+        ids(&json_of(search("tags=travel".into()).await).await),
+        [created[2].clone(), created[0].clone()]
+    );
+
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = json_of(search(format!("query=fjord&limit=1&page_token={token}")).await).await;
+        paged.extend(ids(&page));
+        match page["next_page_token"].as_str() {
+            Some(next) => next.clone_into(&mut token),
+            None => break,
+        }
+    }
+    assert_eq!(paged, by_relevance, "relevance pages");
+
+    let v1_token =
+        json_of(list(stack, "query=fjord&limit=1", Some(alice)).await).await["next_page_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    for bad in [
+        "tag=travel".to_owned(),
+        "order=relevance".to_owned(),
+        "order=best&query=fjord".to_owned(),
+        format!("query=fjord&page_token={v1_token}"),
+    ] {
+        assert_problem(search(bad).await, 400, "invalid_argument").await;
+    }
+    let same_order = search(format!("query=fjord&order=newest&page_token={v1_token}")).await;
+    assert_eq!(
+        ids(&json_of(same_order).await),
+        [created[2].clone(), created[0].clone()],
+        "v1 tokens of newest-first pages still work"
+    );
 }
 
 #[tokio::test]

@@ -11,8 +11,16 @@ use std::collections::HashMap;
 
 use axum::extract::ws::Utf8Bytes;
 
-use super::{frames, hub::LiveEvent};
-use crate::{app::AppState, problem::ApiError, routes::chat::list_messages, views::MessageView};
+use super::{Api, frames, hub::LiveEvent};
+use crate::{
+    app::AppState,
+    problem::ApiError,
+    routes::{
+        chat::{HistoryRange, list_messages},
+        messages_v2::list_messages_v2,
+    },
+    views::{MessageView, MessageViewV2},
+};
 
 /// History page size while catching up.
 const PAGE: u32 = 200;
@@ -21,15 +29,17 @@ const PAGE: u32 = 200;
 #[derive(Debug)]
 pub struct Feed {
     user_id: String,
+    api: Api,
     last: HashMap<String, u64>,
 }
 
 impl Feed {
-    /// A feed for `user_id` with no positions yet.
+    /// A feed for `user_id`, in `api`'s message shape, with no positions yet.
     #[must_use]
-    pub fn new(user_id: String) -> Self {
+    pub fn new(user_id: String, api: Api) -> Self {
         Self {
             user_id,
+            api,
             last: HashMap::new(),
         }
     }
@@ -113,23 +123,24 @@ impl Feed {
             .unwrap_or(0)
             .max(after);
         loop {
-            let page = list_messages(
-                state,
-                &self.user_id,
-                conversation_id,
-                Some(cursor),
-                None,
-                PAGE,
-            )
-            .await?;
-            let full = page.len() == PAGE as usize;
-            for message in page {
-                cursor = cursor.max(message.seq);
-                out.push(frames::message(
-                    "message",
-                    &MessageView::from(message),
+            // (seq, frame) per message, in the connection's version.
+            let (user_id, range) = (&self.user_id, HistoryRange::after(cursor, PAGE));
+            let page = match self.api {
+                Api::V1 => message_frames(
                     conversation_id,
-                ));
+                    list_messages(state, user_id, conversation_id, range).await?,
+                    |m| (m.seq, MessageView::from(m)),
+                ),
+                Api::V2 => message_frames(
+                    conversation_id,
+                    list_messages_v2(state, user_id, conversation_id, range).await?,
+                    |m| (m.seq, MessageViewV2::from(m)),
+                ),
+            };
+            let full = page.len() == PAGE as usize;
+            for (seq, frame) in page {
+                cursor = cursor.max(seq);
+                out.push(frame);
             }
             self.last.insert(conversation_id.to_owned(), cursor);
             if !full {
@@ -137,4 +148,17 @@ impl Feed {
             }
         }
     }
+}
+
+/// `message` frames of a history page of `conversation_id`, each with its `seq`.
+fn message_frames<M, V: serde::Serialize>(
+    conversation_id: &str,
+    messages: Vec<M>,
+    view: impl Fn(M) -> (u64, V),
+) -> Vec<(u64, Utf8Bytes)> {
+    messages
+        .into_iter()
+        .map(view)
+        .map(|(seq, v)| (seq, frames::message("message", &v, conversation_id)))
+        .collect()
 }

@@ -7,7 +7,10 @@ use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::views::{ConversationView, MessageView, VideoView};
+use crate::{
+    routes::messages_v2::ContentBody,
+    views::{ConversationView, VideoView},
+};
 
 /// A frame from the client.
 #[derive(Debug, Deserialize)]
@@ -21,14 +24,16 @@ pub enum ClientFrame {
         #[serde(default)]
         resume: HashMap<String, u64>,
     },
-    /// Send a message.
+    /// Send a message: `text` on v1, `content` on v2.
     Send {
         /// Where.
         conversation_id: String,
         /// The client's idempotency key.
         client_msg_id: String,
-        /// What.
-        text: String,
+        /// What (v1).
+        text: Option<String>,
+        /// What (v2).
+        content: Option<ContentBody>,
     },
     /// Move the read position.
     Read {
@@ -71,9 +76,9 @@ pub fn error(code: &str, message: &str, client_msg_id: Option<&str>) -> Utf8Byte
     text(&frame)
 }
 
-/// `{"type":"ack","client_msg_id","message"}`.
+/// `{"type":"ack","client_msg_id","message"}` (the message in the connection's version).
 #[must_use]
-pub fn ack(client_msg_id: &str, message: &MessageView) -> Utf8Bytes {
+pub fn ack(client_msg_id: &str, message: &impl Serialize) -> Utf8Bytes {
     text(&json!({"type": "ack", "client_msg_id": client_msg_id, "message": message}))
 }
 
@@ -83,9 +88,10 @@ pub fn pong() -> Utf8Bytes {
     Utf8Bytes::from_static(r#"{"type":"pong"}"#)
 }
 
-/// `{"type":"message"|"message_updated","conversation_id","message"}`.
+/// `{"type":"message"|"message_updated"|"reactions","conversation_id","message"}` (the
+/// message in the connection's version; `reactions` is v2 only).
 #[must_use]
-pub fn message(kind: &'static str, message: &MessageView, conversation_id: &str) -> Utf8Bytes {
+pub fn message(kind: &'static str, message: &impl Serialize, conversation_id: &str) -> Utf8Bytes {
     text(&json!({"type": kind, "conversation_id": conversation_id, "message": message}))
 }
 
@@ -142,5 +148,22 @@ mod tests {
         assert!(parse("{").unwrap_err().contains("malformed"));
         assert!(parse(r#"{"type":"shout"}"#).unwrap_err().contains("shout"));
         assert!(parse(r#"{"type":"send","conversation_id":"c"}"#).is_err());
+        let send = parse(
+            r#"{"type":"send","conversation_id":"c","client_msg_id":"m","content":{"type":"video","video_id":"v"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            send,
+            ClientFrame::Send {
+                text: None,
+                content: Some(ContentBody::Video { .. }),
+                ..
+            }
+        ));
+        assert!(
+            parse(r#"{"type":"send","conversation_id":"c","client_msg_id":"m","content":{"type":"gif"}}"#)
+                .unwrap_err()
+                .contains("gif")
+        );
     }
 }

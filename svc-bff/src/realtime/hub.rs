@@ -17,6 +17,7 @@ use futures::StreamExt as _;
 use prost::Message as _;
 use tertulia_plumbing::{nats::Nats, shutdown::Shutdown};
 use tertulia_proto::{
+    chat::{v1 as chat_v1, v2 as chat_v2},
     events::v1::{Delivery, delivery::Event},
     subjects,
 };
@@ -25,8 +26,8 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::frames;
-use crate::views::{ConversationView, MessageView, VideoView, rfc3339};
+use super::{Api, frames};
+use crate::views::{ConversationView, MessageView, MessageViewV2, VideoView, rfc3339};
 
 /// One event for a connection.
 #[derive(Debug)]
@@ -44,33 +45,30 @@ pub enum LiveEvent {
     Other(Utf8Bytes),
 }
 
-/// Renders a delivery into the frame clients receive; `None` for events clients do not get.
+/// Renders a delivery into the frame clients of `api` receive; `None` for events they do
+/// not get.
 #[must_use]
-pub fn render(delivery: Delivery) -> Option<LiveEvent> {
-    Some(match delivery.event? {
+pub fn render(delivery: &Delivery, api: Api) -> Option<LiveEvent> {
+    Some(match delivery.event.as_ref()? {
         Event::MessageCreated(e) => {
-            let message = e.message?;
-            let (conversation_id, seq) = (message.conversation_id.clone(), message.seq);
+            let (conversation_id, seq, view) =
+                message_view(api, e.message.as_ref(), e.message_v2.as_ref())?;
             LiveEvent::Message {
-                frame: frames::message("message", &MessageView::from(message), &conversation_id),
+                frame: frames::message("message", &view, &conversation_id),
                 conversation_id,
                 seq,
             }
         }
         Event::MessageUpdated(e) => {
-            let message = e.message?;
-            let conversation_id = message.conversation_id.clone();
-            LiveEvent::Other(frames::message(
-                "message_updated",
-                &MessageView::from(message),
-                &conversation_id,
-            ))
+            let (conversation_id, _, view) =
+                message_view(api, e.message.as_ref(), e.message_v2.as_ref())?;
+            LiveEvent::Other(frames::message("message_updated", &view, &conversation_id))
         }
         Event::ReceiptUpdated(e) => {
             LiveEvent::Other(frames::receipt(&e.conversation_id, &e.user_id, e.seq))
         }
         Event::MembershipChanged(e) => LiveEvent::Other(frames::conversation(
-            &ConversationView::from(e.conversation?),
+            &ConversationView::from(e.conversation.clone()?),
         )),
         Event::TypingStarted(e) => LiveEvent::Other(frames::typing(&e.conversation_id, &e.user_id)),
         Event::PresenceChanged(e) => LiveEvent::Other(frames::presence(
@@ -78,16 +76,57 @@ pub fn render(delivery: Delivery) -> Option<LiveEvent> {
             e.online,
             rfc3339(e.last_seen.as_ref()),
         )),
-        Event::VideoChanged(e) => LiveEvent::Other(frames::video(&VideoView::from(e.video?))),
-        // v1 connections never see reactions.
-        Event::ReactionsChanged(_) => return None,
+        Event::VideoChanged(e) => {
+            LiveEvent::Other(frames::video(&VideoView::from(e.video.clone()?)))
+        }
+        Event::ReactionsChanged(e) => match api {
+            // v1 connections never see reactions.
+            Api::V1 => return None,
+            Api::V2 => {
+                let message = MessageViewV2::from(e.message.clone()?);
+                LiveEvent::Other(frames::message(
+                    "reactions",
+                    &message,
+                    message.conversation_id(),
+                ))
+            }
+        },
     })
+}
+
+/// A message event's conversation, `seq` and view in `api`'s shape. An event without the v2
+/// shape (from a producer older than v2) shows v2 clients the v1 text.
+fn message_view(
+    api: Api,
+    v1: Option<&chat_v1::Message>,
+    v2: Option<&chat_v2::Message>,
+) -> Option<(String, u64, serde_json::Value)> {
+    let view = match (api, v2) {
+        (Api::V2, Some(m)) => serde_json::to_value(MessageViewV2::from(m.clone())),
+        (Api::V2, None) => {
+            // v1's view with its text as text content and no reactions.
+            let mut view = serde_json::to_value(MessageView::from(v1?.clone())).ok()?;
+            let text = view.as_object_mut()?.remove("text")?;
+            view["content"] = serde_json::json!({"type": "text", "text": text});
+            view["reactions"] = serde_json::json!([]);
+            Ok(view)
+        }
+        (Api::V1, _) => serde_json::to_value(MessageView::from(v1?.clone())),
+    }
+    .ok()?;
+    let (conversation_id, seq) = match (v1, v2) {
+        (Some(m), _) => (m.conversation_id.clone(), m.seq),
+        (None, Some(m)) => (m.conversation_id.clone(), m.seq),
+        (None, None) => return None,
+    };
+    Some((conversation_id, seq, view))
 }
 
 #[derive(Debug, Clone)]
 struct Connection {
     queue: mpsc::Sender<Arc<LiveEvent>>,
     too_slow: Shutdown,
+    api: Api,
 }
 
 type Connections = Arc<StdMutex<HashMap<u64, Connection>>>;
@@ -204,13 +243,18 @@ impl DeliveryHub {
     /// Registers a connection of `user_id`. When this returns, the user's subscription is
     /// active on the server, so anything published from now on reaches the connection:
     /// history read after this call cannot miss an event.
-    pub async fn register(self: &Arc<Self>, user_id: &str) -> Result<Registration, SubscribeError> {
+    pub async fn register(
+        self: &Arc<Self>,
+        user_id: &str,
+        api: Api,
+    ) -> Result<Registration, SubscribeError> {
         let (queue, events) = mpsc::channel(self.queue);
         let too_slow = Shutdown::new();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let connection = Connection {
             queue,
             too_slow: too_slow.clone(),
+            api,
         };
         let mut users = self.users.lock().await;
         let frames = if let Some(slot) = users.get(user_id) {
@@ -294,8 +338,11 @@ fn lock(connections: &Connections) -> std::sync::MutexGuard<'_, HashMap<u64, Con
 /// fan-out to pass through.
 #[derive(Debug, Default)]
 pub struct RenderCache {
-    frames: StdMutex<HashMap<String, (Instant, Arc<LiveEvent>)>>,
+    frames: StdMutex<HashMap<RenderKey, (Instant, Arc<LiveEvent>)>>,
 }
+
+/// An event id and the version it was rendered for.
+type RenderKey = (String, Api);
 
 /// How long a rendered frame is kept for other recipients.
 const RENDER_TTL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -303,25 +350,26 @@ const RENDER_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 const RENDER_PRUNE_AT: usize = 4096;
 
 impl RenderCache {
-    /// The shared rendering of `delivery`; events without an id (typing, presence) are
-    /// rendered each time.
-    pub fn render(&self, delivery: Delivery) -> Option<Arc<LiveEvent>> {
-        let Some(id) = event_id(&delivery) else {
-            return render(delivery).map(Arc::new);
+    /// The shared rendering of `delivery` for `api`; events without an id (typing,
+    /// presence) are rendered each time.
+    pub fn render(&self, delivery: &Delivery, api: Api) -> Option<Arc<LiveEvent>> {
+        let Some(id) = event_id(delivery) else {
+            return render(delivery, api).map(Arc::new);
         };
+        let key = (id, api);
         let now = Instant::now();
         let mut frames = self
             .frames
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((_, event)) = frames.get(&id) {
+        if let Some((_, event)) = frames.get(&key) {
             return Some(Arc::clone(event));
         }
         if frames.len() >= RENDER_PRUNE_AT {
             frames.retain(|_, (at, _)| now.duration_since(*at) < RENDER_TTL);
         }
-        let event = Arc::new(render(delivery)?);
-        frames.insert(id, (now, Arc::clone(&event)));
+        let event = Arc::new(render(delivery, api)?);
+        frames.insert(key, (now, Arc::clone(&event)));
         Some(event)
     }
 }
@@ -352,12 +400,14 @@ async fn dispatch(
             tracing::warn!(message = "Undecodable delivery dropped.", subject = %message.subject);
             continue;
         };
-        let Some(event) = cache.render(delivery) else {
-            continue;
-        };
+        // Rendered at most once per version, and only for versions connected here.
+        let mut rendered: [Option<Option<Arc<LiveEvent>>>; Api::ALL.len()] = Default::default();
         for connection in lock(&connections).values() {
+            let event = rendered[connection.api.index()]
+                .get_or_insert_with(|| cache.render(&delivery, connection.api));
+            let Some(event) = event else { continue };
             if let Err(mpsc::error::TrySendError::Full(_)) =
-                connection.queue.try_send(Arc::clone(&event))
+                connection.queue.try_send(Arc::clone(event))
             {
                 connection.too_slow.cancel();
             }
@@ -388,10 +438,21 @@ mod tests {
     #[test]
     fn one_event_is_rendered_once_for_all_recipients() {
         let cache = RenderCache::default();
-        let first = cache.render(created("e1", 1)).unwrap();
-        let second = cache.render(created("e1", 1)).unwrap();
+        let first = cache.render(&created("e1", 1), Api::V1).unwrap();
+        let second = cache.render(&created("e1", 1), Api::V1).unwrap();
         assert!(Arc::ptr_eq(&first, &second));
-        let other = cache.render(created("e2", 2)).unwrap();
+        let v2 = cache.render(&created("e1", 1), Api::V2).unwrap();
+        assert!(!Arc::ptr_eq(&first, &v2), "one rendering per version");
+        let LiveEvent::Message { frame, .. } = &*v2 else {
+            panic!("a message event");
+        };
+        let frame: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
+        assert_eq!(
+            frame["message"]["content"],
+            serde_json::json!({"type": "text", "text": ""}),
+            "a v1-only event shows v2 clients its text: {frame}"
+        );
+        let other = cache.render(&created("e2", 2), Api::V1).unwrap();
         assert!(!Arc::ptr_eq(&first, &other));
         let LiveEvent::Message { seq, frame, .. } = &*other else {
             panic!("a message event");

@@ -8,6 +8,10 @@
 //! - [`typing`]: ephemeral typing indicators, relayed over core NATS and never stored.
 //! - [`ws`], [`sse`], [`poll`]: the transports, all carrying the same frames with the same
 //!   resume rule.
+//!
+//! Each transport is served under `/api/v1` and `/api/v2` ([`Api`]): the protocol is the
+//! same, the message shapes are the version's (v2: `content`, `reactions` and the
+//! `reactions` frame). An event is rendered at most once per version on a gateway.
 
 pub mod feed;
 pub mod frames;
@@ -19,7 +23,10 @@ pub mod ws;
 
 use std::{collections::HashMap, time::Duration};
 
-use axum::extract::ws::Utf8Bytes;
+use axum::{
+    extract::{FromRequestParts, MatchedPath, ws::Utf8Bytes},
+    http::request::Parts,
+};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::Deserialize;
 
@@ -85,19 +92,60 @@ impl RealtimeConfig {
     }
 }
 
+/// The API version a real-time connection speaks: it decides the shape of messages in
+/// frames. Taken from the matched route (`/api/v2/...` is v2, anything else v1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// `text` messages, no reactions.
+    V1,
+    /// `content` messages with `reactions`, and `reactions` frames.
+    V2,
+}
+
+impl Api {
+    /// Both versions, in the order of [`Api::index`].
+    pub const ALL: [Self; 2] = [Self::V1, Self::V2];
+
+    /// A dense index, for per-version tables.
+    #[must_use]
+    pub fn index(self) -> usize {
+        match self {
+            Self::V1 => 0,
+            Self::V2 => 1,
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Api {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let path = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map_or_else(|| parts.uri.path(), MatchedPath::as_str);
+        Ok(if path.starts_with("/api/v2/") {
+            Self::V2
+        } else {
+            Self::V1
+        })
+    }
+}
+
 /// Registers `user_id` with the hub and only then reads the history after `resume`: in this
 /// order no event can fall between the history and the live traffic (at worst it arrives
 /// twice, and the feed drops the duplicate).
 pub async fn connect(
     state: &AppState,
     user_id: &str,
+    api: Api,
     resume: &HashMap<String, u64>,
 ) -> Result<(Registration, Feed, Vec<Utf8Bytes>), ApiError> {
-    let registration = state.hub.register(user_id).await.map_err(|error| {
+    let registration = state.hub.register(user_id, api).await.map_err(|error| {
         tracing::warn!(message = "Cannot register for deliveries.", %error);
         ApiError::unavailable("real-time delivery is unavailable, retry")
     })?;
-    let mut feed = Feed::new(user_id.to_owned());
+    let mut feed = Feed::new(user_id.to_owned(), api);
     let frames = feed.resume(state, resume).await;
     Ok((registration, feed, frames))
 }

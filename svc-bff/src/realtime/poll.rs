@@ -1,8 +1,8 @@
-//! `GET /api/v1/poll?cursor=`: long polling, for clients that can hold neither a WebSocket nor
-//! an event stream. Answers `{"events":[frames...],"cursor":"..."}` as soon as there is
-//! something (or after `poll_wait_s`, 25 s by default, with no events); the next poll passes
-//! the cursor back and gets everything after it, so nothing falls between two polls.
-//! Without a cursor the poll starts from now.
+//! `GET /api/v1/poll?cursor=` (and `/api/v2/poll`): long polling, for clients that can hold
+//! neither a WebSocket nor an event stream. Answers `{"events":[frames...],"cursor":"..."}` as
+//! soon as there is something (or after `poll_wait_s`, 25 s by default, with no events); the
+//! next poll passes the cursor back and gets everything after it, so nothing falls between two
+//! polls. Without a cursor the poll starts from now.
 
 use std::collections::HashMap;
 
@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tertulia_plumbing::client::with_deadline;
 use tertulia_proto::chat::v1 as pb;
 
-use super::{connect, decode_cursor, encode_cursor};
+use super::{Api, connect, decode_cursor, encode_cursor};
 use crate::{
     app::AppState,
     extract::{ApiQuery, Caller},
@@ -34,13 +34,14 @@ const DISCOVER: u32 = 200;
 /// One long poll.
 pub async fn poll(
     State(state): State<AppState>,
+    api: Api,
     caller: Caller,
     ApiQuery(query): ApiQuery<PollQuery>,
 ) -> Result<Response, ApiError> {
     let known = query.cursor.as_deref().map(decode_cursor).transpose()?;
     let positions = discover(&state, &caller.user_id, known).await?;
     let (mut registration, mut feed, mut frames) =
-        connect(&state, &caller.user_id, &positions).await?;
+        connect(&state, &caller.user_id, api, &positions).await?;
     if frames.is_empty() {
         let deadline = tokio::time::Instant::now()
             + std::time::Duration::from_secs(state.realtime.poll_wait_s);

@@ -1,8 +1,8 @@
-//! `GET /api/v1/events`: Server-Sent Events for clients that cannot hold a WebSocket. The same
-//! frames as the WebSocket, one per event (`data:` is the frame's JSON); every event carries
-//! an `id:` cursor, so a reconnecting client's `Last-Event-ID` resumes exactly where it left
-//! off. `?resume=` (a JSON object of last seen `seq` per conversation, or a cursor) resumes
-//! the first connection. Sending uses the REST calls.
+//! `GET /api/v1/events` and `/api/v2/events`: Server-Sent Events for clients that cannot hold a
+//! WebSocket. The same frames as the WebSocket, one per event (`data:` is the frame's JSON);
+//! every event carries an `id:` cursor, so a reconnecting client's `Last-Event-ID` resumes
+//! exactly where it left off. `?resume=` (a JSON object of last seen `seq` per conversation, or
+//! a cursor) resumes the first connection. Sending uses the REST calls.
 
 use std::{collections::HashMap, convert::Infallible, time::Duration};
 
@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{connect, decode_cursor, encode_cursor, feed::Feed, frames};
+use super::{Api, connect, decode_cursor, encode_cursor, feed::Feed, frames};
 use crate::{
     app::AppState,
     extract::{ApiQuery, Caller},
@@ -44,6 +44,7 @@ fn parse_resume(raw: &str) -> Result<HashMap<String, u64>, ApiError> {
 /// Opens the event stream.
 pub async fn events(
     State(state): State<AppState>,
+    api: Api,
     caller: Caller,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<EventsQuery>,
@@ -54,7 +55,8 @@ pub async fn events(
         (None, Some(raw)) => parse_resume(raw)?,
         (None, None) => HashMap::new(),
     };
-    let (mut registration, mut feed, backlog) = connect(&state, &caller.user_id, &resume).await?;
+    let (mut registration, mut feed, backlog) =
+        connect(&state, &caller.user_id, api, &resume).await?;
     let (tx, rx) = mpsc::channel(SSE_BUFFER);
     let send_timeout = Duration::from_millis(state.realtime.send_timeout_ms);
     let keep_alive = Duration::from_secs(state.realtime.ping_interval_s.max(1));

@@ -1,4 +1,5 @@
-//! `GET /api/v1/ws`: the WebSocket transport.
+//! `GET /api/v1/ws` and `/api/v2/ws`: the WebSocket transport (messages in the version's
+//! shape; v2 `send` frames carry `content`).
 //!
 //! Life of a connection: `hello` within `hello_timeout_s` (else 4408), a valid token (else
 //! 4401), registration with the hub (subscription first), `ready`, the resumed history, then
@@ -19,14 +20,18 @@ use tertulia_proto::presence::v1 as presence_pb;
 use tokio::time::{Instant as TokioInstant, interval_at, timeout};
 
 use super::{
-    RealtimeConfig, connect,
+    Api, RealtimeConfig, connect,
     frames::{self, ClientFrame},
     hub::Registration,
 };
 use crate::versions::Notice;
 use crate::{
     app::AppState,
-    routes::chat::{mark_read_for, send_message},
+    problem::ApiError,
+    routes::{
+        chat::{mark_read_for, send_message},
+        messages_v2::{ContentBody, send_message_v2},
+    },
 };
 
 /// Close codes of the protocol.
@@ -54,6 +59,7 @@ pub mod close {
 /// Upgrades to a WebSocket with the frame size limit applied.
 pub async fn upgrade(
     State(state): State<AppState>,
+    api: Api,
     notice: Option<axum::Extension<Notice>>,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -61,7 +67,7 @@ pub async fn upgrade(
     let notice = notice.map(|axum::Extension(n)| n);
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| Session::run(state, socket, notice))
+        .on_upgrade(move |socket| Session::run(state, api, socket, notice))
 }
 
 /// Why a session ends, and how the socket is closed.
@@ -72,6 +78,7 @@ struct Ending {
 
 struct Session {
     state: AppState,
+    api: Api,
     socket: WebSocket,
     config: RealtimeConfig,
     last_heard: Instant,
@@ -81,9 +88,10 @@ struct Session {
 }
 
 impl Session {
-    async fn run(state: AppState, socket: WebSocket, notice: Option<Notice>) {
+    async fn run(state: AppState, api: Api, socket: WebSocket, notice: Option<Notice>) {
         let config = state.realtime.clone();
         let mut session = Self {
+            api,
             notice,
             rejected_in_a_row: 0,
             state,
@@ -126,12 +134,13 @@ impl Session {
 
     async fn serve(&mut self) -> Result<Ending, Ending> {
         let (user_id, resume) = self.hello().await?;
-        let (mut registration, mut feed, backlog) = connect(&self.state, &user_id, &resume)
-            .await
-            .map_err(|_| Ending {
-            code: close::TRY_AGAIN_LATER,
-            reason: "delivery unavailable, retry",
-        })?;
+        let (mut registration, mut feed, backlog) =
+            connect(&self.state, &user_id, self.api, &resume)
+                .await
+                .map_err(|_| Ending {
+                    code: close::TRY_AGAIN_LATER,
+                    reason: "delivery unavailable, retry",
+                })?;
         let session_id = uuid::Uuid::now_v7().to_string();
         self.send(frames::ready(&user_id, &session_id)).await?;
         if let Some(notice) = &self.notice {
@@ -321,19 +330,18 @@ impl Session {
                 conversation_id,
                 client_msg_id,
                 text,
+                content,
             } => {
-                let result = send_message(
+                answer_send(
                     &self.state,
-                    user_id.to_owned(),
+                    self.api,
+                    user_id,
                     conversation_id,
-                    client_msg_id.clone(),
+                    client_msg_id,
                     text,
+                    content,
                 )
-                .await;
-                match result {
-                    Ok((message, _)) => frames::ack(&client_msg_id, &message),
-                    Err(error) => frames::error(error.code(), error.detail(), Some(&client_msg_id)),
-                }
+                .await
             }
             ClientFrame::Read {
                 conversation_id,
@@ -357,6 +365,37 @@ impl Session {
         self.send(answer).await?;
         Ok(None)
     }
+}
+
+/// Answers a `send` frame (`ack` or `error`): `text` on v1, `content` on v2.
+async fn answer_send(
+    state: &AppState,
+    api: Api,
+    user_id: &str,
+    conversation_id: String,
+    client_msg_id: String,
+    text: Option<String>,
+    content: Option<ContentBody>,
+) -> Utf8Bytes {
+    let sender = user_id.to_owned();
+    let id = client_msg_id.clone();
+    let result = match (api, text, content) {
+        (Api::V1, Some(text), None) => send_message(state, sender, conversation_id, id, text)
+            .await
+            .map(|(message, _)| frames::ack(&client_msg_id, &message)),
+        (Api::V2, None, Some(content)) => {
+            send_message_v2(state, sender, conversation_id, id, content)
+                .await
+                .map(|(message, _)| frames::ack(&client_msg_id, &message))
+        }
+        (Api::V1, ..) => Err(ApiError::invalid_argument(
+            "a v1 send frame carries `text` (structured `content` is /api/v2/ws)",
+        )),
+        (Api::V2, ..) => Err(ApiError::invalid_argument(
+            "a v2 send frame carries `content`: {\"type\":\"text\",\"text\":...} or {\"type\":\"video\",\"video_id\":...}",
+        )),
+    };
+    result.unwrap_or_else(|error| frames::error(error.code(), error.detail(), Some(&client_msg_id)))
 }
 
 /// Tells svc-presence a session is alive. Presence is best effort: a failure is logged and

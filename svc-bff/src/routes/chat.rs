@@ -279,11 +279,28 @@ async fn send(
     Ok((status, Json(message)))
 }
 
-#[derive(Debug, Deserialize)]
-pub(crate) struct HistoryQuery {
-    pub(crate) after_seq: Option<u64>,
-    pub(crate) before_seq: Option<u64>,
-    pub(crate) limit: Option<u32>,
+/// Which part of a conversation's history: the query of both versions' history routes, and
+/// what the real-time transports ask for when they catch up.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct HistoryRange {
+    /// Only messages after this `seq`.
+    pub after_seq: Option<u64>,
+    /// Only messages before this `seq`.
+    pub before_seq: Option<u64>,
+    /// At most this many (checked by [`page_limit`]).
+    pub limit: Option<u32>,
+}
+
+impl HistoryRange {
+    /// Up to `limit` messages after `seq`.
+    #[must_use]
+    pub fn after(seq: u64, limit: u32) -> Self {
+        Self {
+            after_seq: Some(seq),
+            before_seq: None,
+            limit: Some(limit),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -297,16 +314,14 @@ pub async fn list_messages(
     state: &AppState,
     caller_id: &str,
     conversation_id: &str,
-    after_seq: Option<u64>,
-    before_seq: Option<u64>,
-    limit: u32,
+    range: HistoryRange,
 ) -> Result<Vec<pb::Message>, ApiError> {
     let request = pb::ListMessagesRequest {
         actor_id: caller_id.to_owned(),
         conversation_id: conversation_id.to_owned(),
-        after_seq,
-        before_seq,
-        limit,
+        after_seq: range.after_seq,
+        before_seq: range.before_seq,
+        limit: page_limit(range.limit)?,
     };
     let mut chat = state.chat.clone();
     #[expect(
@@ -321,18 +336,9 @@ async fn history(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    ApiQuery(q): ApiQuery<HistoryQuery>,
+    ApiQuery(range): ApiQuery<HistoryRange>,
 ) -> Result<Json<MessagePage>, ApiError> {
-    let limit = page_limit(q.limit)?;
-    let messages = list_messages(
-        &state,
-        &caller.user_id,
-        &id,
-        q.after_seq,
-        q.before_seq,
-        limit,
-    )
-    .await?;
+    let messages = list_messages(&state, &caller.user_id, &id, range).await?;
     Ok(Json(MessagePage {
         messages: messages.into_iter().map(MessageView::from).collect(),
     }))

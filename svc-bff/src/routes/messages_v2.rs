@@ -16,7 +16,7 @@ use crate::{
     app::AppState,
     extract::{ApiQuery, Caller, JsonBody, page_limit},
     problem::ApiError,
-    routes::chat::HistoryQuery,
+    routes::chat::HistoryRange,
     views::MessageViewV2,
 };
 
@@ -34,11 +34,20 @@ pub fn router() -> Router<AppState> {
         )
 }
 
+/// A message's content as clients write it (REST bodies and WebSocket `send` frames).
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum ContentBody {
-    Text { text: String },
-    Video { video_id: String },
+pub enum ContentBody {
+    /// `{"type":"text","text"}`.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// `{"type":"video","video_id"}`: a catalog video the sender can see.
+    Video {
+        /// The video.
+        video_id: String,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,12 +68,31 @@ async fn send(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<SendBody>,
 ) -> Result<(StatusCode, Json<MessageViewV2>), ApiError> {
-    let kind = match body.content {
+    let (message, created) =
+        send_message_v2(&state, caller.user_id, id, body.client_msg_id, body.content).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(message)))
+}
+
+/// Sends a v2 message for `sender_id`; shared with the v2 WebSocket. Returns the stored
+/// message and whether this call created it (false: `client_msg_id` repeated).
+pub async fn send_message_v2(
+    state: &AppState,
+    sender_id: String,
+    conversation_id: String,
+    client_msg_id: String,
+    content: ContentBody,
+) -> Result<(MessageViewV2, bool), ApiError> {
+    let kind = match content {
         ContentBody::Text { text } => pb::content::Kind::Text(pb::Text { text }),
         ContentBody::Video { video_id } => {
             // Only a video the sender may see can be shared.
             let request = catalog_pb::GetVideoRequest {
-                actor_id: caller.user_id.clone(),
+                actor_id: sender_id.clone(),
                 video_id: video_id.clone(),
             };
             state
@@ -82,9 +110,9 @@ async fn send(
         }
     };
     let request = pb::SendMessageRequest {
-        actor_id: caller.user_id,
-        conversation_id: id,
-        client_msg_id: body.client_msg_id,
+        actor_id: sender_id,
+        conversation_id,
+        client_msg_id,
         content: Some(pb::Content { kind: Some(kind) }),
     };
     let answer = state
@@ -93,12 +121,7 @@ async fn send(
         .send_message(with_deadline(request, state.call_deadline))
         .await?
         .into_inner();
-    let status = if answer.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(view(answer.message)?)))
+    Ok((view(answer.message)?, answer.created))
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,25 +165,35 @@ async fn history(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    ApiQuery(q): ApiQuery<HistoryQuery>,
+    ApiQuery(range): ApiQuery<HistoryRange>,
 ) -> Result<Json<MessagePage>, ApiError> {
-    let request = pb::ListMessagesRequest {
-        actor_id: caller.user_id,
-        conversation_id: id,
-        after_seq: q.after_seq,
-        before_seq: q.before_seq,
-        limit: page_limit(q.limit)?,
-    };
-    let messages = state
-        .chat_v2
-        .clone()
-        .list_messages(with_deadline(request, state.call_deadline))
-        .await?
-        .into_inner()
-        .messages;
+    let messages = list_messages_v2(&state, &caller.user_id, &id, range).await?;
     Ok(Json(MessagePage {
         messages: messages.into_iter().map(MessageViewV2::from).collect(),
     }))
+}
+
+/// A page of `caller_id`'s v2 view of a conversation's history; shared with the v2
+/// real-time transports, which resume and fill gaps with it.
+pub async fn list_messages_v2(
+    state: &AppState,
+    caller_id: &str,
+    conversation_id: &str,
+    range: HistoryRange,
+) -> Result<Vec<pb::Message>, ApiError> {
+    let request = pb::ListMessagesRequest {
+        actor_id: caller_id.to_owned(),
+        conversation_id: conversation_id.to_owned(),
+        after_seq: range.after_seq,
+        before_seq: range.before_seq,
+        limit: page_limit(range.limit)?,
+    };
+    let listed = state
+        .chat_v2
+        .clone()
+        .list_messages(with_deadline(request, state.call_deadline))
+        .await?;
+    Ok(listed.into_inner().messages)
 }
 
 /// 200 with the message and its reactions (adding twice changes nothing).

@@ -1,4 +1,5 @@
-//! Operational endpoints: liveness, readiness and the published signing keys.
+//! Operational endpoints: liveness, readiness, Prometheus metrics, the published signing
+//! keys and the deprecated-API usage report.
 
 use axum::{
     Json, Router,
@@ -15,13 +16,24 @@ use tonic_health::pb::{
 
 use crate::{app::AppState, problem::ApiError};
 
-/// `/healthz`, `/readyz`, `/.well-known/jwks.json`, `/admin/api-usage`.
+/// `/healthz`, `/readyz`, `/metrics`, `/.well-known/jwks.json`, `/admin/api-usage`.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/admin/api-usage", get(api_usage))
+}
+
+/// This gateway's series, as OpenMetrics text.
+async fn metrics(State(state): State<AppState>) -> Response {
+    use tertulia_plumbing::metrics::{CONTENT_TYPE, render};
+    (
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        render(&state.metrics),
+    )
+        .into_response()
 }
 
 /// Equal without telling a timing observer how much of `given` was right.

@@ -1,4 +1,4 @@
-//! `/api/v1/videos/*`: video metadata from svc-catalog, upload URLs and signed playback URLs
+//! `/api/v1/videos/*` and `/api/v2/videos/*` (the same but for search): video metadata from svc-catalog, upload URLs and signed playback URLs
 //! from svc-media. Reading videos works without a token (anonymous callers see public and
 //! unlisted videos); writing needs one. The bytes never pass through the gateway: uploads
 //! go to svc-media's tus endpoint, playback to its origin (or the CDN in front of it).
@@ -7,11 +7,14 @@ use axum::{
     Json, Router,
     extract::{Path, State},
     http::StatusCode,
-    routing::{get, post},
+    routing::{MethodRouter, get, post},
 };
 use serde::{Deserialize, Serialize};
 use tertulia_plumbing::client::with_deadline;
-use tertulia_proto::{catalog::v1 as pb, media::v1 as media_pb};
+use tertulia_proto::{
+    catalog::{v1 as pb, v2 as pb2},
+    media::v1 as media_pb,
+};
 
 use crate::{
     app::AppState,
@@ -22,8 +25,19 @@ use crate::{
 
 /// The routes of this module, relative to `/api/v1`.
 pub fn router() -> Router<AppState> {
+    routes(get(list))
+}
+
+/// The routes of this module, relative to `/api/v2`: the same but for search, whose contract
+/// v2 changes (several tags, an explicit order, relevance first when there is a query).
+pub fn router_v2() -> Router<AppState> {
+    routes(get(search))
+}
+
+/// Every video route; `GET /videos` is `listing`.
+fn routes(listing: MethodRouter<AppState>) -> Router<AppState> {
     Router::new()
-        .route("/videos", post(create).get(list))
+        .route("/videos", listing.post(create))
         .route("/videos/{id}", get(get_one).patch(update).delete(remove))
         .route("/videos/{id}/upload", post(new_upload))
 }
@@ -245,8 +259,28 @@ struct ListQuery {
 #[derive(Debug, Serialize)]
 struct VideoPage {
     videos: Vec<VideoView>,
+    /// v2 only: the order applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     next_page_token: Option<String>,
+}
+
+impl VideoPage {
+    /// A page of `videos`, each with signed URLs when it has a file.
+    async fn signed(
+        state: &AppState,
+        mut videos: Vec<VideoView>,
+        order: Option<&'static str>,
+        next_page_token: String,
+    ) -> Result<Json<Self>, ApiError> {
+        with_playback(state, &mut videos).await?;
+        Ok(Json(Self {
+            videos,
+            order,
+            next_page_token: Some(next_page_token).filter(|t| !t.is_empty()),
+        }))
+    }
 }
 
 async fn list(
@@ -262,18 +296,80 @@ async fn list(
         page_token: q.page_token,
         limit: page_limit(q.limit)?,
     };
+    #[expect(
+        deprecated,
+        reason = "GET /api/v1/videos is v1's contract until its sunset; v2 uses SearchVideos"
+    )]
     let answer = state
         .catalog
         .clone()
         .list_videos(with_deadline(request, state.call_deadline))
         .await?
         .into_inner();
-    let mut videos: Vec<VideoView> = answer.videos.into_iter().map(VideoView::from).collect();
-    with_playback(&state, &mut videos).await?;
-    Ok(Json(VideoPage {
-        videos,
-        next_page_token: Some(answer.next_page_token).filter(|t| !t.is_empty()),
-    }))
+    let videos = answer.videos.into_iter().map(VideoView::from).collect();
+    VideoPage::signed(&state, videos, None, answer.next_page_token).await
+}
+
+/// `GET /api/v2/videos` parameters: v1's `tag` became `tags` (comma-separated, all must
+/// match) and `order` is new; anything else is refused, so a v1 parameter left behind is
+/// noticed rather than ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchQuery {
+    #[serde(default)]
+    query: String,
+    #[serde(default)]
+    tags: String,
+    #[serde(default)]
+    owner_id: String,
+    order: Option<String>,
+    #[serde(default)]
+    page_token: String,
+    limit: Option<u32>,
+}
+
+async fn search(
+    State(state): State<AppState>,
+    caller: MaybeCaller,
+    ApiQuery(q): ApiQuery<SearchQuery>,
+) -> Result<Json<VideoPage>, ApiError> {
+    let order = match q.order.as_deref() {
+        None => pb2::Order::Unspecified,
+        Some("relevance") => pb2::Order::Relevance,
+        Some("newest") => pb2::Order::Newest,
+        Some(_) => {
+            return Err(ApiError::invalid_argument(
+                "order must be \"relevance\" or \"newest\"",
+            ));
+        }
+    };
+    let request = pb2::SearchVideosRequest {
+        actor_id: caller.actor_id(),
+        query: q.query,
+        filter: Some(pb2::Filter {
+            tags: q.tags.split(',').map(str::to_owned).collect(),
+            owner_id: q.owner_id,
+        }),
+        order: order.into(),
+        page_size: page_limit(q.limit)?,
+        page_token: q.page_token,
+    };
+    let answer = state
+        .catalog_v2
+        .clone()
+        .search_videos(with_deadline(request, state.call_deadline))
+        .await?
+        .into_inner();
+    let order = match answer.order() {
+        pb2::Order::Relevance => "relevance",
+        pb2::Order::Newest | pb2::Order::Unspecified => "newest",
+    };
+    let videos = answer
+        .results
+        .into_iter()
+        .filter_map(|r| r.video.map(VideoView::from))
+        .collect();
+    VideoPage::signed(&state, videos, Some(order), answer.next_page_token).await
 }
 
 #[derive(Debug, Deserialize)]
