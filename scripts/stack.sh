@@ -101,6 +101,7 @@ healthy() {
 }
 
 stop_services() {
+  local svc
   # Every instance that may have been started, whatever TERTULIA_INSTANCES is now.
   for svc in auth chat presence catalog media bff chat-2 bff-2; do
     stop_pidfile "$PIDS/$svc.pid"
@@ -142,7 +143,7 @@ TERTULIA_CHAT_GRPC_URLS=$CHAT_URLS
 TERTULIA_NATS_URL=$NATS_URL
 TERTULIA_DATABASE_URL=$DATABASE_URL
 ENV
-  log "Tertulia is up. API: http://127.0.0.1:$BFF_PORT/api/v1  (addresses in .run/stack.env)"
+  log "Tertulia is up. API: http://127.0.0.1:$BFF_PORT/api/v2  (addresses in .run/stack.env)"
   log "The web client is not built yet; the API is the entry point."
 }
 

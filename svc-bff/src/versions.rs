@@ -13,7 +13,8 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
-    extract::{MatchedPath, Request, State},
+    extract::{FromRequestParts, MatchedPath, Request, State},
+    http::request::Parts,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -363,6 +364,47 @@ pub async fn lifecycle(State(gate): State<Gate>, mut request: Request, next: Nex
             response
         }
         _ => next.run(request).await,
+    }
+}
+
+/// The API version a request was made to, for the handlers shared by both versions that
+/// answer in the version's shape (messages in real-time frames, a conversation's last
+/// message). Taken from the matched route (`/api/v2/...` is v2, anything else v1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// `text` messages, no reactions.
+    V1,
+    /// `content` messages with `reactions`, and `reactions` frames.
+    V2,
+}
+
+impl Api {
+    /// Both versions, in the order of [`Api::index`].
+    pub const ALL: [Self; 2] = [Self::V1, Self::V2];
+
+    /// A dense index, for per-version tables.
+    #[must_use]
+    pub fn index(self) -> usize {
+        match self {
+            Self::V1 => 0,
+            Self::V2 => 1,
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Api {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let path = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map_or_else(|| parts.uri.path(), MatchedPath::as_str);
+        Ok(if path.starts_with("/api/v2/") {
+            Self::V2
+        } else {
+            Self::V1
+        })
     }
 }
 

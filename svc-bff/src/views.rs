@@ -45,9 +45,9 @@ impl From<chat::Message> for MessageView {
     }
 }
 
-/// A conversation as the caller sees it.
+/// A conversation as the caller sees it, its last message in the version's shape (`M`).
 #[derive(Debug, Clone, Serialize)]
-pub struct ConversationView {
+pub struct ConversationView<M = MessageView> {
     id: String,
     kind: &'static str,
     title: String,
@@ -55,28 +55,46 @@ pub struct ConversationView {
     created_at: Option<String>,
     last_seq: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    last_message: Option<MessageView>,
+    last_message: Option<M>,
     unread: u64,
 }
 
-impl From<chat::Conversation> for ConversationView {
-    fn from(c: chat::Conversation) -> Self {
-        let kind = match c.kind() {
-            chat::ConversationKind::Direct => "direct",
-            chat::ConversationKind::Group | chat::ConversationKind::Unspecified => "group",
-        };
-        Self {
-            created_at: rfc3339(c.created_at.as_ref()),
-            last_message: c.last_message.map(MessageView::from),
-            id: c.conversation_id,
-            kind,
-            title: c.title,
-            member_ids: c.member_ids,
-            last_seq: c.last_seq,
-            unread: c.unread,
-        }
+impl<M> ConversationView<M> {
+    /// Its id.
+    #[must_use]
+    pub fn id(&self) -> &str {
+        &self.id
     }
 }
+
+/// `impl From<$pkg::Conversation> for ConversationView<$view>`, for each chat package whose
+/// `Conversation` has v1's fields (v2 keeps them; only its message differs).
+macro_rules! conversation_view_from {
+    ($view:ty, $($pkg:ident)::+) => {
+        impl From<$($pkg)::+::Conversation> for ConversationView<$view> {
+            fn from(c: $($pkg)::+::Conversation) -> Self {
+                use $($pkg)::+::ConversationKind;
+                let kind = match c.kind() {
+                    ConversationKind::Direct => "direct",
+                    ConversationKind::Group | ConversationKind::Unspecified => "group",
+                };
+                Self {
+                    created_at: rfc3339(c.created_at.as_ref()),
+                    last_message: c.last_message.map(<$view>::from),
+                    id: c.conversation_id,
+                    kind,
+                    title: c.title,
+                    member_ids: c.member_ids,
+                    last_seq: c.last_seq,
+                    unread: c.unread,
+                }
+            }
+        }
+    };
+}
+
+conversation_view_from!(MessageView, tertulia_proto::chat::v1);
+conversation_view_from!(MessageViewV2, tertulia_proto::chat::v2);
 
 /// One rung of a video's HLS ladder.
 #[derive(Debug, Clone, Serialize)]

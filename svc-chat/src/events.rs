@@ -98,25 +98,36 @@ pub fn message_v2_pb(m: &Message) -> chat_v2::Message {
     }
 }
 
-/// The wire form of a conversation.
-#[must_use]
-pub fn conversation_pb(c: &Conversation) -> chat_pb::Conversation {
-    let kind = match c.kind {
-        crate::domain::ConversationKind::Direct => chat_pb::ConversationKind::Direct,
-        crate::domain::ConversationKind::Group => chat_pb::ConversationKind::Group,
+/// `fn $name(&Conversation) -> $pkg::Conversation`, its last message by `$message`: the
+/// wire form of a conversation in a package whose `Conversation` has v1's fields (v2 keeps
+/// them; only its message differs).
+macro_rules! conversation_to_wire {
+    ($name:ident, $($pkg:ident)::+, $message:path) => {
+        /// The wire form of a conversation.
+        #[must_use]
+        pub fn $name(c: &Conversation) -> $($pkg)::+::Conversation {
+            use $($pkg)::+ as wire;
+            let kind = match c.kind {
+                crate::domain::ConversationKind::Direct => wire::ConversationKind::Direct,
+                crate::domain::ConversationKind::Group => wire::ConversationKind::Group,
+            };
+            wire::Conversation {
+                conversation_id: c.conversation_id.to_string(),
+                kind: kind.into(),
+                title: c.title.clone(),
+                member_ids: c.member_ids.iter().map(Uuid::to_string).collect(),
+                created_at: Some(timestamp(c.created_at)),
+                last_seq: c.last_seq.unsigned_abs(),
+                last_message: c.last_message.as_ref().map($message),
+                unread: c.unread.unsigned_abs(),
+                creator_id: c.creator_id.to_string(),
+            }
+        }
     };
-    chat_pb::Conversation {
-        conversation_id: c.conversation_id.to_string(),
-        kind: kind.into(),
-        title: c.title.clone(),
-        member_ids: c.member_ids.iter().map(Uuid::to_string).collect(),
-        created_at: Some(timestamp(c.created_at)),
-        last_seq: c.last_seq.unsigned_abs(),
-        last_message: c.last_message.as_ref().map(message_pb),
-        unread: c.unread.unsigned_abs(),
-        creator_id: c.creator_id.to_string(),
-    }
 }
+
+conversation_to_wire!(conversation_pb, tertulia_proto::chat::v1, message_pb);
+conversation_to_wire!(conversation_v2_pb, tertulia_proto::chat::v2, message_v2_pb);
 
 fn event(conversation_id: Uuid, kind: &str, encode: impl FnOnce(String) -> Vec<u8>) -> OutboxEvent {
     let event_id = Uuid::now_v7();
@@ -187,11 +198,13 @@ pub fn membership(conversation: &Conversation, added: &[Uuid], removed: &[Uuid])
         chat_event::MEMBERSHIP,
         |event_id| {
             let mut view = conversation_pb(conversation);
+            let mut view_v2 = conversation_v2_pb(conversation);
             // Per-viewer fields mean nothing in a broadcast.
-            view.unread = 0;
+            (view.unread, view_v2.unread) = (0, 0);
             pb::MembershipChanged {
                 event_id,
                 conversation: Some(view),
+                conversation_v2: Some(view_v2),
                 added_user_ids: added.iter().map(Uuid::to_string).collect(),
                 removed_user_ids: removed.iter().map(Uuid::to_string).collect(),
             }

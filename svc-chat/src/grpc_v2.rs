@@ -4,7 +4,11 @@
 use tertulia_proto::chat::v2 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::{conversations::Conversations, domain::Content, events::message_v2_pb};
+use crate::{
+    conversations::Conversations,
+    domain::Content,
+    events::{conversation_v2_pb, message_v2_pb},
+};
 
 /// The v2 gRPC face of [`Conversations`].
 #[derive(Debug, Clone)]
@@ -36,6 +40,29 @@ fn content(c: Option<pb::Content>) -> Result<Content, Status> {
 
 #[tonic::async_trait]
 impl pb::chat_service_server::ChatService for ChatV2Grpc {
+    async fn get_conversation(
+        &self,
+        request: Request<pb::GetConversationRequest>,
+    ) -> Result<Response<pb::GetConversationResponse>, Status> {
+        let r = request.into_inner();
+        let conversation = self.chat.get(&r.actor_id, &r.conversation_id).await?;
+        Ok(Response::new(pb::GetConversationResponse {
+            conversation: Some(conversation_v2_pb(&conversation)),
+        }))
+    }
+
+    async fn list_conversations(
+        &self,
+        request: Request<pb::ListConversationsRequest>,
+    ) -> Result<Response<pb::ListConversationsResponse>, Status> {
+        let r = request.into_inner();
+        let page = self.chat.list(&r.actor_id, r.limit, &r.page_token).await?;
+        Ok(Response::new(pb::ListConversationsResponse {
+            conversations: page.conversations.iter().map(conversation_v2_pb).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
     async fn send_message(
         &self,
         request: Request<pb::SendMessageRequest>,

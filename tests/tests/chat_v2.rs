@@ -532,3 +532,109 @@ async fn the_v2_socket_speaks_v2_beside_a_v1_socket() {
         json!({"type": "text", "text": "hello"})
     );
 }
+
+/// A conversation's last message is a message: v2 shows it with `content` (list, get, create
+/// of an existing direct conversation, and the `conversation` frame), v1 with `text`.
+#[tokio::test]
+async fn conversations_show_their_last_message_in_each_version_s_shape() {
+    let stack = Stack::start().await;
+    let alice = stack.signed_up("alice").await;
+    let bob = stack.signed_up("bob").await;
+    let carol = stack.signed_up("carol").await;
+    let direct: Value = stack
+        .post(
+            "/api/v2/conversations",
+            &json!({"kind": "direct", "member_ids": [bob.user_id]}),
+            Some(&alice.access_token),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let direct = direct["id"].as_str().unwrap().to_owned();
+    let group = stack.group(&alice, &[&bob]).await;
+    let video = stack
+        .create_video(&alice, &json!({"title": "Clip", "visibility": "unlisted"}))
+        .await;
+    let content = json!({"type": "video", "video_id": video["id"]});
+    for conversation in [&direct, &group] {
+        let sent = stack
+            .post(
+                &format!("/api/v2/conversations/{conversation}/messages"),
+                &json!({"client_msg_id": "v", "content": content}),
+                Some(&alice.access_token),
+            )
+            .await;
+        assert_eq!(sent.status(), 201);
+    }
+    let fallback = format!("[video] /api/v1/videos/{}", video["id"].as_str().unwrap());
+    let get = |path: String| {
+        let token = bob.access_token.clone();
+        let stack = &stack;
+        async move {
+            stack
+                .get(&path, Some(&token))
+                .await
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+
+    let v2_list = get("/api/v2/conversations".into()).await;
+    let v1_list = get("/api/v1/conversations".into()).await;
+    for i in 0..2 {
+        assert_eq!(
+            v2_list["conversations"][i]["last_message"]["content"],
+            content
+        );
+        assert!(
+            v2_list["conversations"][i]["last_message"]
+                .get("text")
+                .is_none()
+        );
+        assert_eq!(
+            v1_list["conversations"][i]["last_message"]["text"],
+            fallback
+        );
+    }
+    let one = get(format!("/api/v2/conversations/{group}")).await;
+    assert_eq!(one["last_message"]["content"], content);
+    assert_eq!(
+        get(format!("/api/v1/conversations/{group}")).await["last_message"]["text"],
+        fallback
+    );
+    let again = stack
+        .post(
+            "/api/v2/conversations",
+            &json!({"kind": "direct", "member_ids": [alice.user_id]}),
+            Some(&bob.access_token),
+        )
+        .await;
+    assert_eq!(again.status(), 200, "the existing direct conversation");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], direct.as_str());
+    assert_eq!(again["last_message"]["content"], content);
+
+    // Membership pushes the conversation: in v2's shape to a v2 socket.
+    let mut bob_v2 = WsClient::ready_version(stack.bff, "v2", &bob.access_token, &json!({})).await;
+    let mut bob_v1 = stack.ws(&bob, &json!({})).await;
+    let added = stack
+        .post(
+            &format!("/api/v2/conversations/{group}/members"),
+            &json!({"user_id": carol.user_id}),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(added.status(), 204);
+    let frame = bob_v2.frame_of("conversation").await;
+    assert_eq!(
+        frame["conversation"]["last_message"]["content"], content,
+        "{frame}"
+    );
+    let frame = bob_v1.frame_of("conversation").await;
+    assert_eq!(
+        frame["conversation"]["last_message"]["text"], fallback,
+        "{frame}"
+    );
+}

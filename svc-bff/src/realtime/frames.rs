@@ -7,10 +7,7 @@ use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::{
-    routes::messages_v2::ContentBody,
-    views::{ConversationView, VideoView},
-};
+use crate::{routes::messages_v2::ContentBody, views::VideoView};
 
 /// A frame from the client.
 #[derive(Debug, Deserialize)]
@@ -122,7 +119,7 @@ pub fn presence(user_id: &str, online: bool, last_seen: Option<String>) -> Utf8B
 
 /// `{"type":"conversation","conversation"}`.
 #[must_use]
-pub fn conversation(conversation: &ConversationView) -> Utf8Bytes {
+pub fn conversation(conversation: &impl Serialize) -> Utf8Bytes {
     text(&json!({"type": "conversation", "conversation": conversation}))
 }
 

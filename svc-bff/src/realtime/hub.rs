@@ -67,9 +67,15 @@ pub fn render(delivery: &Delivery, api: Api) -> Option<LiveEvent> {
         Event::ReceiptUpdated(e) => {
             LiveEvent::Other(frames::receipt(&e.conversation_id, &e.user_id, e.seq))
         }
-        Event::MembershipChanged(e) => LiveEvent::Other(frames::conversation(
-            &ConversationView::from(e.conversation.clone()?),
-        )),
+        Event::MembershipChanged(e) => LiveEvent::Other(match (api, &e.conversation_v2) {
+            (Api::V2, Some(c)) => {
+                frames::conversation(&ConversationView::<MessageViewV2>::from(c.clone()))
+            }
+            // v1, or an event from a producer older than v2 (its last message in v1's shape).
+            _ => frames::conversation(&ConversationView::<MessageView>::from(
+                e.conversation.clone()?,
+            )),
+        }),
         Event::TypingStarted(e) => LiveEvent::Other(frames::typing(&e.conversation_id, &e.user_id)),
         Event::PresenceChanged(e) => LiveEvent::Other(frames::presence(
             &e.user_id,

@@ -23,13 +23,11 @@ pub mod ws;
 
 use std::{collections::HashMap, time::Duration};
 
-use axum::{
-    extract::{FromRequestParts, MatchedPath, ws::Utf8Bytes},
-    http::request::Parts,
-};
+use axum::extract::ws::Utf8Bytes;
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::Deserialize;
 
+pub use crate::versions::Api;
 use crate::{app::AppState, problem::ApiError};
 use feed::Feed;
 use hub::Registration;
@@ -89,46 +87,6 @@ impl RealtimeConfig {
     }
     fn send_timeout(&self) -> Duration {
         Duration::from_millis(self.send_timeout_ms)
-    }
-}
-
-/// The API version a real-time connection speaks: it decides the shape of messages in
-/// frames. Taken from the matched route (`/api/v2/...` is v2, anything else v1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Api {
-    /// `text` messages, no reactions.
-    V1,
-    /// `content` messages with `reactions`, and `reactions` frames.
-    V2,
-}
-
-impl Api {
-    /// Both versions, in the order of [`Api::index`].
-    pub const ALL: [Self; 2] = [Self::V1, Self::V2];
-
-    /// A dense index, for per-version tables.
-    #[must_use]
-    pub fn index(self) -> usize {
-        match self {
-            Self::V1 => 0,
-            Self::V2 => 1,
-        }
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Api {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let path = parts
-            .extensions
-            .get::<MatchedPath>()
-            .map_or_else(|| parts.uri.path(), MatchedPath::as_str);
-        Ok(if path.starts_with("/api/v2/") {
-            Self::V2
-        } else {
-            Self::V1
-        })
     }
 }
 

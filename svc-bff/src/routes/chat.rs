@@ -1,22 +1,28 @@
 //! `/api/v1/conversations/*`: conversations, members, messages and read positions, answered
 //! by svc-chat. User ids in bodies are checked against svc-auth first, so a typo is a 404
-//! rather than a member who does not exist.
+//! rather than a member who does not exist. The conversation routes are v2's too; they answer
+//! with the last message in the caller's version ([`Api`]).
 
 use axum::{
     Json, Router,
     extract::{Path, State},
     http::StatusCode,
+    response::{IntoResponse as _, Response},
     routing::{delete, get, patch, post},
 };
 use serde::{Deserialize, Serialize};
 use tertulia_plumbing::client::with_deadline;
-use tertulia_proto::{auth::v1 as auth_pb, chat::v1 as pb};
+use tertulia_proto::{
+    auth::v1 as auth_pb,
+    chat::{v1 as pb, v2 as pb2},
+};
 
 use crate::{
     app::AppState,
     extract::{ApiQuery, Caller, JsonBody, page_limit},
     problem::ApiError,
-    views::{ConversationView, MessageView},
+    versions::Api,
+    views::{ConversationView, MessageView, MessageViewV2},
 };
 
 /// The routes of this module, relative to `/api/v1`.
@@ -24,7 +30,8 @@ pub fn router() -> Router<AppState> {
     conversations_router().merge(messages_router())
 }
 
-/// Conversations, members and read positions: the same contract in every version.
+/// Conversations, members and read positions: the same contract in every version (a
+/// conversation's last message in the version's shape).
 pub fn conversations_router() -> Router<AppState> {
     Router::new()
         .route("/conversations", post(create).get(list))
@@ -93,9 +100,10 @@ struct CreateBody {
 /// 201 with a new conversation; 200 with the existing direct conversation of the same pair.
 async fn create(
     State(state): State<AppState>,
+    api: Api,
     caller: Caller,
     JsonBody(body): JsonBody<CreateBody>,
-) -> Result<(StatusCode, Json<ConversationView>), ApiError> {
+) -> Result<(StatusCode, Response), ApiError> {
     let kind = match body.kind.as_str() {
         "direct" => pb::ConversationKind::Direct,
         "group" => pb::ConversationKind::Group,
@@ -112,7 +120,7 @@ async fn create(
     }
     ensure_users_exist(&state, &body.member_ids).await?;
     let request = pb::CreateConversationRequest {
-        actor_id: caller.user_id,
+        actor_id: caller.user_id.clone(),
         kind: kind.into(),
         member_ids: body.member_ids,
         title: body.title,
@@ -128,7 +136,35 @@ async fn create(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(conversation_view(answer.conversation)?)))
+    let view = conversation_view(answer.conversation)?;
+    let body = match api {
+        Api::V1 => Json(view).into_response(),
+        // An existing direct conversation has a last message, in v2's shape there.
+        Api::V2 => Json(conversation_v2(&state, &caller.user_id, view.id()).await?).into_response(),
+    };
+    Ok((status, body))
+}
+
+/// One conversation of `caller_id` as v2 shows it.
+async fn conversation_v2(
+    state: &AppState,
+    caller_id: &str,
+    conversation_id: &str,
+) -> Result<ConversationView<MessageViewV2>, ApiError> {
+    let request = pb2::GetConversationRequest {
+        actor_id: caller_id.to_owned(),
+        conversation_id: conversation_id.to_owned(),
+    };
+    let answer = state
+        .chat_v2
+        .clone()
+        .get_conversation(with_deadline(request, state.call_deadline))
+        .await?
+        .into_inner();
+    answer
+        .conversation
+        .map(ConversationView::from)
+        .ok_or_else(|| ApiError::unavailable("svc-chat answered without a conversation"))
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,43 +175,78 @@ struct ListQuery {
 }
 
 #[derive(Debug, Serialize)]
-struct ConversationPage {
-    conversations: Vec<ConversationView>,
+struct ConversationPage<M> {
+    conversations: Vec<ConversationView<M>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     next_page_token: Option<String>,
 }
 
-async fn list(
-    State(state): State<AppState>,
-    caller: Caller,
-    ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<ConversationPage>, ApiError> {
-    let request = pb::ListConversationsRequest {
-        actor_id: caller.user_id,
-        limit: page_limit(q.limit)?,
-        page_token: q.page_token,
-    };
-    let answer = state
-        .chat
-        .clone()
-        .list_conversations(with_deadline(request, state.call_deadline))
-        .await?
-        .into_inner();
-    Ok(Json(ConversationPage {
-        conversations: answer
-            .conversations
-            .into_iter()
-            .map(ConversationView::from)
-            .collect(),
-        next_page_token: Some(answer.next_page_token).filter(|t| !t.is_empty()),
-    }))
+impl<M> ConversationPage<M> {
+    fn of<C>(conversations: Vec<C>, next_page_token: String) -> Json<Self>
+    where
+        ConversationView<M>: From<C>,
+    {
+        Json(Self {
+            conversations: conversations
+                .into_iter()
+                .map(ConversationView::from)
+                .collect(),
+            next_page_token: Some(next_page_token).filter(|t| !t.is_empty()),
+        })
+    }
 }
 
+/// The caller's conversations by latest activity, last messages in the version's shape.
+async fn list(
+    State(state): State<AppState>,
+    api: Api,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Response, ApiError> {
+    let (actor_id, limit) = (caller.user_id, page_limit(q.limit)?);
+    let deadline = state.call_deadline;
+    Ok(match api {
+        Api::V1 => {
+            let request = pb::ListConversationsRequest {
+                actor_id,
+                limit,
+                page_token: q.page_token,
+            };
+            let mut chat = state.chat.clone();
+            let answer = chat
+                .list_conversations(with_deadline(request, deadline))
+                .await?
+                .into_inner();
+            ConversationPage::<MessageView>::of(answer.conversations, answer.next_page_token)
+                .into_response()
+        }
+        Api::V2 => {
+            let request = pb2::ListConversationsRequest {
+                actor_id,
+                limit,
+                page_token: q.page_token,
+            };
+            let mut chat = state.chat_v2.clone();
+            let answer = chat
+                .list_conversations(with_deadline(request, deadline))
+                .await?
+                .into_inner();
+            ConversationPage::<MessageViewV2>::of(answer.conversations, answer.next_page_token)
+                .into_response()
+        }
+    })
+}
+
+/// One conversation, its last message in the version's shape.
 async fn get_one(
     State(state): State<AppState>,
+    api: Api,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<ConversationView>, ApiError> {
+) -> Result<Response, ApiError> {
+    if api == Api::V2 {
+        return Ok(Json(conversation_v2(&state, &caller.user_id, &id).await?).into_response());
+    }
     let request = pb::GetConversationRequest {
         actor_id: caller.user_id,
         conversation_id: id,
@@ -186,7 +257,7 @@ async fn get_one(
         .get_conversation(with_deadline(request, state.call_deadline))
         .await?
         .into_inner();
-    Ok(Json(conversation_view(answer.conversation)?))
+    Ok(Json(conversation_view(answer.conversation)?).into_response())
 }
 
 #[derive(Debug, Deserialize)]
