@@ -5,11 +5,16 @@
 //! 1. *timeout* (tonic's): the caller's `grpc-timeout`, capped by `request_timeout_ms`, so no
 //!    call outlives the deadline its caller already gave up on.
 //! 2. *trace*: a span per call, outside the limiter so shed calls are logged too.
-//! 3. *lifecycle*: deprecation notices in response metadata, `UNIMPLEMENTED` after a sunset
+//! 3. *metrics*: RED series per method ([`crate::metrics::RpcMetrics`]), also outside the
+//!    limiter so shed calls count as `UNAVAILABLE`.
+//! 4. *lifecycle*: deprecation notices in response metadata, `UNIMPLEMENTED` after a sunset
 //!    (see [`crate::lifecycle`]); before the limiter, since refusing costs nothing.
-//! 4. *in-flight limit with load shedding*: calls beyond `max_in_flight` are answered
+//! 5. *in-flight limit with load shedding*: calls beyond `max_in_flight` are answered
 //!    `UNAVAILABLE` at once instead of queueing, so clients retry elsewhere and memory stays
 //!    bounded under overload.
+//!
+//! With [`GrpcServer::metrics`], the same port also answers `GET /metrics` over HTTP/1.1 for
+//! Prometheus.
 
 use std::{
     future::Future,
@@ -33,6 +38,7 @@ use crate::{
     clock::{Clock, SystemClock},
     config::GrpcServerConfig,
     lifecycle::{GrpcLifecycle, GrpcLifecycleLayer},
+    metrics::{Registry, RpcMetrics, RpcMetricsLayer},
     shutdown::Shutdown,
 };
 
@@ -45,6 +51,7 @@ pub struct GrpcServer {
     routes: RoutesBuilder,
     health: HealthReporter,
     names: Vec<&'static str>,
+    metrics: Option<(RpcMetrics, Arc<Registry>)>,
 }
 
 /// Failures starting or running the server.
@@ -96,7 +103,17 @@ impl GrpcServer {
             routes: RoutesBuilder::default(),
             health,
             names: Vec::new(),
+            metrics: None,
         })
+    }
+
+    /// Records RED series per method into `registry` (which holds the service's own series
+    /// too) and serves it at `GET /metrics` on this port.
+    #[must_use]
+    pub fn metrics(mut self, mut registry: Registry) -> Self {
+        let rpc = RpcMetrics::new(&mut registry);
+        self.metrics = Some((rpc, Arc::new(registry)));
+        self
     }
 
     /// Reads the lifecycle's dates from `clock` instead of the system clock (tests).
@@ -145,6 +162,7 @@ impl GrpcServer {
             mut routes,
             health,
             names,
+            metrics,
         } = self;
         let addr = listener
             .local_addr()
@@ -171,14 +189,26 @@ impl GrpcServer {
             routes.add_service(reflection);
         }
 
+        let mut routes = routes.routes();
+        let rpc_metrics = metrics.map(|(rpc, registry)| {
+            let grpc_router = std::mem::take(routes.axum_router_mut());
+            *routes.axum_router_mut() = grpc_router.route(
+                "/metrics",
+                axum::routing::get(crate::metrics::serve).with_state(registry),
+            );
+            RpcMetricsLayer::new(rpc)
+        });
         let stack = tower::ServiceBuilder::new()
             .layer(tower_http_trace())
+            .option_layer(rpc_metrics.clone())
             .layer(GrpcLifecycleLayer::new(lifecycle, clock))
             .layer(InFlightLimitLayer::new(config.max_in_flight));
         let server = Server::builder()
             .timeout(config.request_timeout())
+            // HTTP/1.1 for `GET /metrics`; gRPC stays HTTP/2.
+            .accept_http1(rpc_metrics.is_some())
             .layer(stack)
-            .add_routes(routes.routes());
+            .add_routes(routes);
 
         let signal = {
             let shutdown = shutdown.clone();

@@ -173,6 +173,25 @@ pub struct DurableConsumer {
 pub const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 impl Nats {
+    /// Messages of `stream` not yet delivered to durable `consumer`, and those delivered and
+    /// not yet acknowledged (names without namespace).
+    pub async fn consumer_backlog(
+        &self,
+        stream: &str,
+        consumer: &str,
+    ) -> Result<(u64, usize), String> {
+        let stream = self
+            .jetstream
+            .get_stream(self.stream_name(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        let info = stream
+            .consumer_info(consumer)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((info.num_pending, info.num_ack_pending))
+    }
+
     /// Works `consumer` with `handler` until `shutdown` trips: creates the consumer if needed,
     /// handles up to `concurrency` messages at once, acks, naks or terminates each by what the
     /// handler answers, and reconnects after errors. Handlers must be idempotent: a message

@@ -23,6 +23,7 @@ impl App {
             .map_err(|e| StartError::Other(tertulia_plumbing::error::chain(&e)))?;
         let grpc = GrpcServer::bind(config.grpc.clone())
             .await?
+            .metrics(tertulia_plumbing::metrics::Registry::default())
             .add_service(AuthServiceServer::new(AuthGrpc::new(accounts.clone())));
         Ok(Self { grpc, accounts })
     }

@@ -122,8 +122,10 @@ impl App {
         let catalog_channel = channel(&config.catalog)?;
         let media_channel = channel(&config.media)?;
         let usage = Arc::new(ApiUsage::open(&nats).await.map_err(StartError::Other)?);
-        let mut metrics = tertulia_plumbing::metrics::Registry::with_prefix("tertulia");
+        let mut metrics = tertulia_plumbing::metrics::Registry::default();
+        let http_metrics = tertulia_plumbing::metrics::HttpMetrics::new(&mut metrics);
         usage.register_metrics(&mut metrics);
+        let realtime_metrics = crate::realtime::hub::RealtimeMetrics::new(&mut metrics);
         let state = AppState {
             auth: AuthServiceClient::new(auth_channel.clone()),
             chat: ChatServiceClient::new(chat_channel.clone()),
@@ -153,6 +155,7 @@ impl App {
                 config.realtime.outbound_queue,
                 config.realtime.frames_per_second,
                 config.realtime.frame_burst,
+                realtime_metrics,
             ),
             typing: Arc::new(TypingRelay::new(nats)),
             usage,
@@ -171,7 +174,12 @@ impl App {
             })?;
         Ok(Self {
             listener,
-            router: router(state, config.http.max_body_bytes, &Arc::new(policy), &clock),
+            router: router(state, config.http.max_body_bytes, &Arc::new(policy), &clock).layer(
+                middleware::from_fn_with_state(
+                    http_metrics,
+                    tertulia_plumbing::metrics::record_http,
+                ),
+            ),
             sessions,
             usage,
         })

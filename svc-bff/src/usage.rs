@@ -132,12 +132,12 @@ impl ApiUsage {
     /// Registers this gateway's deprecated-call series with `registry`.
     pub fn register_metrics(&self, registry: &mut Registry) {
         registry.register(
-            "api_deprecated_calls",
+            "tertulia_api_deprecated_calls",
             "Calls to deprecated or sunset API routes, by version, route and User-Agent",
             self.series.calls.clone(),
         );
         registry.register(
-            "api_deprecated_last_seen_seconds",
+            "tertulia_api_deprecated_last_seen_seconds",
             "Unix time of the last call to a deprecated or sunset API route",
             self.series.last_seen.clone(),
         );

@@ -33,6 +33,7 @@ pub struct App {
     deletion: Deletion,
     nats: nats::Nats,
     reconcile_every: Duration,
+    consumer_metrics: tertulia_plumbing::metrics::ConsumerMetrics,
 }
 
 /// Opens the configured store.
@@ -73,8 +74,11 @@ impl App {
             media,
             Duration::from_millis(config.media.timeout_ms),
         );
+        let mut registry = tertulia_plumbing::metrics::Registry::default();
+        let consumer_metrics = tertulia_plumbing::metrics::ConsumerMetrics::new(&mut registry);
         let grpc = GrpcServer::bind(config.grpc)
             .await?
+            .metrics(registry)
             .add_service(CatalogServiceServer::new(CatalogGrpc::new(
                 catalog.clone(),
                 deletion.clone(),
@@ -88,6 +92,7 @@ impl App {
             deletion,
             nats,
             reconcile_every: Duration::from_secs(config.reconcile_every_s.max(1)),
+            consumer_metrics,
         })
     }
 
@@ -111,6 +116,12 @@ impl App {
 
     /// Serves until `shutdown` trips, with the media consumer and the reconciler beside.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
+        tokio::spawn(self.consumer_metrics.watch(
+            self.nats.clone(),
+            subjects::MEDIA_STREAM,
+            events::CATALOG_CONSUMER,
+            shutdown.clone(),
+        ));
         tokio::spawn(events::consume_media(
             self.catalog,
             self.nats,

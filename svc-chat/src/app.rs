@@ -3,7 +3,9 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use tertulia_plumbing::{StartError, grpc::GrpcServer, nats, postgres, shutdown::Shutdown};
+use tertulia_plumbing::{
+    StartError, grpc::GrpcServer, metrics::ConsumerMetrics, nats, postgres, shutdown::Shutdown,
+};
 use tertulia_proto::{
     chat::{
         v1::chat_service_server::ChatServiceServer,
@@ -15,7 +17,7 @@ use tertulia_proto::{
 use crate::{
     config::ChatConfig,
     conversations::Conversations,
-    events::{FanOut, OutboxRelay},
+    events::{FANOUT_CONSUMER, FanOut, OutboxRelay, RelayMetrics},
     grpc::ChatGrpc,
     grpc_v2::ChatV2Grpc,
     store::{ChatStore, MIGRATIONS},
@@ -31,6 +33,9 @@ pub struct App {
     fanout: FanOut,
     store: ChatStore,
     chat: Conversations,
+    nats: nats::Nats,
+    relay_metrics: RelayMetrics,
+    consumer_metrics: ConsumerMetrics,
 }
 
 impl App {
@@ -46,16 +51,23 @@ impl App {
         )
         .await?;
         let store = ChatStore::new(pool);
-        let relay = OutboxRelay::new(store.clone(), nats.clone());
+        let mut registry = tertulia_plumbing::metrics::Registry::default();
+        let relay_metrics = RelayMetrics::new(&mut registry);
+        let consumer_metrics = ConsumerMetrics::new(&mut registry);
+        let relay = OutboxRelay::new(store.clone(), nats.clone(), relay_metrics.clone());
         let chat = Conversations::new(store.clone(), relay.waker(), config.max_text_chars);
         let grpc = GrpcServer::bind(config.grpc)
             .await?
+            .metrics(registry)
             .add_service(ChatServiceServer::new(ChatGrpc::new(chat.clone())))
             .add_service(ChatV2ServiceServer::new(ChatV2Grpc::new(chat.clone())));
         Ok(Self {
             grpc,
-            fanout: FanOut::new(store.clone(), nats),
+            fanout: FanOut::new(store.clone(), nats.clone()),
+            nats,
             relay,
+            relay_metrics,
+            consumer_metrics,
             store,
             chat,
         })
@@ -83,6 +95,17 @@ impl App {
     /// beside the server.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
         tokio::spawn(self.relay.run(shutdown.clone()));
+        tokio::spawn(OutboxRelay::sample_pending(
+            self.store.clone(),
+            self.relay_metrics,
+            shutdown.clone(),
+        ));
+        tokio::spawn(self.consumer_metrics.watch(
+            self.nats,
+            subjects::CHAT_STREAM,
+            FANOUT_CONSUMER,
+            shutdown.clone(),
+        ));
         tokio::spawn(self.fanout.run(shutdown.clone()));
         tokio::spawn(purge_until(self.store, shutdown.clone()));
         self.grpc.serve(shutdown).await?;

@@ -11,6 +11,7 @@ use std::{sync::Arc, time::Duration};
 use async_nats::HeaderMap;
 use prost::Message as _;
 use tertulia_plumbing::{
+    metrics::{Counter, Gauge, Histogram, Registry, latency, sample_until},
     nats::{DurableConsumer, Handled, Nats},
     postgres::DbError,
     shutdown::Shutdown,
@@ -220,17 +221,70 @@ pub struct OutboxRelay {
     store: ChatStore,
     nats: Nats,
     wake: Arc<Notify>,
+    metrics: RelayMetrics,
+}
+
+/// What the relay measures: `tertulia_outbox_relayed_total`, `tertulia_outbox_lag_seconds`
+/// (commit to pick-up by a relay, per event) and `tertulia_outbox_pending` (rows waiting,
+/// sampled).
+#[derive(Debug, Clone)]
+pub struct RelayMetrics {
+    relayed: Counter,
+    lag: Histogram,
+    pending: Gauge,
+}
+
+impl RelayMetrics {
+    /// The series, registered with `registry`.
+    #[must_use]
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            relayed: Counter::default(),
+            lag: latency(),
+            pending: Gauge::default(),
+        };
+        registry.register(
+            "tertulia_outbox_relayed",
+            "Outbox events published to JetStream and acknowledged",
+            metrics.relayed.clone(),
+        );
+        registry.register(
+            "tertulia_outbox_lag_seconds",
+            "Time from an event's commit to its pick-up by a relay",
+            metrics.lag.clone(),
+        );
+        registry.register(
+            "tertulia_outbox_pending",
+            "Outbox events not yet published (sampled)",
+            metrics.pending.clone(),
+        );
+        metrics
+    }
 }
 
 impl OutboxRelay {
-    /// A relay over `store` publishing to `nats`.
+    /// A relay over `store` publishing to `nats`, measured into `metrics`.
     #[must_use]
-    pub fn new(store: ChatStore, nats: Nats) -> Self {
+    pub fn new(store: ChatStore, nats: Nats, metrics: RelayMetrics) -> Self {
         Self {
             store,
             nats,
             wake: Arc::new(Notify::new()),
+            metrics,
         }
+    }
+
+    /// Samples the number of unpublished rows until `shutdown` trips.
+    pub async fn sample_pending(store: ChatStore, metrics: RelayMetrics, shutdown: Shutdown) {
+        sample_until(shutdown, || async {
+            match store.pending_outbox().await {
+                Ok(n) => {
+                    metrics.pending.set(n);
+                }
+                Err(error) => tracing::debug!(message = "Outbox not sampled.", %error),
+            }
+        })
+        .await;
     }
 
     /// Wakes the relay at once (after this instance commits a row).
@@ -285,6 +339,10 @@ impl OutboxRelay {
             .await
             .map_err(DbError::from)?;
         tx.commit().await.map_err(DbError::from)?;
+        for row in &rows {
+            self.metrics.lag.observe(row.age_s.max(0.0));
+        }
+        self.metrics.relayed.inc_by(rows.len() as u64);
         Ok(rows.len())
     }
 

@@ -26,6 +26,8 @@ pub struct App {
     grpc: GrpcServer,
     listener: TcpListener,
     media: Media,
+    http_metrics: tertulia_plumbing::metrics::HttpMetrics,
+    consumer_metrics: tertulia_plumbing::metrics::ConsumerMetrics,
 }
 
 fn other(e: impl std::fmt::Display) -> StartError {
@@ -75,7 +77,11 @@ impl App {
             || public_url.clone(),
             |u| u.trim_end_matches('/').to_owned(),
         );
+        let mut registry = tertulia_plumbing::metrics::Registry::default();
+        let http_metrics = tertulia_plumbing::metrics::HttpMetrics::new(&mut registry);
+        let consumer_metrics = tertulia_plumbing::metrics::ConsumerMetrics::new(&mut registry);
         let media = Media {
+            metrics: crate::media::MediaMetrics::new(&mut registry),
             store: MediaStore::new(pool),
             blobs,
             nats,
@@ -88,11 +94,14 @@ impl App {
         };
         let grpc = GrpcServer::bind(config.grpc)
             .await?
+            .metrics(registry)
             .add_service(MediaServiceServer::new(MediaGrpc::new(media.clone())));
         Ok(Self {
             grpc,
             listener,
             media,
+            http_metrics,
+            consumer_metrics,
         })
     }
 
@@ -121,7 +130,17 @@ impl App {
             shutdown.clone(),
         ));
         tokio::spawn(sweep_until(self.media.clone(), shutdown.clone()));
-        let serve = axum::serve(self.listener, http::router(self.media))
+        tokio::spawn(self.consumer_metrics.watch(
+            self.media.nats.clone(),
+            tertulia_proto::subjects::MEDIA_STREAM,
+            processing::TRANSCODER_CONSUMER,
+            shutdown.clone(),
+        ));
+        let router = http::router(self.media.clone()).layer(axum::middleware::from_fn_with_state(
+            self.http_metrics,
+            tertulia_plumbing::metrics::record_http,
+        ));
+        let serve = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let http = async {
             let deadline = async {

@@ -2,7 +2,10 @@
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
-use tertulia_plumbing::nats::Nats;
+use tertulia_plumbing::{
+    metrics::{Counter, EncodeLabelSet, Family, Histogram, Registry, exponential_buckets},
+    nats::Nats,
+};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
@@ -38,6 +41,99 @@ pub struct Media {
     pub work_dir: Arc<PathBuf>,
     /// One lock per upload in progress: one writer at a time.
     pub sessions: Arc<Mutex<HashMap<Uuid, Arc<Mutex<UploadSession>>>>>,
+    /// What uploads and transcoding are measured by.
+    pub metrics: MediaMetrics,
+}
+
+/// Labels of a completed upload.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UploadLabels {
+    /// `true` when the content was already stored.
+    deduplicated: String,
+}
+
+/// Labels of a transcoding attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TranscodeLabels {
+    /// `ready`, `failed` (a verdict) or `retry` (a transient failure).
+    outcome: &'static str,
+}
+
+/// svc-media's own series: `tertulia_uploads_completed_total{deduplicated}`,
+/// `tertulia_upload_bytes_total`, `tertulia_transcodes_total{outcome}` and
+/// `tertulia_transcode_duration_seconds` (one attempt, probe to last rung).
+#[derive(Debug, Clone)]
+pub struct MediaMetrics {
+    uploads: Family<UploadLabels, Counter>,
+    upload_bytes: Counter,
+    transcodes: Family<TranscodeLabels, Counter>,
+    transcode_seconds: Histogram,
+}
+
+impl MediaMetrics {
+    /// The series, registered with `registry`.
+    #[must_use]
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            uploads: Family::default(),
+            upload_bytes: Counter::default(),
+            transcodes: Family::default(),
+            // 0.25 s to about 2 h.
+            transcode_seconds: Histogram::new(exponential_buckets(0.25, 2.0, 15)),
+        };
+        // Every outcome from 0, so rates work before the first event.
+        for deduplicated in ["false", "true"] {
+            drop(metrics.uploads.get_or_create(&UploadLabels {
+                deduplicated: deduplicated.into(),
+            }));
+        }
+        for outcome in ["ready", "failed", "retry"] {
+            drop(
+                metrics
+                    .transcodes
+                    .get_or_create(&TranscodeLabels { outcome }),
+            );
+        }
+        registry.register(
+            "tertulia_uploads_completed",
+            "Uploads whose last byte arrived and was stored",
+            metrics.uploads.clone(),
+        );
+        registry.register(
+            "tertulia_upload_bytes",
+            "Bytes of completed uploads",
+            metrics.upload_bytes.clone(),
+        );
+        registry.register(
+            "tertulia_transcodes",
+            "Transcoding attempts by outcome",
+            metrics.transcodes.clone(),
+        );
+        registry.register(
+            "tertulia_transcode_duration_seconds",
+            "Time of one transcoding attempt",
+            metrics.transcode_seconds.clone(),
+        );
+        metrics
+    }
+
+    /// An upload of `bytes` completed.
+    pub fn upload_completed(&self, bytes: u64, deduplicated: bool) {
+        self.uploads
+            .get_or_create(&UploadLabels {
+                deduplicated: deduplicated.to_string(),
+            })
+            .inc();
+        self.upload_bytes.inc_by(bytes);
+    }
+
+    /// A transcoding attempt ended with `outcome` after `elapsed`.
+    pub fn transcoded(&self, outcome: &'static str, elapsed: Duration) {
+        self.transcodes
+            .get_or_create(&TranscodeLabels { outcome })
+            .inc();
+        self.transcode_seconds.observe(elapsed.as_secs_f64());
+    }
 }
 
 impl Media {

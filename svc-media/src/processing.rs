@@ -157,11 +157,20 @@ async fn handle(media: &Media, message: &jetstream::Message) -> Handled {
     let attempt = message.info().map_or(1, |i| i.delivered);
     let max = media.limits.max_attempts.max(1);
     // Past the last attempt only the verdict is left to publish (its publish failed before).
+    let started = std::time::Instant::now();
     let outcome = if attempt > max {
         Err(Failure::Transient("no attempts left".into()))
     } else {
         process(media, &video, message).await
     };
+    media.metrics.transcoded(
+        match &outcome {
+            Ok(()) => "ready",
+            Err(Failure::NotAVideo(_)) => "failed",
+            Err(Failure::Transient(_)) => "retry",
+        },
+        started.elapsed(),
+    );
     let hash = &video.content_hash;
     let reason = match outcome {
         Ok(()) => return Handled::Done,

@@ -637,6 +637,7 @@ async fn finish(media: &Media, upload: &Upload, hasher: &blake3::Hasher) -> Resu
         Completion::VideoDeleted => return Err(video_deleted().into_response()),
     }
     tracing::info!(message = "Upload complete.", video_id = %upload.video_id, hash = %hash, deduplicated = !stored);
+    media.metrics.upload_completed(upload.length, !stored);
     let video = StoredVideo {
         video_id: upload.video_id,
         owner_id: upload.owner_id,

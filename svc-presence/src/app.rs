@@ -35,6 +35,7 @@ impl App {
         );
         let grpc = GrpcServer::bind(config.grpc)
             .await?
+            .metrics(tertulia_plumbing::metrics::Registry::default())
             .add_service(PresenceServiceServer::new(PresenceGrpc::new(
                 presence.clone(),
             )));

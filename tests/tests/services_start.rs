@@ -46,3 +46,103 @@ async fn a_taken_port_is_a_clear_start_error() {
     };
     assert!(err.to_string().contains("cannot bind"), "{err}");
 }
+
+/// Every service serves Prometheus text at `GET /metrics` (the gRPC services on their gRPC
+/// port, over HTTP/1.1), with RED series of the calls it answered.
+#[tokio::test]
+async fn every_service_serves_red_metrics() {
+    let stack = Stack::start().await;
+    let alice = stack.signed_up("alice").await;
+    let conversation = stack.group(&alice, &[]).await;
+    let sent = stack
+        .post(
+            &format!("/api/v2/conversations/{conversation}/messages"),
+            &serde_json::json!({"client_msg_id": "m", "content": {"type": "text", "text": "hi"}}),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(sent.status(), 201);
+    let missing = stack.get("/api/v2/videos/nope", None).await;
+    assert_eq!(missing.status(), 404);
+
+    let _socket = tertulia_tests::WsClient::ready_version(
+        stack.bff,
+        "v2",
+        &alice.access_token,
+        &serde_json::json!({}),
+    )
+    .await;
+    let scrape = |addr: SocketAddr| {
+        let http = stack.http.clone();
+        async move {
+            let answer = http
+                .get(format!("http://{addr}/metrics"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 200, "{addr}");
+            assert!(
+                answer.headers()["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("application/openmetrics-text")
+            );
+            answer.text().await.unwrap()
+        }
+    };
+    let chat = scrape(stack.chat).await;
+    assert!(
+        chat.contains(r#"grpc_server_handled_total{grpc_service="tertulia.chat.v2.ChatService",grpc_method="SendMessage",grpc_code="OK"} 1"#),
+        "{chat}"
+    );
+    for series in [
+        "grpc_server_handling_seconds_bucket",
+        "# TYPE tertulia_outbox_relayed counter",
+        "tertulia_outbox_lag_seconds_count",
+        "tertulia_outbox_pending ",
+        r#"tertulia_jetstream_consumer_pending{stream="CHAT",consumer="fanout"}"#,
+        r#"tertulia_jetstream_consumer_ack_pending{stream="CHAT",consumer="fanout"}"#,
+    ] {
+        assert!(chat.contains(series), "{series} in {chat}");
+    }
+    let catalog = scrape(stack.catalog).await;
+    assert!(
+        catalog.contains(r#"grpc_method="GetVideo",grpc_code="NOT_FOUND"} 1"#),
+        "{catalog}"
+    );
+    let auth = scrape(stack.auth).await;
+    assert!(
+        auth.contains(r#"grpc_service="tertulia.auth.v1.AuthService""#),
+        "{auth}"
+    );
+    assert!(
+        catalog
+            .contains(r#"tertulia_jetstream_consumer_pending{stream="MEDIA",consumer="catalog"}"#),
+        "{catalog}"
+    );
+    assert!(scrape(stack.presence).await.contains("# EOF"));
+    let media = scrape(stack.media).await;
+    for series in [
+        "# TYPE tertulia_uploads_completed counter",
+        "# TYPE tertulia_upload_bytes counter",
+        "# TYPE tertulia_transcodes counter",
+        "# TYPE tertulia_transcode_duration_seconds histogram",
+        r#"tertulia_jetstream_consumer_pending{stream="MEDIA",consumer="transcoder"}"#,
+    ] {
+        assert!(media.contains(series), "{series} in {media}");
+    }
+    let bff = scrape(stack.bff).await;
+    for series in [
+        r#"http_server_requests_total{method="POST",route="/api/v2/conversations/{id}/messages",status="201"} 1"#,
+        r#"http_server_requests_total{method="GET",route="/api/v2/videos/{id}",status="404"} 1"#,
+        r#"http_server_request_duration_seconds_count{method="POST",route="/api/v2/conversations/{id}/messages"} 1"#,
+        r#"tertulia_realtime_connections{transport="ws",api="v2"} 1"#,
+        "tertulia_realtime_users 1",
+        "# TYPE tertulia_realtime_queue_depth histogram",
+        r#"tertulia_realtime_slow_consumer_disconnects_total{transport="ws",reason="queue_full"} 0"#,
+    ] {
+        assert!(bff.contains(series), "{series} in {bff}");
+    }
+    // gRPC still works on the ports that now speak HTTP/1.1 too.
+    assert_serving(stack.chat).await;
+}

@@ -15,7 +15,11 @@ use std::{
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt as _;
 use prost::Message as _;
-use tertulia_plumbing::{nats::Nats, shutdown::Shutdown};
+use tertulia_plumbing::{
+    metrics::{Counter, EncodeLabelSet, Family, Gauge, Histogram, Registry, exponential_buckets},
+    nats::Nats,
+    shutdown::Shutdown,
+};
 use tertulia_proto::{
     chat::{v1 as chat_v1, v2 as chat_v2},
     events::v1::{Delivery, delivery::Event},
@@ -128,11 +132,90 @@ fn message_view(
     Some((conversation_id, seq, view))
 }
 
+/// Labels of open connections.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ConnectionLabels {
+    transport: &'static str,
+    api: &'static str,
+}
+
+/// Labels of slow-consumer disconnects.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SlowLabels {
+    transport: &'static str,
+    reason: &'static str,
+}
+
+/// What the gateway's real-time side measures: `tertulia_realtime_connections{transport, api}`,
+/// `tertulia_realtime_users` (users with a subscription here),
+/// `tertulia_realtime_queue_depth` (events waiting in a connection's queue, observed at each
+/// enqueue) and `tertulia_realtime_slow_consumer_disconnects_total{transport, reason}`.
+#[derive(Debug, Clone)]
+pub struct RealtimeMetrics {
+    connections: Family<ConnectionLabels, Gauge>,
+    users: Gauge,
+    queue_depth: Histogram,
+    slow: Family<SlowLabels, Counter>,
+}
+
+impl RealtimeMetrics {
+    /// The series, registered with `registry`.
+    #[must_use]
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            connections: Family::default(),
+            users: Gauge::default(),
+            queue_depth: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            slow: Family::default(),
+        };
+        // Every transport and reason from 0, so rates work before the first event.
+        for transport in ["ws", "sse", "poll"] {
+            for reason in ["queue_full", "send_timeout"] {
+                drop(
+                    metrics
+                        .slow
+                        .get_or_create(&SlowLabels { transport, reason }),
+                );
+            }
+        }
+        registry.register(
+            "tertulia_realtime_connections",
+            "Open real-time connections (WebSocket, SSE, long polls waiting)",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "tertulia_realtime_users",
+            "Users with a delivery subscription on this gateway",
+            metrics.users.clone(),
+        );
+        registry.register(
+            "tertulia_realtime_queue_depth",
+            "Events waiting in a connection's queue, observed at each enqueue",
+            metrics.queue_depth.clone(),
+        );
+        registry.register(
+            "tertulia_realtime_slow_consumer_disconnects",
+            "Connections closed because the client read too slowly",
+            metrics.slow.clone(),
+        );
+        metrics
+    }
+
+    /// A client of `transport` read too slowly and was disconnected (`reason`:
+    /// `queue_full` or `send_timeout`).
+    pub fn slow_consumer(&self, transport: &'static str, reason: &'static str) {
+        self.slow
+            .get_or_create(&SlowLabels { transport, reason })
+            .inc();
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Connection {
     queue: mpsc::Sender<Arc<LiveEvent>>,
     too_slow: Shutdown,
     api: Api,
+    transport: &'static str,
 }
 
 type Connections = Arc<StdMutex<HashMap<u64, Connection>>>;
@@ -190,6 +273,7 @@ pub struct DeliveryHub {
     frames_per_second: u32,
     frame_burst: u32,
     renders: Arc<RenderCache>,
+    metrics: RealtimeMetrics,
 }
 
 /// The NATS subscription could not be made.
@@ -208,6 +292,7 @@ pub struct Registration {
     hub: Arc<DeliveryHub>,
     user_id: String,
     id: u64,
+    open: Gauge,
 }
 
 impl Registration {
@@ -224,6 +309,7 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        self.open.dec();
         let hub = Arc::clone(&self.hub);
         let (user_id, id) = (std::mem::take(&mut self.user_id), self.id);
         tokio::spawn(async move { hub.unregister(&user_id, id).await });
@@ -234,8 +320,15 @@ impl DeliveryHub {
     /// A hub over `nats` with `queue` events of room per connection and a budget of client
     /// frames per user.
     #[must_use]
-    pub fn new(nats: Nats, queue: usize, frames_per_second: u32, frame_burst: u32) -> Arc<Self> {
+    pub fn new(
+        nats: Nats,
+        queue: usize,
+        frames_per_second: u32,
+        frame_burst: u32,
+        metrics: RealtimeMetrics,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            metrics,
             nats,
             users: Mutex::new(HashMap::new()),
             queue: queue.max(1),
@@ -253,6 +346,7 @@ impl DeliveryHub {
         self: &Arc<Self>,
         user_id: &str,
         api: Api,
+        transport: &'static str,
     ) -> Result<Registration, SubscribeError> {
         let (queue, events) = mpsc::channel(self.queue);
         let too_slow = Shutdown::new();
@@ -261,6 +355,7 @@ impl DeliveryHub {
             queue,
             too_slow: too_slow.clone(),
             api,
+            transport,
         };
         let mut users = self.users.lock().await;
         let frames = if let Some(slot) = users.get(user_id) {
@@ -285,6 +380,7 @@ impl DeliveryHub {
                 subscriber,
                 Arc::clone(&connections),
                 Arc::clone(&self.renders),
+                self.metrics.clone(),
             ));
             let frames = Arc::new(StdMutex::new(TokenBucket::new(
                 self.frames_per_second,
@@ -298,9 +394,23 @@ impl DeliveryHub {
                     frames: Arc::clone(&frames),
                 },
             );
+            self.metrics.users.inc();
             frames
         };
+        let open = self
+            .metrics
+            .connections
+            .get_or_create(&ConnectionLabels {
+                transport,
+                api: match api {
+                    Api::V1 => "v1",
+                    Api::V2 => "v2",
+                },
+            })
+            .clone();
+        open.inc();
         Ok(Registration {
+            open,
             events,
             too_slow,
             frames,
@@ -322,9 +432,16 @@ impl DeliveryHub {
         };
         if empty && let Some(slot) = users.remove(user_id) {
             tracing::debug!(message = "Unsubscribed from deliveries.", user_id);
+            self.metrics.users.dec();
             // Dropping the subscriber unsubscribes.
             slot.dispatch.abort();
         }
+    }
+
+    /// What the hub measures (transports add their own slow-reader disconnects).
+    #[must_use]
+    pub fn metrics(&self) -> &RealtimeMetrics {
+        &self.metrics
     }
 
     /// Users with at least one connection here.
@@ -400,6 +517,7 @@ async fn dispatch(
     mut subscriber: async_nats::Subscriber,
     connections: Connections,
     cache: Arc<RenderCache>,
+    metrics: RealtimeMetrics,
 ) {
     while let Some(message) = subscriber.next().await {
         let Ok(delivery) = Delivery::decode(message.payload) else {
@@ -412,10 +530,22 @@ async fn dispatch(
             let event = rendered[connection.api.index()]
                 .get_or_insert_with(|| cache.render(&delivery, connection.api));
             let Some(event) = event else { continue };
-            if let Err(mpsc::error::TrySendError::Full(_)) =
-                connection.queue.try_send(Arc::clone(event))
-            {
-                connection.too_slow.cancel();
+            match connection.queue.try_send(Arc::clone(event)) {
+                Ok(()) => {
+                    let queued = connection.queue.max_capacity() - connection.queue.capacity();
+                    #[expect(
+                        clippy::cast_precision_loss,
+                        reason = "queues hold far fewer than 2^52"
+                    )]
+                    metrics.queue_depth.observe(queued as f64);
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if !connection.too_slow.is_cancelled() {
+                        metrics.slow_consumer(connection.transport, "queue_full");
+                    }
+                    connection.too_slow.cancel();
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
     }

@@ -96,13 +96,17 @@ impl RealtimeConfig {
 pub async fn connect(
     state: &AppState,
     user_id: &str,
-    api: Api,
+    (api, transport): (Api, &'static str),
     resume: &HashMap<String, u64>,
 ) -> Result<(Registration, Feed, Vec<Utf8Bytes>), ApiError> {
-    let registration = state.hub.register(user_id, api).await.map_err(|error| {
-        tracing::warn!(message = "Cannot register for deliveries.", %error);
-        ApiError::unavailable("real-time delivery is unavailable, retry")
-    })?;
+    let registration = state
+        .hub
+        .register(user_id, api, transport)
+        .await
+        .map_err(|error| {
+            tracing::warn!(message = "Cannot register for deliveries.", %error);
+            ApiError::unavailable("real-time delivery is unavailable, retry")
+        })?;
     let mut feed = Feed::new(user_id.to_owned(), api);
     let frames = feed.resume(state, resume).await;
     Ok((registration, feed, frames))

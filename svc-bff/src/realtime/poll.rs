@@ -41,7 +41,7 @@ pub async fn poll(
     let known = query.cursor.as_deref().map(decode_cursor).transpose()?;
     let positions = discover(&state, &caller.user_id, known).await?;
     let (mut registration, mut feed, mut frames) =
-        connect(&state, &caller.user_id, api, &positions).await?;
+        connect(&state, &caller.user_id, (api, "poll"), &positions).await?;
     if frames.is_empty() {
         let deadline = tokio::time::Instant::now()
             + std::time::Duration::from_secs(state.realtime.poll_wait_s);

@@ -56,7 +56,7 @@ pub async fn events(
         (None, None) => HashMap::new(),
     };
     let (mut registration, mut feed, backlog) =
-        connect(&state, &caller.user_id, api, &resume).await?;
+        connect(&state, &caller.user_id, (api, "sse"), &resume).await?;
     let (tx, rx) = mpsc::channel(SSE_BUFFER);
     let send_timeout = Duration::from_millis(state.realtime.send_timeout_ms);
     let keep_alive = Duration::from_secs(state.realtime.ping_interval_s.max(1));
@@ -69,11 +69,13 @@ pub async fn events(
         loop {
             for event in pending.drain(..) {
                 // A client that does not take events in time is dropped; it resumes.
-                if tokio::time::timeout(send_timeout, tx.send(event))
-                    .await
-                    .map_or(true, |r| r.is_err())
-                {
-                    return;
+                match tokio::time::timeout(send_timeout, tx.send(event)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        state.hub.metrics().slow_consumer("sse", "send_timeout");
+                        return;
+                    }
                 }
             }
             tokio::select! {

@@ -125,17 +125,20 @@ impl Session {
                 code: close::NORMAL,
                 reason: "connection lost",
             }),
-            Err(_) => Err(Ending {
-                code: close::TRY_AGAIN_LATER,
-                reason: "client reads too slowly; reconnect with resume",
-            }),
+            Err(_) => {
+                self.state.hub.metrics().slow_consumer("ws", "send_timeout");
+                Err(Ending {
+                    code: close::TRY_AGAIN_LATER,
+                    reason: "client reads too slowly; reconnect with resume",
+                })
+            }
         }
     }
 
     async fn serve(&mut self) -> Result<Ending, Ending> {
         let (user_id, resume) = self.hello().await?;
         let (mut registration, mut feed, backlog) =
-            connect(&self.state, &user_id, self.api, &resume)
+            connect(&self.state, &user_id, (self.api, "ws"), &resume)
                 .await
                 .map_err(|_| Ending {
                     code: close::TRY_AGAIN_LATER,

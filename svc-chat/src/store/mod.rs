@@ -35,6 +35,8 @@ pub struct OutboxRow {
     pub subject: String,
     /// Encoded payload.
     pub payload: Vec<u8>,
+    /// Seconds since it was committed, when claimed.
+    pub age_s: f64,
 }
 
 /// What a send did.
@@ -738,7 +740,9 @@ impl ChatStore {
     ) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
         let rows = tx
             .query(
-                "SELECT event_id, subject, payload FROM outbox
+                "SELECT event_id, subject, payload,
+                        extract(epoch FROM clock_timestamp() - created_at)::float8
+                 FROM outbox
                  WHERE published_at IS NULL
                  ORDER BY created_at, event_id
                  LIMIT $1
@@ -752,6 +756,7 @@ impl ChatStore {
                 event_id: r.get(0),
                 subject: r.get(1),
                 payload: r.get(2),
+                age_s: r.get(3),
             })
             .collect())
     }
