@@ -13,8 +13,8 @@
 //!    `UNAVAILABLE` at once instead of queueing, so clients retry elsewhere and memory stays
 //!    bounded under overload.
 //!
-//! With [`GrpcServer::metrics`], the same port also answers `GET /metrics` over HTTP/1.1 for
-//! Prometheus.
+//! The same port answers plain HTTP/1.1 too: `GET /healthz` (liveness), `GET /readyz`
+//! (readiness, see [`crate::health`]) and, with [`GrpcServer::metrics`], `GET /metrics`.
 
 use std::{
     future::Future,
@@ -37,6 +37,7 @@ use tower::{Layer, Service};
 use crate::{
     clock::{Clock, SystemClock},
     config::GrpcServerConfig,
+    health::Readiness,
     lifecycle::{GrpcLifecycle, GrpcLifecycleLayer},
     metrics::{Registry, RpcMetrics, RpcMetricsLayer},
     shutdown::Shutdown,
@@ -52,6 +53,7 @@ pub struct GrpcServer {
     health: HealthReporter,
     names: Vec<&'static str>,
     metrics: Option<(RpcMetrics, Arc<Registry>)>,
+    readiness: Readiness,
 }
 
 /// Failures starting or running the server.
@@ -104,7 +106,16 @@ impl GrpcServer {
             health,
             names: Vec::new(),
             metrics: None,
+            readiness: Readiness::default(),
         })
+    }
+
+    /// What the server needs to be ready (its dependencies); it is probed at start and every
+    /// few seconds, and drives `/readyz` and the gRPC health status.
+    #[must_use]
+    pub fn readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = readiness;
+        self
     }
 
     /// Records RED series per method into `registry` (which holds the service's own series
@@ -163,6 +174,7 @@ impl GrpcServer {
             health,
             names,
             metrics,
+            readiness,
         } = self;
         let addr = listener
             .local_addr()
@@ -170,12 +182,18 @@ impl GrpcServer {
         let health_service = tonic_health::pb::health_server::HealthServer::new(
             tonic_health::server::HealthService::from_health_reporter(health.clone()),
         );
-        for name in &names {
-            health
-                .set_service_status(*name, ServingStatus::Serving)
-                .await;
+        let first = readiness.check().await;
+        if let Err(failures) = &first {
+            tracing::warn!(message = "Not ready.", ?failures);
         }
-        health.set_service_status("", ServingStatus::Serving).await;
+        set_health(&health, &names, first.is_ok()).await;
+        tokio::spawn(watch_readiness(
+            readiness.clone(),
+            health.clone(),
+            names.clone(),
+            shutdown.clone(),
+            first.is_ok(),
+        ));
 
         routes.add_service(health_service);
         // Reflection lists only what this server serves, never every package in the set.
@@ -190,14 +208,21 @@ impl GrpcServer {
         }
 
         let mut routes = routes.routes();
+        let probes = (readiness, shutdown.clone());
+        let mut http_routes = std::mem::take(routes.axum_router_mut())
+            .route(
+                "/healthz",
+                axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+            )
+            .route("/readyz", axum::routing::get(readyz).with_state(probes));
         let rpc_metrics = metrics.map(|(rpc, registry)| {
-            let grpc_router = std::mem::take(routes.axum_router_mut());
-            *routes.axum_router_mut() = grpc_router.route(
+            http_routes = std::mem::take(&mut http_routes).route(
                 "/metrics",
                 axum::routing::get(crate::metrics::serve).with_state(registry),
             );
             RpcMetricsLayer::new(rpc)
         });
+        *routes.axum_router_mut() = http_routes;
         let stack = tower::ServiceBuilder::new()
             .layer(tower_http_trace())
             .option_layer(rpc_metrics.clone())
@@ -205,8 +230,8 @@ impl GrpcServer {
             .layer(InFlightLimitLayer::new(config.max_in_flight));
         let server = Server::builder()
             .timeout(config.request_timeout())
-            // HTTP/1.1 for `GET /metrics`; gRPC stays HTTP/2.
-            .accept_http1(rpc_metrics.is_some())
+            // HTTP/1.1 for probes and Prometheus; gRPC stays HTTP/2.
+            .accept_http1(true)
             .layer(stack)
             .add_routes(routes);
 
@@ -243,6 +268,68 @@ impl GrpcServer {
         }
         tracing::info!(message = "gRPC server stopped.", addr = %addr);
         Ok(())
+    }
+}
+
+/// Reports every service (and the server, `""`) SERVING or NOT_SERVING.
+async fn set_health(health: &HealthReporter, names: &[&'static str], ready: bool) {
+    let status = if ready {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    for name in names {
+        health.set_service_status(*name, status).await;
+    }
+    health.set_service_status("", status).await;
+}
+
+/// Re-probes readiness until `shutdown` trips (which reports NOT_SERVING for good).
+async fn watch_readiness(
+    readiness: Readiness,
+    health: HealthReporter,
+    names: Vec<&'static str>,
+    shutdown: Shutdown,
+    mut ready: bool,
+) {
+    let mut every = tokio::time::interval(crate::metrics::SAMPLE_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let now = readiness.check().await;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        // Only changes are reported: health watchers see each transition once.
+        match (&now, ready) {
+            (Err(failures), true) => tracing::warn!(message = "No longer ready.", ?failures),
+            (Ok(()), false) => tracing::info!(message = "Ready again."),
+            _ => continue,
+        }
+        ready = now.is_ok();
+        set_health(&health, &names, ready).await;
+    }
+}
+
+/// `GET /readyz`: 200 when every probe passes, 503 naming the failures, or while draining.
+async fn readyz(
+    axum::extract::State((readiness, shutdown)): axum::extract::State<(Readiness, Shutdown)>,
+) -> (http::StatusCode, axum::Json<serde_json::Value>) {
+    if shutdown.is_cancelled() {
+        let body = serde_json::json!({"status": "draining"});
+        return (http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body));
+    }
+    match readiness.check().await {
+        Ok(()) => (
+            http::StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ready"})),
+        ),
+        Err(failures) => (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "not_ready", "failures": failures})),
+        ),
     }
 }
 

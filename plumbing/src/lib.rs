@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod health;
 pub mod http;
 pub mod lifecycle;
 pub mod logging;

@@ -18,12 +18,14 @@ impl App {
     pub async fn build(config: AuthConfig) -> Result<Self, StartError> {
         let pool = postgres::connect(&config.database).await?;
         postgres::migrate(&pool, crate::store::MIGRATIONS).await?;
+        let readiness = tertulia_plumbing::health::Readiness::default().postgres(pool.clone());
         let accounts = Accounts::build(AuthStore::new(pool), &config)
             .await
             .map_err(|e| StartError::Other(tertulia_plumbing::error::chain(&e)))?;
         let grpc = GrpcServer::bind(config.grpc.clone())
             .await?
             .metrics(tertulia_plumbing::metrics::Registry::default())
+            .readiness(readiness)
             .add_service(AuthServiceServer::new(AuthGrpc::new(accounts.clone())));
         Ok(Self { grpc, accounts })
     }

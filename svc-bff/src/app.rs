@@ -84,6 +84,8 @@ pub struct AppState {
     pub admin_token: Option<secrecy::SecretString>,
     /// This gateway's Prometheus series (`GET /metrics`).
     pub metrics: Arc<tertulia_plumbing::metrics::Registry>,
+    /// Its own dependencies (NATS), checked by `/readyz` beside the upstream services.
+    pub readiness: tertulia_plumbing::health::Readiness,
 }
 
 /// A built, bound svc-bff.
@@ -122,6 +124,7 @@ impl App {
         let catalog_channel = channel(&config.catalog)?;
         let media_channel = channel(&config.media)?;
         let usage = Arc::new(ApiUsage::open(&nats).await.map_err(StartError::Other)?);
+        let readiness = tertulia_plumbing::health::Readiness::default().nats(nats.client.clone());
         let mut metrics = tertulia_plumbing::metrics::Registry::default();
         let http_metrics = tertulia_plumbing::metrics::HttpMetrics::new(&mut metrics);
         usage.register_metrics(&mut metrics);
@@ -161,6 +164,7 @@ impl App {
             usage,
             admin_token: config.admin_token.clone(),
             metrics: Arc::new(metrics),
+            readiness,
             realtime: config.realtime.clone(),
             shutdown: Shutdown::new(),
         };

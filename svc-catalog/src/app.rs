@@ -61,6 +61,20 @@ impl App {
     pub async fn build(config: CatalogConfig) -> Result<Self, StartError> {
         let store = open_store(&config).await?;
         let nats = nats::connect(&config.nats, "svc-catalog").await?;
+        let probe = Arc::clone(&store);
+        let readiness = tertulia_plumbing::health::Readiness::default()
+            .with("store", move || {
+                // A read of a video that cannot exist: the store answers, whatever it is.
+                let store = Arc::clone(&probe);
+                async move {
+                    store
+                        .get(uuid::Uuid::nil())
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                }
+            })
+            .nats(nats.client.clone());
         nats.ensure_event_stream(
             subjects::MEDIA_STREAM,
             subjects::MEDIA_STREAM_SUBJECTS,
@@ -79,6 +93,7 @@ impl App {
         let grpc = GrpcServer::bind(config.grpc)
             .await?
             .metrics(registry)
+            .readiness(readiness)
             .add_service(CatalogServiceServer::new(CatalogGrpc::new(
                 catalog.clone(),
                 deletion.clone(),

@@ -44,6 +44,9 @@ impl App {
         let pool = postgres::connect(&config.database).await?;
         postgres::migrate(&pool, MIGRATIONS).await?;
         let nats = nats::connect(&config.nats, "svc-chat").await?;
+        let readiness = tertulia_plumbing::health::Readiness::default()
+            .postgres(pool.clone())
+            .nats(nats.client.clone());
         nats.ensure_event_stream(
             subjects::CHAT_STREAM,
             subjects::CHAT_STREAM_SUBJECTS,
@@ -59,6 +62,7 @@ impl App {
         let grpc = GrpcServer::bind(config.grpc)
             .await?
             .metrics(registry)
+            .readiness(readiness)
             .add_service(ChatServiceServer::new(ChatGrpc::new(chat.clone())))
             .add_service(ChatV2ServiceServer::new(ChatV2Grpc::new(chat.clone())));
         Ok(Self {

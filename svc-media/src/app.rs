@@ -40,6 +40,9 @@ impl App {
         let pool = postgres::connect(&config.database).await?;
         postgres::migrate(&pool, MIGRATIONS).await?;
         let nats = nats::connect(&config.nats, "svc-media").await?;
+        let readiness = tertulia_plumbing::health::Readiness::default()
+            .postgres(pool.clone())
+            .nats(nats.client.clone());
         nats.ensure_event_stream(
             subjects::MEDIA_STREAM,
             subjects::MEDIA_STREAM_SUBJECTS,
@@ -95,6 +98,7 @@ impl App {
         let grpc = GrpcServer::bind(config.grpc)
             .await?
             .metrics(registry)
+            .readiness(readiness)
             .add_service(MediaServiceServer::new(MediaGrpc::new(media.clone())));
         Ok(Self {
             grpc,

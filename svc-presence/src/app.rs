@@ -19,6 +19,7 @@ impl App {
     /// Connects NATS, opens the buckets, binds the listener.
     pub async fn build(config: PresenceConfig) -> Result<Self, StartError> {
         let nats = nats::connect(&config.nats, "svc-presence").await?;
+        let readiness = tertulia_plumbing::health::Readiness::default().nats(nats.client.clone());
         let ttl = Duration::from_secs(config.session_ttl_s.max(1));
         let store = PresenceStore::open(&nats, ttl, config.kv_replicas)
             .await
@@ -36,6 +37,7 @@ impl App {
         let grpc = GrpcServer::bind(config.grpc)
             .await?
             .metrics(tertulia_plumbing::metrics::Registry::default())
+            .readiness(readiness)
             .add_service(PresenceServiceServer::new(PresenceGrpc::new(
                 presence.clone(),
             )));

@@ -187,3 +187,92 @@ methods = ["Check"]
     shutdown.cancel();
     let _ = std::fs::remove_file(file);
 }
+
+/// Liveness and readiness are kept apart: with its NATS gone, svc-presence stays alive
+/// (`/healthz` 200) but is not ready (`/readyz` 503 naming NATS, gRPC health NOT_SERVING),
+/// and becomes ready again when NATS is back.
+#[tokio::test]
+async fn readiness_follows_dependencies_and_liveness_does_not() {
+    use tertulia_plumbing::config::{NatsConfig, UpstreamConfig};
+    let mut nats = tertulia_tests::TestNats::start().await;
+    let config = svc_presence::PresenceConfig {
+        grpc: GrpcServerConfig::on("127.0.0.1:0".parse().unwrap()),
+        nats: NatsConfig {
+            url: nats.url.clone(),
+            namespace: tertulia_tests::unique_name("t"),
+        },
+        auth: UpstreamConfig::at("http://127.0.0.1:9"),
+        chat: UpstreamConfig::at("http://127.0.0.1:9"),
+        session_ttl_s: 30,
+        kv_replicas: 1,
+    };
+    let app = svc_presence::App::build(config).await.unwrap();
+    let addr = app.grpc_addr();
+    let shutdown = Shutdown::new();
+    tokio::spawn(app.run(shutdown.clone()));
+    let http = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let http = http.clone();
+        async move {
+            let answer = http
+                .get(format!("http://{addr}{path}"))
+                .send()
+                .await
+                .unwrap();
+            let status = answer.status().as_u16();
+            (status, answer.text().await.unwrap())
+        }
+    };
+    let health = || async {
+        HealthClient::new(grpc_channel(addr).await)
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .status()
+    };
+    assert_eq!(get("/healthz").await.0, 200);
+    assert_eq!(get("/readyz").await.0, 200);
+    assert_eq!(health().await, ServingStatus::Serving);
+
+    nats.kill().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (status, body) = loop {
+        let (status, body) = get("/readyz").await;
+        if status == 503 || tokio::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("nats"), "{body}");
+    assert_eq!(get("/healthz").await.0, 200, "alive without NATS");
+    // The health status follows at the next probe round (every few seconds).
+    let mut watch = HealthClient::new(grpc_channel(addr).await)
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = watch.message().await.unwrap().unwrap().status();
+    while seen == ServingStatus::Serving {
+        seen = tokio::time::timeout(Duration::from_secs(15), watch.message())
+            .await
+            .expect("NOT_SERVING within a probe round")
+            .unwrap()
+            .unwrap()
+            .status();
+    }
+    assert_eq!(seen, ServingStatus::NotServing);
+
+    nats.restart().await;
+    while seen != ServingStatus::Serving {
+        seen = tokio::time::timeout(Duration::from_secs(30), watch.message())
+            .await
+            .expect("SERVING again once NATS is back")
+            .unwrap()
+            .unwrap()
+            .status();
+    }
+    assert_eq!(get("/readyz").await.0, 200);
+    shutdown.cancel();
+}

@@ -80,8 +80,14 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Readiness: every upstream reports SERVING.
+/// Readiness: not draining, NATS connected, every upstream reports SERVING.
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::unavailable("draining"));
+    }
+    if let Err(failures) = state.readiness.check().await {
+        return Err(ApiError::unavailable(failures.join("; ")));
+    }
     for (name, channel) in &state.upstreams {
         let request = with_deadline(HealthCheckRequest::default(), state.call_deadline);
         let status = HealthClient::new(channel.clone())
