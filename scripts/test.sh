@@ -36,6 +36,8 @@ fi
 cd "$ROOT"
 mkdir -p "$RUN"
 status=0
+# The binaries too: some tests run them as processes (signals, exit codes).
+cargo build -j2 --workspace --bins -q
 cargo test -j2 --workspace "$@" 2>&1 | tee "$RUN/test.log" || status=$?
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { p += $4; f += $6; i += $8 }

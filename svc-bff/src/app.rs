@@ -78,6 +78,9 @@ pub struct AppState {
     pub realtime: RealtimeConfig,
     /// Trips when the gateway shuts down, so real-time sessions close with 1012.
     pub shutdown: Shutdown,
+    /// Real-time sessions (WebSocket, SSE) in flight, awaited before the process exits so
+    /// each gets to send its close.
+    pub sessions: tokio_util::task::TaskTracker,
     /// Deprecated API calls per client.
     pub usage: Arc<ApiUsage>,
     /// The bearer token of `/admin/*`, if the admin API is on.
@@ -93,6 +96,7 @@ pub struct App {
     listener: TcpListener,
     router: Router,
     sessions: Shutdown,
+    session_tasks: tokio_util::task::TaskTracker,
     usage: Arc<ApiUsage>,
 }
 
@@ -167,8 +171,10 @@ impl App {
             readiness,
             realtime: config.realtime.clone(),
             shutdown: Shutdown::new(),
+            sessions: tokio_util::task::TaskTracker::new(),
         };
         let sessions = state.shutdown.clone();
+        let session_tasks = state.sessions.clone();
         let usage = Arc::clone(&state.usage);
         let listener = TcpListener::bind(config.http.listen)
             .await
@@ -185,6 +191,7 @@ impl App {
                 ),
             ),
             sessions,
+            session_tasks,
             usage,
         })
     }
@@ -203,9 +210,10 @@ impl App {
         // Real-time sessions end (1012) when the server starts draining, so the drain is not
         // held up by connections that would otherwise never close.
         let sessions = self.sessions;
+        let session_tasks = self.session_tasks;
         let usage = self.usage;
         let flush_stop = shutdown.clone();
-        tokio::spawn(async move { usage.flush_until(flush_stop).await });
+        let flushed = tokio::spawn(async move { usage.flush_until(flush_stop).await });
         let trip = shutdown.clone();
         tokio::spawn(async move {
             trip.cancelled().await;
@@ -228,11 +236,20 @@ impl App {
             shutdown.cancelled().await;
             tokio::time::sleep(DRAIN_TIMEOUT).await;
         };
-        tokio::select! {
-            result = serve => result.map_err(|source| StartError::Io {
+        let drained = async {
+            serve.await.map_err(|source| StartError::Io {
                 context: "HTTP server failed".into(),
                 source,
-            })?,
+            })?;
+            // Upgraded connections outlive the server: let each session send its close.
+            session_tasks.close();
+            session_tasks.wait().await;
+            // The last deprecated-call counts reach the shared bucket.
+            let _ = flushed.await;
+            Ok::<(), StartError>(())
+        };
+        tokio::select! {
+            result = drained => result?,
             () = deadline => tracing::warn!(message = "Drain deadline passed."),
         }
         Ok(())

@@ -146,3 +146,143 @@ async fn every_service_serves_red_metrics() {
     // gRPC still works on the ports that now speak HTTP/1.1 too.
     assert_serving(stack.chat).await;
 }
+
+/// The real `svc-bff` binary on SIGTERM: reports not ready, closes an open WebSocket with
+/// 1012 (reconnect with resume) and exits cleanly within its drain bound.
+#[tokio::test]
+async fn sigterm_closes_sockets_with_1012_and_exits_within_the_drain_bound() {
+    let stack = Stack::start().await;
+    let alice = stack.signed_up("alice").await;
+    let addr = free_port();
+    let mut child = command("svc-bff", &stack)
+        .env("TERTULIA_BFF_HTTP__LISTEN", addr.to_string())
+        .env("TERTULIA_BFF_AUTH__URL", format!("http://{}", stack.auth))
+        .env("TERTULIA_BFF_CHAT__URL", format!("http://{}", stack.chat))
+        .env(
+            "TERTULIA_BFF_PRESENCE__URL",
+            format!("http://{}", stack.presence),
+        )
+        .env(
+            "TERTULIA_BFF_CATALOG__URL",
+            format!("http://{}", stack.catalog),
+        )
+        .env("TERTULIA_BFF_MEDIA__URL", format!("http://{}", stack.media))
+        .spawn()
+        .unwrap();
+    until_ready(&stack.http, addr).await;
+    let mut socket = tertulia_tests::WsClient::ready_version(
+        addr,
+        "v2",
+        &alice.access_token,
+        &serde_json::json!({}),
+    )
+    .await;
+
+    sigterm(&child);
+    assert_eq!(
+        socket.closed().await,
+        Some(1012),
+        "restart: reconnect with resume"
+    );
+    exits_cleanly_within(&mut child, 15).await;
+}
+
+/// A service binary of this workspace, configured for `stack`'s NATS namespace, quiet.
+fn command(name: &str, stack: &Stack) -> tokio::process::Command {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").to_owned());
+    let binary = format!("{target}/debug/{name}");
+    assert!(
+        std::path::Path::new(&binary).exists(),
+        "{binary} is missing: `make test` builds the binaries first"
+    );
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .env("TERTULIA_NATS__URL", &stack.nats.url)
+        .env("TERTULIA_NATS__NAMESPACE", &stack.nats.namespace)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// A loopback address with a port free right now.
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Waits (bounded) until `addr` answers `GET /readyz` with 200.
+async fn until_ready(http: &reqwest::Client, addr: SocketAddr) {
+    let ready = async {
+        loop {
+            let answer = http.get(format!("http://{addr}/readyz")).send().await;
+            if answer.is_ok_and(|a| a.status() == 200) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), ready)
+        .await
+        .expect("the service becomes ready");
+}
+
+fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+}
+
+async fn exits_cleanly_within(child: &mut tokio::process::Child, seconds: u64) {
+    let status = tokio::time::timeout(std::time::Duration::from_secs(seconds), child.wait())
+        .await
+        .expect("the process exits within its drain bound")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// The real `svc-presence` binary on SIGTERM: an open gRPC stream (a health watch) hears
+/// NOT_SERVING, is cut at the drain deadline, and the process exits cleanly.
+#[tokio::test]
+async fn sigterm_drains_an_open_grpc_stream_within_the_bound() {
+    let stack = Stack::start().await;
+    let addr = free_port();
+    let mut child = command("svc-presence", &stack)
+        .env("TERTULIA_PRESENCE_GRPC__LISTEN", addr.to_string())
+        .env("TERTULIA_PRESENCE_GRPC__DRAIN_TIMEOUT_MS", "500")
+        .env(
+            "TERTULIA_PRESENCE_AUTH__URL",
+            format!("http://{}", stack.auth),
+        )
+        .env(
+            "TERTULIA_PRESENCE_CHAT__URL",
+            format!("http://{}", stack.chat),
+        )
+        .spawn()
+        .unwrap();
+    until_ready(&stack.http, addr).await;
+    let mut watch = HealthClient::new(grpc_channel(addr).await)
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+
+    sigterm(&child);
+    let next = watch.message().await.unwrap().unwrap().status();
+    assert_eq!(next, ServingStatus::NotServing, "told before it stops");
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message())
+        .await
+        .expect("the stream is cut at the drain deadline");
+    assert!(!matches!(end, Ok(Some(_))), "no more messages: {end:?}");
+    exits_cleanly_within(&mut child, 10).await;
+}

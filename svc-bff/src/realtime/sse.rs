@@ -60,7 +60,8 @@ pub async fn events(
     let (tx, rx) = mpsc::channel(SSE_BUFFER);
     let send_timeout = Duration::from_millis(state.realtime.send_timeout_ms);
     let keep_alive = Duration::from_secs(state.realtime.ping_interval_s.max(1));
-    tokio::spawn(async move {
+    let sessions = state.sessions.clone();
+    sessions.spawn(async move {
         let session_id = uuid::Uuid::now_v7().to_string();
         let ready = Event::default().data(frames::ready(&caller.user_id, &session_id).as_str());
         let mut pending = vec![ready];

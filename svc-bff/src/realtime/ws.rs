@@ -67,7 +67,10 @@ pub async fn upgrade(
     let notice = notice.map(|axum::Extension(n)| n);
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| Session::run(state, api, socket, notice))
+        .on_upgrade(move |socket| {
+            let sessions = state.sessions.clone();
+            sessions.track_future(Session::run(state, api, socket, notice))
+        })
 }
 
 /// Why a session ends, and how the socket is closed.
