@@ -54,8 +54,7 @@ impl From<pb::User> for UserView {
 }
 
 fn user_view(user: Option<pb::User>) -> Result<UserView, ApiError> {
-    user.map(UserView::from)
-        .ok_or_else(|| ApiError::unavailable("svc-auth answered without a user"))
+    crate::routes::answered(user, "svc-auth answered without a user")
 }
 
 /// A token pair as clients see it (RFC 6749 §5.1 field names).
@@ -245,11 +244,7 @@ async fn add_contact(
         .add_contact(with_deadline(request, state.call_deadline))
         .await?
         .into_inner();
-    let status = if answer.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = crate::routes::created_or_ok(answer.created);
     Ok((status, Json(user_view(answer.contact)?)))
 }
 

@@ -21,6 +21,7 @@ use crate::{
     app::AppState,
     extract::{ApiQuery, Caller, JsonBody, page_limit},
     problem::ApiError,
+    routes::answered,
     versions::Api,
     views::{ConversationView, MessageView, MessageViewV2},
 };
@@ -79,13 +80,11 @@ async fn ensure_users_exist(state: &AppState, ids: &[String]) -> Result<(), ApiE
 }
 
 fn conversation_view(c: Option<pb::Conversation>) -> Result<ConversationView, ApiError> {
-    c.map(ConversationView::from)
-        .ok_or_else(|| ApiError::unavailable("svc-chat answered without a conversation"))
+    answered(c, "svc-chat answered without a conversation")
 }
 
 fn message_view(m: Option<pb::Message>) -> Result<MessageView, ApiError> {
-    m.map(MessageView::from)
-        .ok_or_else(|| ApiError::unavailable("svc-chat answered without a message"))
+    answered(m, "svc-chat answered without a message")
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,11 +130,7 @@ async fn create(
         .create_conversation(with_deadline(request, state.call_deadline))
         .await?
         .into_inner();
-    let status = if answer.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = crate::routes::created_or_ok(answer.created);
     let view = conversation_view(answer.conversation)?;
     let body = match api {
         Api::V1 => Json(view).into_response(),
@@ -161,10 +156,10 @@ async fn conversation_v2(
         .get_conversation(with_deadline(request, state.call_deadline))
         .await?
         .into_inner();
-    answer
-        .conversation
-        .map(ConversationView::from)
-        .ok_or_else(|| ApiError::unavailable("svc-chat answered without a conversation"))
+    answered(
+        answer.conversation,
+        "svc-chat answered without a conversation",
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -342,11 +337,7 @@ async fn send(
 ) -> Result<(StatusCode, Json<MessageView>), ApiError> {
     let (message, created) =
         send_message(&state, caller.user_id, id, body.client_msg_id, body.text).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = crate::routes::created_or_ok(created);
     Ok((status, Json(message)))
 }
 

@@ -57,8 +57,7 @@ struct SendBody {
 }
 
 fn view(m: Option<pb::Message>) -> Result<MessageViewV2, ApiError> {
-    m.map(MessageViewV2::from)
-        .ok_or_else(|| ApiError::unavailable("svc-chat answered without a message"))
+    crate::routes::answered(m, "svc-chat answered without a message")
 }
 
 /// 201 with the stored message; 200 with the first one when `client_msg_id` repeats.
@@ -70,11 +69,7 @@ async fn send(
 ) -> Result<(StatusCode, Json<MessageViewV2>), ApiError> {
     let (message, created) =
         send_message_v2(&state, caller.user_id, id, body.client_msg_id, body.content).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = crate::routes::created_or_ok(created);
     Ok((status, Json(message)))
 }
 

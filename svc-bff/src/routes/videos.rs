@@ -55,8 +55,7 @@ fn visibility(raw: Option<&str>) -> Result<pb::Visibility, ApiError> {
 }
 
 fn video_of(v: Option<pb::Video>) -> Result<VideoView, ApiError> {
-    v.map(VideoView::from)
-        .ok_or_else(|| ApiError::unavailable("svc-catalog answered without a video"))
+    crate::routes::answered(v, "svc-catalog answered without a video")
 }
 
 /// Adds signed media URLs to the videos that have a file: one call for all of them.
