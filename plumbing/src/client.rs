@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
-use crate::config::UpstreamConfig;
+use crate::{config::UpstreamConfig, telemetry::Upstream};
 
 /// How long establishing a connection may take before the call fails `UNAVAILABLE`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -21,8 +21,9 @@ pub struct InvalidUpstream {
 /// A lazily connecting channel: the service starts even while the upstream is down and
 /// calls fail `UNAVAILABLE` until it is back. Every call carries the configured deadline.
 /// A comma-separated URL lists several instances: calls are balanced across them on the
-/// client side (and an instance that is down is skipped).
-pub fn channel(upstream: &UpstreamConfig) -> Result<Channel, InvalidUpstream> {
+/// client side (and an instance that is down is skipped). Calls are traced (a client span,
+/// `traceparent` in the metadata) while traces are exported.
+pub fn channel(upstream: &UpstreamConfig) -> Result<Upstream, InvalidUpstream> {
     let endpoints = upstream
         .url
         .split(',')
@@ -48,8 +49,8 @@ pub fn channel(upstream: &UpstreamConfig) -> Result<Channel, InvalidUpstream> {
             url: upstream.url.clone(),
             source: Endpoint::from_shared(String::new()).expect_err("an empty URI is invalid"),
         }),
-        [one] => Ok(one.connect_lazy()),
-        _ => Ok(Channel::balance_list(endpoints.into_iter())),
+        [one] => Ok(Upstream::new(one.connect_lazy())),
+        _ => Ok(Upstream::new(Channel::balance_list(endpoints.into_iter()))),
     }
 }
 

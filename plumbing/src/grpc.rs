@@ -4,7 +4,8 @@
 //! The stack, outermost first:
 //! 1. *timeout* (tonic's): the caller's `grpc-timeout`, capped by `request_timeout_ms`, so no
 //!    call outlives the deadline its caller already gave up on.
-//! 2. *trace*: a span per call, outside the limiter so shed calls are logged too.
+//! 2. *trace*: a server span per call ([`crate::telemetry::GrpcTraceLayer`]), a child of the
+//!    caller's `traceparent`, outside the limiter so shed calls are traced too.
 //! 3. *metrics*: RED series per method ([`crate::metrics::RpcMetrics`]), also outside the
 //!    limiter so shed calls count as `UNAVAILABLE`.
 //! 4. *lifecycle*: deprecation notices in response metadata, `UNIMPLEMENTED` after a sunset
@@ -224,7 +225,7 @@ impl GrpcServer {
         });
         *routes.axum_router_mut() = http_routes;
         let stack = tower::ServiceBuilder::new()
-            .layer(tower_http_trace())
+            .layer(crate::telemetry::GrpcTraceLayer)
             .option_layer(rpc_metrics.clone())
             .layer(GrpcLifecycleLayer::new(lifecycle, clock))
             .layer(InFlightLimitLayer::new(config.max_in_flight));
@@ -331,13 +332,6 @@ async fn readyz(
             axum::Json(serde_json::json!({"status": "not_ready", "failures": failures})),
         ),
     }
-}
-
-/// A span per call named after its gRPC path.
-fn tower_http_trace() -> tower_http::trace::TraceLayer<
-    tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>,
-> {
-    tower_http::trace::TraceLayer::new_for_grpc()
 }
 
 /// Answers `UNAVAILABLE` at once when `max` calls are already in flight.

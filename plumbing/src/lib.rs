@@ -1,5 +1,5 @@
 //! Plumbing that every Tertulia service repeats, and nothing else: configuration loading,
-//! structured logging, the gRPC server stack (health, reflection, layers, graceful shutdown),
+//! structured logging and traces, the gRPC server stack (health, reflection, layers, graceful shutdown),
 //! gRPC client channels with deadlines, PostgreSQL pools with versioned migrations, NATS and
 //! JetStream connections, local verification of access tokens, and the one mapping from
 //! internal failures to `tonic::Status`.
@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod nats;
 pub mod postgres;
 pub mod shutdown;
+pub mod telemetry;
 pub mod token;
 pub mod wire;
 

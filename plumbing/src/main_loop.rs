@@ -1,11 +1,14 @@
-//! What every service's `main` does: logging, configuration, a runtime, the service's `run`
-//! until SIGINT/SIGTERM, and an exit code.
+//! What every service's `main` does: a runtime, logging and traces, configuration, the
+//! service's `run` until SIGINT/SIGTERM, the last spans flushed, and an exit code.
 
 use std::{future::Future, process::ExitCode};
 
 use serde::de::DeserializeOwned;
 
-use crate::{config, error::chain, logging, shutdown};
+use crate::{config, error::chain, shutdown, telemetry};
+
+/// How long the last spans may take to reach the collector at exit.
+const TELEMETRY_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A service could not start or failed while running.
 #[derive(Debug, thiserror::Error)]
@@ -41,26 +44,27 @@ where
     F: FnOnce(C, shutdown::Shutdown) -> Fut,
     Fut: Future<Output = Result<(), StartError>>,
 {
-    logging::init(binary);
-    let config: C = match config::load(service) {
-        Ok(config) => config,
-        Err(error) => {
-            tracing::error!(message = "Configuration rejected.", error = %chain(&error));
-            return ExitCode::from(2);
-        }
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            tracing::error!(message = "Cannot start the runtime.", %error);
+            eprintln!("{binary}: cannot start the runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
     runtime.block_on(async move {
-        match run(config, shutdown::on_signal()).await {
+        let telemetry = telemetry::init(binary);
+        let config: C = match config::load(service) {
+            Ok(config) => config,
+            Err(error) => {
+                tracing::error!(message = "Configuration rejected.", error = %chain(&error));
+                telemetry.shutdown(TELEMETRY_FLUSH).await;
+                return ExitCode::from(2);
+            }
+        };
+        let code = match run(config, shutdown::on_signal()).await {
             Ok(()) => {
                 tracing::info!(message = "Stopped cleanly.", service = binary);
                 ExitCode::SUCCESS
@@ -69,6 +73,9 @@ where
                 tracing::error!(message = "Service failed.", error = %chain(&error));
                 ExitCode::FAILURE
             }
-        }
+        };
+        // After draining: the spans of the last calls are queued and go out now.
+        telemetry.shutdown(TELEMETRY_FLUSH).await;
+        code
     })
 }

@@ -310,17 +310,9 @@ where
         Box::pin(async move {
             let result = call.await;
             if grpc {
-                // A failed call answers "trailers only": its status is in the headers. A
-                // success puts it in the trailers, after the body: OK.
-                let code = match &result {
-                    Ok(response) => response
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0),
-                    Err(_) => 2,
-                };
+                let code = result
+                    .as_ref()
+                    .map_or(2, |r| crate::telemetry::grpc_status(r.headers()));
                 metrics.observe(&path, code, started.elapsed().as_secs_f64());
             }
             result

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 
-use crate::config::NatsConfig;
+use tracing::Instrument as _;
+
+use crate::{config::NatsConfig, telemetry};
 
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a re-published event: longer than
 /// any publisher's retry after a crash takes.
@@ -260,22 +262,35 @@ impl Nats {
                 std::future::ready(ok)
             })
             .filter_map(|m| std::future::ready(m.ok()))
-            .for_each_concurrent(spec.concurrency.max(1), |message| async move {
-                let ack = match handler(message.clone()).await {
-                    Handled::Done => message.ack().await,
-                    Handled::Poison(reason) => {
-                        tracing::error!(message = "Unusable event dropped.", subject = %message.subject, reason);
-                        message.ack_with(AckKind::Term).await
+            .for_each_concurrent(spec.concurrency.max(1), |message| {
+                // A consumer span per message, continuing the producer's trace.
+                let span = telemetry::consumer_span(
+                    spec.stream,
+                    message.subject.as_str(),
+                    spec.name,
+                    telemetry::nats_traceparent(message.headers.as_ref()),
+                );
+                let failed = span.clone();
+                async move {
+                    let ack = match handler(message.clone()).await {
+                        Handled::Done => message.ack().await,
+                        Handled::Poison(reason) => {
+                            failed.record("otel.status_code", "ERROR");
+                            tracing::error!(message = "Unusable event dropped.", subject = %message.subject, reason);
+                            message.ack_with(AckKind::Term).await
+                        }
+                        Handled::Retry(reason) => {
+                            failed.record("otel.status_code", "ERROR");
+                            tracing::warn!(message = "Event will be retried.", subject = %message.subject, reason);
+                            message.ack_with(AckKind::Nak(Some(RETRY_PAUSE))).await
+                        }
+                    };
+                    if let Err(error) = ack {
+                        // The message comes back after ack_wait; handlers are idempotent.
+                        tracing::warn!(message = "Ack failed.", error = %error);
                     }
-                    Handled::Retry(reason) => {
-                        tracing::warn!(message = "Event will be retried.", subject = %message.subject, reason);
-                        message.ack_with(AckKind::Nak(Some(RETRY_PAUSE))).await
-                    }
-                };
-                if let Err(error) = ack {
-                    // The message comes back after ack_wait; handlers are idempotent.
-                    tracing::warn!(message = "Ack failed.", error = %error);
                 }
+                .instrument(span)
             })
             .await;
         failure.map_or(Ok(()), Err)

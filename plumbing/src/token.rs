@@ -11,11 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::telemetry::Upstream as Channel;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind, jwk::JwkSet};
 use serde::{Deserialize, Serialize};
 use tertulia_proto::auth::v1::{GetJwksRequest, auth_service_client::AuthServiceClient};
 use tokio::sync::Mutex;
-use tonic::transport::Channel;
 
 /// The `typ` header of access tokens (RFC 9068), so an ID or refresh token never passes.
 pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";

@@ -127,6 +127,9 @@ pub mod subjects {
         format!("chat.v1.conv.{conversation_id}.{event}")
     }
 
+    /// The delivery subjects as one low-cardinality name (span names, dashboards).
+    pub const DELIVER_TEMPLATE: &str = "deliver.{user_id}";
+
     /// The core NATS subject on which a user's gateways receive `Delivery` messages:
     /// `deliver.<user_id>`.
     #[must_use]

@@ -10,6 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
     serve::ListenerExt as _,
 };
+use tertulia_plumbing::telemetry::Upstream as Channel;
 use tertulia_plumbing::{
     StartError, client, error::chain, http::RequestIdV7, nats, shutdown::Shutdown,
     token::TokenVerifier,
@@ -22,12 +23,10 @@ use tertulia_proto::{
     presence::v1::presence_service_client::PresenceServiceClient,
 };
 use tokio::net::TcpListener;
-use tonic::transport::Channel;
 use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer,
     request_id::{PropagateRequestIdLayer, SetRequestIdLayer},
-    trace::TraceLayer,
 };
 
 use crate::{
@@ -263,7 +262,8 @@ pub async fn run(config: BffConfig, shutdown: Shutdown) -> Result<(), StartError
 
 /// Every route, and the layers around them, outermost first:
 /// 1. *request id*: reuse the client's `x-request-id` or mint a UUIDv7, before anything logs;
-/// 2. *trace*: a span per request, carrying the id;
+/// 2. *trace*: a server span per request named after its route, continuing the client's
+///    `traceparent` (see `tertulia_plumbing::telemetry`);
 /// 3. *propagate id*: copy it to the response, including error responses;
 /// 4. *catch panic*: a bug answers a 500 problem instead of dropping the connection;
 /// 5. *body limit*: JSON bodies over the configured size are refused with 413.
@@ -285,7 +285,9 @@ fn router(
     };
     let layers = ServiceBuilder::new()
         .layer(SetRequestIdLayer::x_request_id(RequestIdV7))
-        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn(
+            tertulia_plumbing::telemetry::trace_http,
+        ))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(CatchPanicLayer::custom(panic_problem))
         .layer(DefaultBodyLimit::max(max_body_bytes));

@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
+use tertulia_plumbing::telemetry::Upstream as Channel;
 use tertulia_plumbing::{client::with_deadline, shutdown::Shutdown};
 use tertulia_proto::media::v1::{DeleteMediaRequest, media_service_client::MediaServiceClient};
-use tonic::transport::Channel;
 
 use crate::{catalog::Catalog, domain::Video, error::CatalogError};
 

@@ -13,11 +13,13 @@ use prost::Message as _;
 use tertulia_plumbing::{
     nats::{DurableConsumer, Handled, Nats},
     shutdown::Shutdown,
+    telemetry,
 };
 use tertulia_proto::{
     events::v1::{self as pb, delivery::Event},
     subjects::{self, media_event},
 };
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::{
@@ -71,9 +73,13 @@ pub async fn announce(nats: &Nats, video: &Video) {
         })),
     };
     let subject = nats.subject(&subjects::deliver(&video.owner_id.to_string()));
+    let span = telemetry::producer_span(subjects::DELIVER_TEMPLATE, &subject);
+    let mut headers = async_nats::HeaderMap::new();
+    telemetry::inject_nats(&span, &mut headers);
     if let Err(error) = nats
         .client
-        .publish(subject, delivery.encode_to_vec().into())
+        .publish_with_headers(subject, headers, delivery.encode_to_vec().into())
+        .instrument(span)
         .await
     {
         tracing::warn!(message = "Video change not announced.", video_id = %video.id, error = %error);

@@ -15,6 +15,7 @@ use tertulia_plumbing::{
     nats::{DurableConsumer, Handled, Nats},
     postgres::DbError,
     shutdown::Shutdown,
+    telemetry,
     wire::timestamp,
 };
 use tertulia_proto::{
@@ -23,6 +24,7 @@ use tertulia_proto::{
     subjects::{self, chat_event},
 };
 use tokio::sync::Notify;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::{
@@ -346,19 +348,23 @@ impl OutboxRelay {
         Ok(rows.len())
     }
 
+    /// Publishes one row in a producer span that continues the trace of the call that
+    /// committed it; the span's `traceparent` travels in the message headers.
     async fn publish(
         &self,
         row: &OutboxRow,
     ) -> Result<async_nats::jetstream::context::PublishAckFuture, RelayError> {
+        let subject = self.nats.subject(&row.subject);
+        let span = telemetry::producer_span(subjects::CHAT_STREAM, &subject);
+        telemetry::follow(&span, row.traceparent.as_deref());
+        span.record("messaging.message.id", row.event_id.to_string());
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", row.event_id.to_string().as_str());
+        telemetry::inject_nats(&span, &mut headers);
         self.nats
             .jetstream
-            .publish_with_headers(
-                self.nats.subject(&row.subject),
-                headers,
-                row.payload.clone().into(),
-            )
+            .publish_with_headers(subject, headers, row.payload.clone().into())
+            .instrument(span)
             .await
             .map_err(|e| RelayError::Publish(e.to_string()))
     }
@@ -425,15 +431,26 @@ impl FanOut {
         recipients.sort_unstable();
         recipients.dedup();
         let bytes: bytes::Bytes = delivery.encode_to_vec().into();
-        for user in recipients {
-            let subject = self.nats.subject(&subjects::deliver(&user.to_string()));
-            self.nats
-                .client
-                .publish(subject, bytes.clone())
-                .await
-                .map_err(|e| FanOutError::Retry(e.to_string()))?;
+        // One producer span for the whole fan-out; every copy carries its context.
+        let span = telemetry::producer_span(
+            subjects::DELIVER_TEMPLATE,
+            &self.nats.subject(subjects::DELIVER_TEMPLATE),
+        );
+        let mut headers = HeaderMap::new();
+        telemetry::inject_nats(&span, &mut headers);
+        async {
+            for user in recipients {
+                let subject = self.nats.subject(&subjects::deliver(&user.to_string()));
+                self.nats
+                    .client
+                    .publish_with_headers(subject, headers.clone(), bytes.clone())
+                    .await
+                    .map_err(|e| FanOutError::Retry(e.to_string()))?;
+            }
+            Ok(())
         }
-        Ok(())
+        .instrument(span)
+        .await
     }
 }
 

@@ -6,13 +6,15 @@
 
 use async_nats::HeaderMap;
 use prost::Message;
-use tertulia_plumbing::nats::Nats;
+use tertulia_plumbing::{nats::Nats, telemetry};
 use tertulia_proto::{events::v1 as pb, subjects};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::store::{RenditionRow, StoredVideo};
 
-/// Publishes one event and waits for JetStream's ack.
+/// Publishes one event and waits for JetStream's ack, in a producer span of the current trace
+/// (the upload or the transcode that caused it).
 pub async fn publish(
     nats: &Nats,
     video_id: Uuid,
@@ -20,15 +22,22 @@ pub async fn publish(
     event_id: &str,
     payload: &impl Message,
 ) -> Result<(), String> {
+    let subject = nats.subject(&subjects::media_video(&video_id.to_string(), kind));
+    let span = telemetry::producer_span(subjects::MEDIA_STREAM, &subject);
+    span.record("messaging.message.id", event_id);
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", event_id);
-    let subject = nats.subject(&subjects::media_video(&video_id.to_string(), kind));
-    nats.jetstream
-        .publish_with_headers(subject, headers, payload.encode_to_vec().into())
-        .await
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
+    telemetry::inject_nats(&span, &mut headers);
+    async {
+        nats.jetstream
+            .publish_with_headers(subject, headers, payload.encode_to_vec().into())
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .instrument(span)
+    .await?;
     Ok(())
 }
 

@@ -9,10 +9,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use tertulia_plumbing::http::RequestIdV7;
-use tower_http::{
-    request_id::{PropagateRequestIdLayer, SetRequestIdLayer},
-    trace::TraceLayer,
-};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::{media::Media, origin, uploads};
 
@@ -126,7 +123,9 @@ pub fn router(media: Media) -> Router {
         // Outermost last: an id for every request, traced, echoed back; CORS inside.
         .layer(axum::middleware::from_fn(cors))
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(
+            tertulia_plumbing::telemetry::trace_http,
+        ))
         .layer(SetRequestIdLayer::x_request_id(RequestIdV7))
         .with_state(media)
 }

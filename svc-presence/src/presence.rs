@@ -4,6 +4,7 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use prost::Message as _;
+use tertulia_plumbing::telemetry::Upstream as Channel;
 use tertulia_plumbing::{client::with_deadline, nats::Nats, wire::timestamp};
 use tertulia_proto::{
     auth::v1::{ListContactsRequest, auth_service_client::AuthServiceClient},
@@ -12,7 +13,6 @@ use tertulia_proto::{
     subjects,
 };
 use time::OffsetDateTime;
-use tonic::transport::Channel;
 
 use crate::store::{PresenceStore, SessionEntry, StoreError, now_ms};
 

@@ -9,6 +9,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 pub mod media;
+pub mod otlp;
+pub mod process;
 
 use futures::{SinkExt as _, StreamExt as _};
 

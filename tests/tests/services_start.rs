@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 
 use tertulia_plumbing::config::GrpcServerConfig;
 use tertulia_tests::{
-    Stack, drop_schema, fresh_database, fresh_nats, grpc_channel, media_config, unique_name,
+    Stack, drop_schema, fresh_database, fresh_nats, grpc_channel, media_config,
+    process::{self, exits_cleanly_within, free_port, sigterm, until_ready},
+    unique_name,
 };
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -189,62 +191,11 @@ async fn sigterm_closes_sockets_with_1012_and_exits_within_the_drain_bound() {
 
 /// A service binary of this workspace, configured for `stack`'s NATS namespace, quiet.
 fn command(name: &str, stack: &Stack) -> tokio::process::Command {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").to_owned());
-    let binary = format!("{target}/debug/{name}");
-    assert!(
-        std::path::Path::new(&binary).exists(),
-        "{binary} is missing: `make test` builds the binaries first"
-    );
-    let mut command = tokio::process::Command::new(binary);
+    let mut command = process::binary(name);
     command
         .env("TERTULIA_NATS__URL", &stack.nats.url)
-        .env("TERTULIA_NATS__NAMESPACE", &stack.nats.namespace)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true);
+        .env("TERTULIA_NATS__NAMESPACE", &stack.nats.namespace);
     command
-}
-
-/// A loopback address with a port free right now.
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// Waits (bounded) until `addr` answers `GET /readyz` with 200.
-async fn until_ready(http: &reqwest::Client, addr: SocketAddr) {
-    let ready = async {
-        loop {
-            let answer = http.get(format!("http://{addr}/readyz")).send().await;
-            if answer.is_ok_and(|a| a.status() == 200) {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(30), ready)
-        .await
-        .expect("the service becomes ready");
-}
-
-fn sigterm(child: &tokio::process::Child) {
-    let pid = child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-}
-
-async fn exits_cleanly_within(child: &mut tokio::process::Child, seconds: u64) {
-    let status = tokio::time::timeout(std::time::Duration::from_secs(seconds), child.wait())
-        .await
-        .expect("the process exits within its drain bound")
-        .unwrap();
-    assert!(status.success(), "{status}");
 }
 
 /// The real `svc-presence` binary on SIGTERM: an open gRPC stream (a health watch) hears

@@ -31,6 +31,9 @@ pub enum ClientFrame {
         text: Option<String>,
         /// What (v2).
         content: Option<ContentBody>,
+        /// The W3C trace context of the user action, continued by the gateway.
+        #[serde(default)]
+        traceparent: Option<String>,
     },
     /// Move the read position.
     Read {
@@ -38,14 +41,45 @@ pub enum ClientFrame {
         conversation_id: String,
         /// Up to which seq.
         seq: u64,
+        /// The W3C trace context of the user action, continued by the gateway.
+        #[serde(default)]
+        traceparent: Option<String>,
     },
     /// The user is typing.
     Typing {
         /// Where.
         conversation_id: String,
+        /// The W3C trace context of the user action, continued by the gateway.
+        #[serde(default)]
+        traceparent: Option<String>,
     },
     /// Keep-alive; answered with `pong`.
     Ping,
+}
+
+impl ClientFrame {
+    /// The frame's `type`.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Hello { .. } => "hello",
+            Self::Send { .. } => "send",
+            Self::Read { .. } => "read",
+            Self::Typing { .. } => "typing",
+            Self::Ping => "ping",
+        }
+    }
+
+    /// The trace context the client attached, if any.
+    #[must_use]
+    pub fn traceparent(&self) -> Option<&str> {
+        match self {
+            Self::Send { traceparent, .. }
+            | Self::Read { traceparent, .. }
+            | Self::Typing { traceparent, .. } => traceparent.as_deref(),
+            Self::Hello { .. } | Self::Ping => None,
+        }
+    }
 }
 
 /// Parses a client frame; the error text names what is wrong.

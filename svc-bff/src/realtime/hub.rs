@@ -19,6 +19,7 @@ use tertulia_plumbing::{
     metrics::{Counter, EncodeLabelSet, Family, Gauge, Histogram, Registry, exponential_buckets},
     nats::Nats,
     shutdown::Shutdown,
+    telemetry,
 };
 use tertulia_proto::{
     chat::{v1 as chat_v1, v2 as chat_v2},
@@ -210,9 +211,19 @@ impl RealtimeMetrics {
     }
 }
 
+/// An event on its way to one connection, with the trace of the delivery that brought it
+/// (when traces are exported), so the socket write joins the sender's trace.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// The rendered event.
+    pub event: Arc<LiveEvent>,
+    /// The `traceparent` of the gateway's consumer span for the delivery.
+    pub traceparent: Option<Arc<str>>,
+}
+
 #[derive(Debug, Clone)]
 struct Connection {
-    queue: mpsc::Sender<Arc<LiveEvent>>,
+    queue: mpsc::Sender<Queued>,
     too_slow: Shutdown,
     api: Api,
     transport: &'static str,
@@ -285,7 +296,7 @@ pub struct SubscribeError(String);
 #[derive(Debug)]
 pub struct Registration {
     /// Events for this connection, in arrival order.
-    pub events: mpsc::Receiver<Arc<LiveEvent>>,
+    pub events: mpsc::Receiver<Queued>,
     /// Trips when the queue overflowed: the client reads too slowly.
     pub too_slow: Shutdown,
     frames: Arc<StdMutex<TokenBucket>>,
@@ -520,6 +531,14 @@ async fn dispatch(
     metrics: RealtimeMetrics,
 ) {
     while let Some(message) = subscriber.next().await {
+        let span = telemetry::consumer_span(
+            subjects::DELIVER_TEMPLATE,
+            message.subject.as_str(),
+            "gateway",
+            telemetry::nats_traceparent(message.headers.as_ref()),
+        );
+        let traceparent: Option<Arc<str>> = telemetry::traceparent(&span).map(Arc::from);
+        let _entered = span.enter();
         let Ok(delivery) = Delivery::decode(message.payload) else {
             tracing::warn!(message = "Undecodable delivery dropped.", subject = %message.subject);
             continue;
@@ -530,7 +549,11 @@ async fn dispatch(
             let event = rendered[connection.api.index()]
                 .get_or_insert_with(|| cache.render(&delivery, connection.api));
             let Some(event) = event else { continue };
-            match connection.queue.try_send(Arc::clone(event)) {
+            let queued = Queued {
+                event: Arc::clone(event),
+                traceparent: traceparent.clone(),
+            };
+            match connection.queue.try_send(queued) {
                 Ok(()) => {
                     let queued = connection.queue.max_capacity() - connection.queue.capacity();
                     #[expect(

@@ -26,6 +26,8 @@ use std::{collections::HashMap, time::Duration};
 use axum::extract::ws::Utf8Bytes;
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::Deserialize;
+use tertulia_plumbing::telemetry;
+use tracing::Span;
 
 pub use crate::versions::Api;
 use crate::{app::AppState, problem::ApiError};
@@ -88,6 +90,48 @@ impl RealtimeConfig {
     fn send_timeout(&self) -> Duration {
         Duration::from_millis(self.send_timeout_ms)
     }
+}
+
+/// A server span for one client frame (`websocket send`, `websocket read`, ...),
+/// continuing the trace the client attached to the frame. None for `hello` and `ping`, and
+/// while traces are not exported.
+#[must_use]
+pub fn frame_span(
+    transport: &'static str,
+    kind: &'static str,
+    user_id: &str,
+    traceparent: Option<&str>,
+) -> Span {
+    if !telemetry::enabled() || matches!(kind, "hello" | "ping") {
+        return Span::none();
+    }
+    let span = tracing::info_span!(
+        "frame",
+        otel.name = %format!("{transport} {kind}"),
+        otel.kind = "server",
+        network.protocol.name = transport,
+        tertulia.frame.type = kind,
+        enduser.id = user_id,
+    );
+    telemetry::follow(&span, traceparent);
+    span
+}
+
+/// A span for writing one delivered event to a client (`write websocket`), a child of the
+/// gateway's consumer span for the delivery.
+#[must_use]
+pub fn write_span(transport: &'static str, traceparent: Option<&str>) -> Span {
+    if !telemetry::enabled() {
+        return Span::none();
+    }
+    let span = tracing::info_span!(
+        "write",
+        otel.name = %format!("write {transport}"),
+        otel.kind = "producer",
+        network.protocol.name = transport,
+    );
+    telemetry::follow(&span, traceparent);
+    span
 }
 
 /// Registers `user_id` with the hub and only then reads the history after `resume`: in this

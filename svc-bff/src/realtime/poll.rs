@@ -49,7 +49,7 @@ pub async fn poll(
             tokio::select! {
                 next = registration.events.recv() => {
                     let Some(next) = next else { break };
-                    frames.extend(feed.live(&state, &next).await?);
+                    frames.extend(feed.live(&state, &next.event).await?);
                 }
                 () = tokio::time::sleep_until(deadline) => break,
                 () = state.shutdown.cancelled() => break,

@@ -15,6 +15,7 @@ use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument as _;
 
 use super::{Api, connect, decode_cursor, encode_cursor, feed::Feed, frames};
 use crate::{
@@ -82,7 +83,8 @@ pub async fn events(
             tokio::select! {
                 next = registration.events.recv() => {
                     let Some(next) = next else { return };
-                    let Ok(frames) = feed.live(&state, &next).await else { return };
+                    let span = super::write_span("sse", next.traceparent.as_deref());
+                    let Ok(frames) = feed.live(&state, &next.event).instrument(span).await else { return };
                     pending.extend(frames.iter().map(|f| event(f.as_str(), &feed)));
                 }
                 () = registration.too_slow.cancelled() => return,

@@ -18,6 +18,7 @@ use axum::{
 use tertulia_plumbing::client::with_deadline;
 use tertulia_proto::presence::v1 as presence_pb;
 use tokio::time::{Instant as TokioInstant, interval_at, timeout};
+use tracing::Instrument as _;
 
 use super::{
     Api, RealtimeConfig, connect,
@@ -173,16 +174,22 @@ impl Session {
                     }
                 }
                 event = registration.events.recv() => {
-                    let Some(event) = event else {
+                    let Some(queued) = event else {
                         return Err(Ending { code: close::INTERNAL, reason: "delivery stopped" });
                     };
-                    let frames = feed.live(&self.state, &event).await.map_err(|error| {
-                        tracing::warn!(message = "Gap fill failed; closing so the client resumes.", code = error.code(), detail = error.detail());
-                        Ending { code: close::INTERNAL, reason: "delivery interrupted; reconnect with resume" }
-                    })?;
-                    for frame in frames {
-                        self.send(frame).await?;
+                    let span = super::write_span("websocket", queued.traceparent.as_deref());
+                    async {
+                        let frames = feed.live(&self.state, &queued.event).await.map_err(|error| {
+                            tracing::warn!(message = "Gap fill failed; closing so the client resumes.", code = error.code(), detail = error.detail());
+                            Ending { code: close::INTERNAL, reason: "delivery interrupted; reconnect with resume" }
+                        })?;
+                        for frame in frames {
+                            self.send(frame).await?;
+                        }
+                        Ok::<(), Ending>(())
                     }
+                    .instrument(span)
+                    .await?;
                 }
                 () = registration.too_slow.cancelled() => {
                     return Err(Ending {
@@ -327,50 +334,62 @@ impl Session {
                 return Ok(None);
             }
         };
-        let answer = match frame {
-            ClientFrame::Ping => frames::pong(),
-            ClientFrame::Hello { .. } => {
-                frames::error("invalid_argument", "hello was already received", None)
-            }
-            ClientFrame::Send {
+        let span = super::frame_span("websocket", frame.kind(), user_id, frame.traceparent());
+        if let Some(answer) = answer(&self.state, self.api, user_id, frame)
+            .instrument(span)
+            .await
+        {
+            self.send(answer).await?;
+        }
+        Ok(None)
+    }
+}
+
+/// What the gateway answers to a parsed client frame (nothing for reads and typing).
+async fn answer(
+    state: &AppState,
+    api: Api,
+    user_id: &str,
+    frame: ClientFrame,
+) -> Option<Utf8Bytes> {
+    Some(match frame {
+        ClientFrame::Ping => frames::pong(),
+        ClientFrame::Hello { .. } => {
+            frames::error("invalid_argument", "hello was already received", None)
+        }
+        ClientFrame::Send {
+            conversation_id,
+            client_msg_id,
+            text,
+            content,
+            ..
+        } => {
+            answer_send(
+                state,
+                api,
+                user_id,
                 conversation_id,
                 client_msg_id,
                 text,
                 content,
-            } => {
-                answer_send(
-                    &self.state,
-                    self.api,
-                    user_id,
-                    conversation_id,
-                    client_msg_id,
-                    text,
-                    content,
-                )
-                .await
-            }
-            ClientFrame::Read {
-                conversation_id,
-                seq,
-            } => match mark_read_for(&self.state, user_id, conversation_id, seq).await {
-                Ok(()) => return Ok(None),
-                Err(error) => frames::error(error.code(), error.detail(), None),
-            },
-            ClientFrame::Typing { conversation_id } => {
-                match self
-                    .state
-                    .typing
-                    .started(&self.state, user_id, &conversation_id)
-                    .await
-                {
-                    Ok(()) => return Ok(None),
-                    Err(error) => frames::error(error.code(), error.detail(), None),
-                }
-            }
-        };
-        self.send(answer).await?;
-        Ok(None)
-    }
+            )
+            .await
+        }
+        ClientFrame::Read {
+            conversation_id,
+            seq,
+            ..
+        } => match mark_read_for(state, user_id, conversation_id, seq).await {
+            Ok(()) => return None,
+            Err(error) => frames::error(error.code(), error.detail(), None),
+        },
+        ClientFrame::Typing {
+            conversation_id, ..
+        } => match state.typing.started(state, user_id, &conversation_id).await {
+            Ok(()) => return None,
+            Err(error) => frames::error(error.code(), error.detail(), None),
+        },
+    })
 }
 
 /// Answers a `send` frame (`ack` or `error`): `text` on v1, `content` on v2.

@@ -24,6 +24,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "content_and_reactions",
         sql: include_str!("../../migrations/0002_content_and_reactions.sql"),
     },
+    Migration {
+        version: 3,
+        name: "outbox_traceparent",
+        sql: include_str!("../../migrations/0003_outbox_traceparent.sql"),
+    },
 ];
 
 /// A committed event waiting to be published.
@@ -37,6 +42,8 @@ pub struct OutboxRow {
     pub payload: Vec<u8>,
     /// Seconds since it was committed, when claimed.
     pub age_s: f64,
+    /// The trace of the call that committed it, if traces were exported.
+    pub traceparent: Option<String>,
 }
 
 /// What a send did.
@@ -202,10 +209,17 @@ async fn fill_reactions(
     Ok(())
 }
 
+/// Stores `event` with the trace of the current call, so its publish joins that trace.
 async fn insert_outbox(tx: &Transaction<'_>, event: &OutboxEvent) -> Result<(), DbError> {
+    let traceparent = tertulia_plumbing::telemetry::current_traceparent();
     tx.execute(
-        "INSERT INTO outbox (event_id, subject, payload) VALUES ($1, $2, $3)",
-        &[&event.event_id, &event.subject, &event.payload],
+        "INSERT INTO outbox (event_id, subject, payload, traceparent) VALUES ($1, $2, $3, $4)",
+        &[
+            &event.event_id,
+            &event.subject,
+            &event.payload,
+            &traceparent,
+        ],
     )
     .await?;
     Ok(())
@@ -741,7 +755,8 @@ impl ChatStore {
         let rows = tx
             .query(
                 "SELECT event_id, subject, payload,
-                        extract(epoch FROM clock_timestamp() - created_at)::float8
+                        extract(epoch FROM clock_timestamp() - created_at)::float8,
+                        traceparent
                  FROM outbox
                  WHERE published_at IS NULL
                  ORDER BY created_at, event_id
@@ -757,6 +772,7 @@ impl ChatStore {
                 subject: r.get(1),
                 payload: r.get(2),
                 age_s: r.get(3),
+                traceparent: r.get(4),
             })
             .collect())
     }

@@ -1,0 +1,318 @@
+//! One message sent by one user is one trace, across processes and the broker: the real
+//! `svc-bff` and `svc-chat` binaries export to an in-process OTLP receiver (svc-chat over
+//! OTLP/gRPC, the gateway over OTLP/HTTP), and the spans must chain
+//! WebSocket frame → gateway client call → svc-chat → outbox relay → JetStream → fan-out →
+//! gateway → socket write, with producer/consumer links across NATS.
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde_json::{Value, json};
+use tertulia_plumbing::config::{NatsConfig, PostgresConfig};
+use tertulia_tests::{
+    Stack, WsClient, database_url, drop_schema, drop_streams, fresh_database, fresh_nats,
+    otlp::{OtlpReceiver, ReceivedSpan, kind},
+    process::{binary, exits_cleanly_within, free_port, sigterm, until_ready},
+};
+
+/// The span named `name` of `kind` from `service` (exactly one).
+fn one<'a>(spans: &'a [ReceivedSpan], service: &str, name: &str, kind: i32) -> &'a ReceivedSpan {
+    let found: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.service == service && s.name == name && s.kind == kind)
+        .collect();
+    assert_eq!(found.len(), 1, "one {service} {name:?}: {spans:#?}");
+    found[0]
+}
+
+fn children<'a>(
+    spans: &'a [ReceivedSpan],
+    parent: &ReceivedSpan,
+    name: &str,
+) -> Vec<&'a ReceivedSpan> {
+    spans
+        .iter()
+        .filter(|s| s.parent_span_id == parent.span_id && s.name == name)
+        .collect()
+}
+
+/// A consumer span continues its producer's trace and links to it.
+fn assert_consumes(consumer: &ReceivedSpan, producer: &ReceivedSpan) {
+    assert_eq!(consumer.parent_span_id, producer.span_id, "{consumer:#?}");
+    assert!(
+        consumer
+            .links
+            .contains(&(producer.trace_id.clone(), producer.span_id.clone())),
+        "linked to its producer: {consumer:#?}"
+    );
+    assert_eq!(consumer.attribute("messaging.system"), Some("nats"));
+    assert_eq!(
+        consumer.attribute("messaging.operation.type"),
+        Some("process")
+    );
+}
+
+fn complete(spans: &[ReceivedSpan]) -> bool {
+    let count = |service: &str, name: &str| {
+        spans
+            .iter()
+            .filter(|s| s.service == service && s.name == name)
+            .count()
+    };
+    count("svc-bff", "websocket send") == 1
+        && count("svc-chat", "process CHAT") == 1
+        && count("svc-chat", "send deliver.{user_id}") == 1
+        // Both members' connections receive the message.
+        && count("svc-bff", "process deliver.{user_id}") == 2
+        && count("svc-bff", "write websocket") == 2
+}
+
+/// svc-chat as a real process exporting over OTLP/gRPC, in `database` and `nats`.
+fn spawn_chat(
+    receiver: &OtlpReceiver,
+    database: &PostgresConfig,
+    nats: &NatsConfig,
+) -> (tokio::process::Child, SocketAddr) {
+    let chat = free_port();
+    let process = binary("svc-chat")
+        .env("TERTULIA_CHAT_GRPC__LISTEN", chat.to_string())
+        .env("TERTULIA_CHAT_DATABASE__URL", database_url())
+        .env("TERTULIA_CHAT_DATABASE__SCHEMA", &database.schema)
+        .env("TERTULIA_NATS__URL", &nats.url)
+        .env("TERTULIA_NATS__NAMESPACE", &nats.namespace)
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{}", receiver.grpc),
+        )
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .spawn()
+        .unwrap();
+    (process, chat)
+}
+
+/// The gateway as a real process exporting over OTLP/HTTP, talking to `chat` and to the
+/// rest of `stack`.
+fn spawn_bff(
+    receiver: &OtlpReceiver,
+    stack: &Stack,
+    chat: SocketAddr,
+    nats: &NatsConfig,
+) -> (tokio::process::Child, SocketAddr) {
+    let bff = free_port();
+    let process = binary("svc-bff")
+        .env("TERTULIA_BFF_HTTP__LISTEN", bff.to_string())
+        .env("TERTULIA_BFF_AUTH__URL", format!("http://{}", stack.auth))
+        .env("TERTULIA_BFF_CHAT__URL", format!("http://{chat}"))
+        .env(
+            "TERTULIA_BFF_PRESENCE__URL",
+            format!("http://{}", stack.presence),
+        )
+        .env(
+            "TERTULIA_BFF_CATALOG__URL",
+            format!("http://{}", stack.catalog),
+        )
+        .env("TERTULIA_BFF_MEDIA__URL", format!("http://{}", stack.media))
+        .env("TERTULIA_NATS__URL", &nats.url)
+        .env("TERTULIA_NATS__NAMESPACE", &nats.namespace)
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{}", receiver.http),
+        )
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        // Nothing leaves the gateway before it shuts down: its spans prove the flush.
+        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        .spawn()
+        .unwrap();
+    (process, bff)
+}
+
+#[tokio::test]
+async fn one_message_is_one_trace_across_services_and_the_broker() {
+    let receiver = OtlpReceiver::start().await;
+    let stack = Stack::start().await;
+    let alice = stack.signed_up("alice").await;
+    let bob = stack.signed_up("bob").await;
+
+    // svc-chat and the gateway as real processes, in a namespace and schema of their own.
+    let (database, nats) = (fresh_database(), fresh_nats());
+    let (mut chat_process, chat) = spawn_chat(&receiver, &database, &nats);
+    let (mut bff_process, bff) = spawn_bff(&receiver, &stack, chat, &nats);
+    until_ready(&stack.http, chat).await;
+    until_ready(&stack.http, bff).await;
+
+    let created = stack
+        .http
+        .post(format!("http://{bff}/api/v2/conversations"))
+        .bearer_auth(&alice.access_token)
+        .json(&json!({"kind": "group", "member_ids": [bob.user_id]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let conversation: Value = created.json().await.unwrap();
+
+    let mut bobs = WsClient::ready_version(bff, "v2", &bob.access_token, &json!({})).await;
+    let mut alices = WsClient::ready_version(bff, "v2", &alice.access_token, &json!({})).await;
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    alices
+        .send(&json!({
+            "type": "send",
+            "conversation_id": conversation["id"],
+            "client_msg_id": "traced-1",
+            "content": {"type": "text", "text": "follow me"},
+            "traceparent": format!("00-{trace_id}-{CLIENT_SPAN}-01"),
+        }))
+        .await;
+    assert_eq!(alices.frame_of("ack").await["client_msg_id"], "traced-1");
+    assert_eq!(
+        bobs.frame_of("message").await["message"]["content"]["text"],
+        "follow me"
+    );
+
+    // The same over REST: the `traceparent` header.
+    let rest_trace = uuid::Uuid::new_v4().simple().to_string();
+    let sent = stack
+        .http
+        .post(format!(
+            "http://{bff}/api/v2/conversations/{}/messages",
+            conversation["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&alice.access_token)
+        .header("traceparent", format!("00-{rest_trace}-{CLIENT_SPAN}-01"))
+        .header("x-request-id", "support-ticket-42")
+        .json(&json!({"client_msg_id": "traced-2", "content": {"type": "text", "text": "and me"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 201);
+
+    // svc-chat exports as it goes.
+    receiver
+        .trace(&trace_id, Duration::from_secs(20), |spans| {
+            spans.iter().any(|s| s.name == "send deliver.{user_id}")
+        })
+        .await;
+    // The gateway's spans leave only with the flush at shutdown.
+    assert!(
+        receiver
+            .spans_of(&trace_id)
+            .iter()
+            .all(|s| s.service == "svc-chat")
+    );
+    sigterm(&bff_process);
+    exits_cleanly_within(&mut bff_process, 15).await;
+    let spans = receiver
+        .trace(&trace_id, Duration::from_secs(20), complete)
+        .await;
+    assert_chain(&spans);
+    assert_eq!(
+        one(&spans, "svc-bff", "websocket send", kind::SERVER).attribute("enduser.id"),
+        Some(alice.user_id.as_str())
+    );
+    let rest = receiver
+        .trace(&rest_trace, Duration::from_secs(20), |spans| {
+            spans.iter().any(|s| s.name.starts_with("POST "))
+                && spans.iter().any(|s| s.name == "write websocket")
+        })
+        .await;
+    assert_rest(&rest, &alice.user_id);
+
+    chat_process.kill().await.unwrap();
+    drop_schema(&database.schema);
+    drop_streams(&nats);
+}
+
+/// A REST send: the route's server span continues the header's trace, names the caller and
+/// the request id, and parents the call to svc-chat.
+fn assert_rest(spans: &[ReceivedSpan], user_id: &str) {
+    let route = "POST /api/v2/conversations/{id}/messages";
+    let http = one(spans, "svc-bff", route, kind::SERVER);
+    assert_eq!(http.parent_span_id, CLIENT_SPAN);
+    assert_eq!(
+        http.attribute("http.route"),
+        Some("/api/v2/conversations/{id}/messages")
+    );
+    assert_eq!(http.attribute("http.request.method"), Some("POST"));
+    assert_eq!(http.attribute("http.response.status_code"), Some("201"));
+    assert_eq!(http.attribute("enduser.id"), Some(user_id));
+    assert_eq!(
+        http.attribute("http.request.header.x-request-id"),
+        Some("support-ticket-42")
+    );
+    let rpc = "tertulia.chat.v2.ChatService/SendMessage";
+    let call = one(spans, "svc-bff", rpc, kind::CLIENT);
+    assert_eq!(call.parent_span_id, http.span_id);
+    assert_eq!(
+        one(spans, "svc-chat", rpc, kind::SERVER).parent_span_id,
+        call.span_id
+    );
+}
+
+/// The span the client's `traceparent` names.
+const CLIENT_SPAN: &str = "b7ad6b7169203331";
+
+/// Frame → call → svc-chat → relay → JetStream → fan-out → gateway → sockets.
+fn assert_chain(spans: &[ReceivedSpan]) {
+    // WebSocket frame → gateway's call → svc-chat.
+    let frame = one(spans, "svc-bff", "websocket send", kind::SERVER);
+    assert_eq!(
+        frame.parent_span_id, CLIENT_SPAN,
+        "continues the client's trace"
+    );
+    assert_eq!(frame.via, "http");
+    let rpc = "tertulia.chat.v2.ChatService/SendMessage";
+    let call = one(spans, "svc-bff", rpc, kind::CLIENT);
+    assert_eq!(call.parent_span_id, frame.span_id);
+    let served = one(spans, "svc-chat", rpc, kind::SERVER);
+    assert_eq!(
+        served.parent_span_id, call.span_id,
+        "gRPC metadata carried the context"
+    );
+    assert_eq!(served.via, "grpc");
+    for span in [call, served] {
+        assert_eq!(span.attribute("rpc.system"), Some("grpc"));
+        assert_eq!(
+            span.attribute("rpc.service"),
+            Some("tertulia.chat.v2.ChatService")
+        );
+        assert_eq!(span.attribute("rpc.method"), Some("SendMessage"));
+        assert_eq!(span.attribute("rpc.grpc.status_code"), Some("0"));
+    }
+
+    // The outbox relay continues the send's trace after the commit, through JetStream.
+    let publish = one(spans, "svc-chat", "send CHAT", kind::PRODUCER);
+    assert_eq!(
+        publish.parent_span_id, served.span_id,
+        "the outbox row kept the trace"
+    );
+    assert_eq!(publish.attribute("messaging.operation.type"), Some("send"));
+    assert!(
+        publish
+            .attribute("messaging.destination.name")
+            .unwrap()
+            .ends_with(".message")
+    );
+    let fanout = one(spans, "svc-chat", "process CHAT", kind::CONSUMER);
+    assert_consumes(fanout, publish);
+    assert_eq!(
+        fanout.attribute("messaging.consumer.group.name"),
+        Some("fanout")
+    );
+    let deliver = one(spans, "svc-chat", "send deliver.{user_id}", kind::PRODUCER);
+    assert_eq!(deliver.parent_span_id, fanout.span_id);
+
+    // Core NATS to the gateway, then each member's socket.
+    let consumers = children(spans, deliver, "process deliver.{user_id}");
+    assert_eq!(consumers.len(), 2, "one per member's subscription");
+    for consumer in consumers {
+        assert_eq!(consumer.service, "svc-bff");
+        assert_consumes(consumer, deliver);
+        let writes = children(spans, consumer, "write websocket");
+        assert_eq!(writes.len(), 1, "{spans:#?}");
+        assert_eq!(writes[0].kind, kind::PRODUCER);
+    }
+    assert!(
+        spans.iter().all(|s| s.status != 2),
+        "nothing failed: {spans:#?}"
+    );
+}
