@@ -11,6 +11,10 @@ NATS_SERVER_VERSION=2.15.1
 BUF_VERSION=1.75.0
 # S3-compatible server the tests start for the S3 blob backend.
 MOTO_VERSION=5.2.5
+# The sidecars of the mesh (scripts/mesh.py writes their configs).
+ENVOY_VERSION=1.40.0
+# A Compose Specification parser (bindings of the Rust compose_spec crate) for compose/.
+COMPOSE_SPEC_VERSION=0.2.1
 
 # The project's own NATS (the machine's may be too old for current JetStream features).
 NATS_PORT=${TERTULIA_NATS_PORT:-4333}

