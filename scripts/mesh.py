@@ -18,6 +18,8 @@ Usage:
   mesh.py compose [--check]         (re)writes compose/envoy/ from the deployment topology
   mesh.py validate ENVOY SCRATCH    envoy --mode validate on every config in compose/envoy/
   mesh.py certs DIR NAME...         a CA and one certificate per service (kept if present)
+  mesh.py local OUTDIR              the local stack's sidecars (TERTULIA_MESH=1 make up), with
+                                    one env file per service overriding its listeners and upstreams
 
 SPEC.json: {"sidecars": [{"name", "admin", "access_log"?, "certs"?,
                           "inbound"?: {"listen", "app"},
@@ -498,11 +500,56 @@ def validate(envoy, scratch):
         sys.exit(f"invalid Envoy configs: {', '.join(failed)}")
 
 
+# The local stack (`TERTULIA_MESH=1 make up`): services keep their usual gRPC ports on
+# loopback; sidecars take the mesh ports (1545x), per-caller outbound ports (150xx for the
+# gateway, 151xx for presence, 152xx for catalog) and the public ports 8080 and 8090, in front
+# of the gateway and the origin moved to 18080 and 18090.
+LOCAL_GRPC = {"auth": 50051, "chat": 50052, "presence": 50053, "catalog": 50054, "media": 50055}
+LOCAL_CALLERS = {"bff": (15000, COMPOSE_OUTBOUND["bff"]), "presence": (15100, COMPOSE_OUTBOUND["presence"]),
+                 "catalog": (15200, COMPOSE_OUTBOUND["catalog"])}
+
+
+def local(out):
+    """Configs, certificates and one env file per service (overrides of its listeners and
+    upstream URLs) for the local stack."""
+    inbound = {name: 15400 + port % 100 for name, port in LOCAL_GRPC.items()}
+    sidecars, env = [], {}
+    for index, name in enumerate(list(LOCAL_GRPC) + ["bff"]):
+        spec = {"name": name, "admin": f"127.0.0.1:{15901 + index}", "access_log": os.path.join(out, f"{name}.access.log")}
+        if name in LOCAL_GRPC:
+            spec["inbound"] = {"listen": f"127.0.0.1:{inbound[name]}", "app": f"127.0.0.1:{LOCAL_GRPC[name]}"}
+        lines = []
+        if name in LOCAL_CALLERS:
+            base, upstreams = LOCAL_CALLERS[name]
+            spec["outbound"] = {}
+            for up in upstreams:
+                port = base + LOCAL_GRPC[up] % 100
+                spec["outbound"][up] = {"listen": f"127.0.0.1:{port}", "endpoints": [f"127.0.0.1:{inbound[up]}"]}
+                lines.append(f"TERTULIA_{name.upper()}_{up.upper()}__URL=http://127.0.0.1:{port}")
+        if name == "bff":
+            spec["edge"] = {"listen": "127.0.0.1:8080", "app": "127.0.0.1:18080", "kind": "gateway"}
+            lines.append("TERTULIA_BFF_HTTP__LISTEN=127.0.0.1:18080")
+        if name == "media":
+            spec["edge"] = {"listen": "127.0.0.1:8090", "app": "127.0.0.1:18090", "kind": "origin"}
+            lines.append("TERTULIA_MEDIA_HTTP_LISTEN=127.0.0.1:18090")
+        sidecars.append(spec)
+        env[name] = lines
+    os.makedirs(out, exist_ok=True)
+    spec_path = os.path.join(out, "spec.json")
+    write_json(spec_path, {"sidecars": sidecars})
+    render(spec_path, out)
+    for name, lines in env.items():
+        with open(os.path.join(out, f"{name}.env"), "w") as f:
+            f.write("".join(line + "\n" for line in lines))
+
+
 def main(argv):
     if len(argv) == 3 and argv[0] == "render":
         render(argv[1], argv[2])
     elif argv[:1] == ["compose"] and argv[1:] in ([], ["--check"]):
         compose(argv[1:] == ["--check"])
+    elif len(argv) == 2 and argv[0] == "local":
+        local(argv[1])
     elif len(argv) >= 3 and argv[0] == "certs":
         certificates(argv[1], argv[2:])
     elif len(argv) == 3 and argv[0] == "validate":

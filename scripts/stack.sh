@@ -14,6 +14,15 @@ if [ "$INSTANCES" = 2 ]; then
 fi
 CHAT_URLS="http://127.0.0.1:$CHAT_PORT"
 [ "$INSTANCES" = 2 ] && CHAT_URLS="$CHAT_URLS,http://127.0.0.1:$((CHAT_PORT + 10))"
+# TERTULIA_MESH=1 puts every service behind its own Envoy sidecar (scripts/mesh.py local):
+# calls between services go sidecar to sidecar over mutual TLS, the gateway (8080) and the
+# media origin (8090) are served by their sidecars' edge listeners. See docs/mesh.md.
+MESH=${TERTULIA_MESH:-0}
+if [ "$MESH" = 1 ] && [ "$INSTANCES" != 1 ]; then
+  die "TERTULIA_MESH=1 runs one instance of each service"
+fi
+MESH_DIR="$RUN/mesh"
+SIDECARS=(auth chat presence catalog media bff)
 PIDS="$RUN/pids"
 LOGS="$RUN/logs"
 BIN="$ROOT/target/debug"
@@ -81,6 +90,30 @@ service_env() {
   esac
 }
 
+# A service's overrides in mesh mode (its listeners behind the sidecar, its upstream URLs).
+mesh_env() {
+  if [ "$MESH" = 1 ]; then cat "$MESH_DIR/${1%-2}.env"; fi
+}
+
+start_sidecars() {
+  python3 "$ROOT/scripts/mesh.py" local "$MESH_DIR"
+  local i=0 svc
+  for svc in "${SIDECARS[@]}"; do
+    log "Starting the Envoy sidecar of svc-$svc"
+    "$VENV/bin/envoy" --disable-hot-restart --concurrency 1 -l warn --file-flush-interval-msec 1000 \
+      -c "$MESH_DIR/$svc.json" >>"$LOGS/envoy-$svc.log" 2>&1 &
+    echo $! > "$PIDS/envoy-$svc.pid"
+  done
+  for svc in "${SIDECARS[@]}"; do
+    i=$((i + 1))
+    if ! wait_for "curl -fsS http://127.0.0.1:$((15900 + i))/ready" 30; then
+      tail -20 "$LOGS/envoy-$svc.log" >&2 || true
+      stop_services
+      die "the sidecar of svc-$svc did not start (log: .run/logs/envoy-$svc.log)"
+    fi
+  done
+}
+
 # The local stack's media signing key: random, made once, kept in .run.
 signing_key() {
   local file="$RUN/media-signing-key"
@@ -105,6 +138,7 @@ stop_services() {
   # Every instance that may have been started, whatever TERTULIA_INSTANCES is now.
   for svc in auth chat presence catalog media bff chat-2 bff-2; do
     stop_pidfile "$PIDS/$svc.pid"
+    stop_pidfile "$PIDS/envoy-$svc.pid"
   done
 }
 
@@ -115,10 +149,11 @@ start() {
   (cd "$ROOT" && cargo build -j2 --bins -q)
   stop_services
   mkdir -p "$PIDS" "$LOGS"
+  if [ "$MESH" = 1 ]; then start_sidecars; fi
   for svc in "${SERVICES[@]}"; do
     log "Starting svc-$svc"
     # shellcheck disable=SC2046
-    env $(service_env "$svc") RUST_LOG="${RUST_LOG:-info}" \
+    env $(service_env "$svc") $(mesh_env "$svc") RUST_LOG="${RUST_LOG:-info}" \
       "$BIN/$(binary "$svc")" >>"$LOGS/svc-$svc.log" 2>&1 &
     echo $! > "$PIDS/$svc.pid"
   done
@@ -142,8 +177,12 @@ TERTULIA_BFF_URLS=$( [ "$INSTANCES" = 2 ] && echo "http://127.0.0.1:$BFF_PORT,ht
 TERTULIA_CHAT_GRPC_URLS=$CHAT_URLS
 TERTULIA_NATS_URL=$NATS_URL
 TERTULIA_DATABASE_URL=$DATABASE_URL
+TERTULIA_MESH=$MESH
 ENV
   log "Tertulia is up. API: http://127.0.0.1:$BFF_PORT/api/v2  (addresses in .run/stack.env)"
+  if [ "$MESH" = 1 ]; then
+    log "Every service runs behind its Envoy sidecar; access logs in .run/mesh/*.access.log"
+  fi
   log "The web client is not built yet; the API is the entry point."
 }
 
