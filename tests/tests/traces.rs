@@ -9,7 +9,9 @@ use std::{net::SocketAddr, time::Duration};
 use serde_json::{Value, json};
 use tertulia_plumbing::config::{NatsConfig, PostgresConfig};
 use tertulia_tests::{
-    Stack, WsClient, database_url, drop_schema, drop_streams, fresh_database, fresh_nats,
+    Stack, TEST_SIGNING_KEY, WsClient, database_url, drop_schema, drop_streams, fresh_database,
+    fresh_nats,
+    media::{tus_create, video_fixture, wait_for_video},
     otlp::{OtlpReceiver, ReceivedSpan, kind},
     process::{binary, exits_cleanly_within, free_port, sigterm, until_ready},
 };
@@ -92,26 +94,42 @@ fn spawn_chat(
 
 /// The gateway as a real process exporting over OTLP/HTTP, talking to `chat` and to the
 /// rest of `stack`.
+/// Where a gateway process sends each kind of call.
+struct Upstreams {
+    chat: SocketAddr,
+    catalog: SocketAddr,
+    media: SocketAddr,
+}
+
+/// The gateway as a real process exporting over OTLP/HTTP every `batch_delay_ms`, talking to
+/// `upstreams` and to the rest of `stack`.
 fn spawn_bff(
     receiver: &OtlpReceiver,
     stack: &Stack,
-    chat: SocketAddr,
+    upstreams: &Upstreams,
     nats: &NatsConfig,
+    batch_delay_ms: u64,
 ) -> (tokio::process::Child, SocketAddr) {
     let bff = free_port();
     let process = binary("svc-bff")
         .env("TERTULIA_BFF_HTTP__LISTEN", bff.to_string())
         .env("TERTULIA_BFF_AUTH__URL", format!("http://{}", stack.auth))
-        .env("TERTULIA_BFF_CHAT__URL", format!("http://{chat}"))
+        .env(
+            "TERTULIA_BFF_CHAT__URL",
+            format!("http://{}", upstreams.chat),
+        )
         .env(
             "TERTULIA_BFF_PRESENCE__URL",
             format!("http://{}", stack.presence),
         )
         .env(
             "TERTULIA_BFF_CATALOG__URL",
-            format!("http://{}", stack.catalog),
+            format!("http://{}", upstreams.catalog),
         )
-        .env("TERTULIA_BFF_MEDIA__URL", format!("http://{}", stack.media))
+        .env(
+            "TERTULIA_BFF_MEDIA__URL",
+            format!("http://{}", upstreams.media),
+        )
         .env("TERTULIA_NATS__URL", &nats.url)
         .env("TERTULIA_NATS__NAMESPACE", &nats.namespace)
         .env(
@@ -119,8 +137,7 @@ fn spawn_bff(
             format!("http://{}", receiver.http),
         )
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-        // Nothing leaves the gateway before it shuts down: its spans prove the flush.
-        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        .env("OTEL_BSP_SCHEDULE_DELAY", batch_delay_ms.to_string())
         .spawn()
         .unwrap();
     (process, bff)
@@ -136,7 +153,13 @@ async fn one_message_is_one_trace_across_services_and_the_broker() {
     // svc-chat and the gateway as real processes, in a namespace and schema of their own.
     let (database, nats) = (fresh_database(), fresh_nats());
     let (mut chat_process, chat) = spawn_chat(&receiver, &database, &nats);
-    let (mut bff_process, bff) = spawn_bff(&receiver, &stack, chat, &nats);
+    let upstreams = Upstreams {
+        chat,
+        catalog: stack.catalog,
+        media: stack.media,
+    };
+    // Nothing leaves the gateway before it shuts down: its spans prove the flush.
+    let (mut bff_process, bff) = spawn_bff(&receiver, &stack, &upstreams, &nats, 600_000);
     until_ready(&stack.http, chat).await;
     until_ready(&stack.http, bff).await;
 
@@ -315,4 +338,181 @@ fn assert_chain(spans: &[ReceivedSpan]) {
         spans.iter().all(|s| s.status != 2),
         "nothing failed: {spans:#?}"
     );
+}
+
+/// svc-media and svc-catalog as real processes exporting over OTLP/gRPC, in `nats`, with
+/// their own schemas and a scratch folder for blobs; returns them with media's gRPC, media's
+/// HTTP and catalog's gRPC addresses.
+fn spawn_video(
+    receiver: &OtlpReceiver,
+    nats: &NatsConfig,
+    dir: &std::path::Path,
+) -> (Vec<tokio::process::Child>, [SocketAddr; 3], [String; 2]) {
+    let (media, origin, catalog) = (free_port(), free_port(), free_port());
+    let (media_schema, catalog_schema) = (fresh_database().schema, fresh_database().schema);
+    let exporting = |command: &mut tokio::process::Command| {
+        command
+            .env("TERTULIA_NATS__URL", &nats.url)
+            .env("TERTULIA_NATS__NAMESPACE", &nats.namespace)
+            .env("TERTULIA_DATABASE__URL", database_url())
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://{}", receiver.grpc),
+            )
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    };
+    let mut media_command = binary("svc-media");
+    exporting(&mut media_command);
+    media_command
+        .env("TERTULIA_MEDIA_GRPC__LISTEN", media.to_string())
+        .env("TERTULIA_MEDIA_HTTP_LISTEN", origin.to_string())
+        .env("TERTULIA_MEDIA_PUBLIC_URL", format!("http://{origin}"))
+        .env("TERTULIA_MEDIA_DATABASE__SCHEMA", &media_schema)
+        .env("TERTULIA_MEDIA_BLOBS__KIND", "fs")
+        .env("TERTULIA_MEDIA_BLOBS__ROOT", dir.join("blobs"))
+        .env("TERTULIA_MEDIA_WORK_DIR", dir.join("work"))
+        .env("TERTULIA_MEDIA_SIGNING__CURRENT", "test")
+        .env("TERTULIA_MEDIA_SIGNING__KEYS__test", TEST_SIGNING_KEY);
+    let mut catalog_command = binary("svc-catalog");
+    exporting(&mut catalog_command);
+    catalog_command
+        .env("TERTULIA_CATALOG_GRPC__LISTEN", catalog.to_string())
+        .env("TERTULIA_CATALOG_DATABASE__SCHEMA", &catalog_schema)
+        .env("TERTULIA_CATALOG_MEDIA__URL", format!("http://{media}"));
+    let processes = vec![
+        media_command.spawn().unwrap(),
+        catalog_command.spawn().unwrap(),
+    ];
+    (
+        processes,
+        [media, origin, catalog],
+        [media_schema, catalog_schema],
+    )
+}
+
+/// The chain of spans from `span` up to the root of its trace, root first.
+fn ancestry<'a>(spans: &'a [ReceivedSpan], span: &'a ReceivedSpan) -> Vec<&'a ReceivedSpan> {
+    let mut chain = vec![span];
+    while let Some(parent) = spans
+        .iter()
+        .find(|s| s.span_id == chain[chain.len() - 1].parent_span_id)
+    {
+        chain.push(parent);
+    }
+    chain.reverse();
+    chain
+}
+
+#[tokio::test]
+async fn an_upload_is_one_trace_from_the_last_byte_to_the_owners_socket() {
+    let receiver = OtlpReceiver::start().await;
+    let stack = Stack::start().await;
+    let alice = stack.signed_up("alice").await;
+    let nats = fresh_nats();
+    let dir = std::env::temp_dir().join(tertulia_tests::unique_name("traced-media"));
+    let (_video, [media, origin, catalog], schemas) = spawn_video(&receiver, &nats, &dir);
+    let upstreams = Upstreams {
+        chat: stack.chat,
+        catalog,
+        media,
+    };
+    let (_bff, bff) = spawn_bff(&receiver, &stack, &upstreams, &nats, 100);
+    for addr in [media, catalog, bff] {
+        until_ready(&stack.http, addr).await;
+    }
+
+    let mut socket = WsClient::ready_version(bff, "v2", &alice.access_token, &json!({})).await;
+    let created = stack
+        .http
+        .post(format!("http://{bff}/api/v2/videos"))
+        .bearer_auth(&alice.access_token)
+        .json(&json!({"title": "Traced", "visibility": "public"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let video: Value = created.json().await.unwrap();
+    let bytes = video_fixture(2, 320, 240);
+    let upload = tus_create(
+        &stack.http,
+        video["upload"]["url"].as_str().unwrap(),
+        bytes.len(),
+    )
+    .await;
+    assert_eq!(upload.status(), 201);
+    let location = upload.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        location.starts_with(&format!("http://{origin}/")),
+        "{location}"
+    );
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let patched = stack
+        .http
+        .patch(&location)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Upload-Offset", "0")
+        .header("traceparent", format!("00-{trace_id}-{CLIENT_SPAN}-01"))
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 204);
+    wait_for_video(&mut socket, video["id"].as_str().unwrap(), "ready").await;
+
+    // The owner's socket hears "ready" in the trace of the upload: PATCH → uploaded →
+    // transcoder → processed → catalog → delivery → socket.
+    let reaches_socket =
+        |spans: &[ReceivedSpan]| spans.iter().any(|s| write_after_catalog(spans, s));
+    let spans = receiver
+        .trace(&trace_id, Duration::from_mins(1), reaches_socket)
+        .await;
+    assert_upload_chain(&spans);
+
+    let _ = std::fs::remove_dir_all(&dir);
+    for schema in schemas {
+        drop_schema(&schema);
+    }
+    drop_streams(&nats);
+}
+
+/// The owner's socket write descends, in order, from the PATCH through the transcoder, the
+/// catalog and the gateway.
+fn assert_upload_chain(spans: &[ReceivedSpan]) {
+    let write = spans
+        .iter()
+        .find(|s| write_after_catalog(spans, s))
+        .unwrap();
+    let chain: Vec<(&str, &str)> = ancestry(spans, write)
+        .iter()
+        .map(|s| (s.service.as_str(), s.name.as_str()))
+        .collect();
+    assert_eq!(
+        ancestry(spans, write)[0].parent_span_id,
+        CLIENT_SPAN,
+        "{chain:?}"
+    );
+    let expected = [
+        ("svc-media", "send MEDIA"),
+        ("svc-media", "process MEDIA"),
+        ("svc-media", "send MEDIA"),
+        ("svc-catalog", "process MEDIA"),
+        ("svc-catalog", "send deliver.{user_id}"),
+        ("svc-bff", "process deliver.{user_id}"),
+        ("svc-bff", "write websocket"),
+    ];
+    let mut rest = chain.iter();
+    for step in expected {
+        assert!(rest.any(|c| *c == step), "{step:?} in order in {chain:?}");
+    }
+    assert_eq!(chain[0].0, "svc-media", "the PATCH is the root: {chain:?}");
+}
+
+/// A socket write whose ancestry holds the transcoder's and the catalog's consumers.
+fn write_after_catalog(spans: &[ReceivedSpan], span: &ReceivedSpan) -> bool {
+    let chain = ancestry(spans, span);
+    span.name == "write websocket"
+        && chain.iter().any(|a| a.service == "svc-catalog")
+        && chain.iter().filter(|a| a.name == "process MEDIA").count() == 2
 }
