@@ -362,6 +362,16 @@ pub fn nats_traceparent(headers: Option<&async_nats::HeaderMap>) -> Option<&str>
         .map(async_nats::HeaderValue::as_str)
 }
 
+/// Headers carrying the `traceparent` of `span`, or `None` when it has none: publish without
+/// headers then, so untraced messages stay as small as before.
+#[must_use]
+pub fn nats_headers(span: &Span) -> Option<async_nats::HeaderMap> {
+    let value = traceparent(span)?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(TRACEPARENT, value.as_str());
+    Some(headers)
+}
+
 /// Adds the `traceparent` of `span` to NATS headers (nothing when it has none).
 pub fn inject_nats(span: &Span, headers: &mut async_nats::HeaderMap) {
     if let Some(value) = traceparent(span) {

@@ -74,14 +74,17 @@ pub async fn announce(nats: &Nats, video: &Video) {
     };
     let subject = nats.subject(&subjects::deliver(&video.owner_id.to_string()));
     let span = telemetry::producer_span(subjects::DELIVER_TEMPLATE, &subject);
-    let mut headers = async_nats::HeaderMap::new();
-    telemetry::inject_nats(&span, &mut headers);
-    if let Err(error) = nats
-        .client
-        .publish_with_headers(subject, headers, delivery.encode_to_vec().into())
-        .instrument(span)
-        .await
-    {
+    let payload = delivery.encode_to_vec().into();
+    let published = match telemetry::nats_headers(&span) {
+        Some(headers) => {
+            nats.client
+                .publish_with_headers(subject, headers, payload)
+                .instrument(span)
+                .await
+        }
+        None => nats.client.publish(subject, payload).await,
+    };
+    if let Err(error) = published {
         tracing::warn!(message = "Video change not announced.", video_id = %video.id, error = %error);
     }
 }

@@ -432,20 +432,21 @@ impl FanOut {
         recipients.dedup();
         let bytes: bytes::Bytes = delivery.encode_to_vec().into();
         // One producer span for the whole fan-out; every copy carries its context.
-        let span = telemetry::producer_span(
-            subjects::DELIVER_TEMPLATE,
-            &self.nats.subject(subjects::DELIVER_TEMPLATE),
-        );
-        let mut headers = HeaderMap::new();
-        telemetry::inject_nats(&span, &mut headers);
+        let span = telemetry::producer_span(subjects::DELIVER_TEMPLATE, subjects::DELIVER_TEMPLATE);
+        let headers = telemetry::nats_headers(&span);
         async {
             for user in recipients {
                 let subject = self.nats.subject(&subjects::deliver(&user.to_string()));
-                self.nats
-                    .client
-                    .publish_with_headers(subject, headers.clone(), bytes.clone())
-                    .await
-                    .map_err(|e| FanOutError::Retry(e.to_string()))?;
+                let published = match &headers {
+                    Some(headers) => {
+                        self.nats
+                            .client
+                            .publish_with_headers(subject, headers.clone(), bytes.clone())
+                            .await
+                    }
+                    None => self.nats.client.publish(subject, bytes.clone()).await,
+                };
+                published.map_err(|e| FanOutError::Retry(e.to_string()))?;
             }
             Ok(())
         }
