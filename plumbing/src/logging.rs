@@ -3,7 +3,8 @@
 //! [`crate::telemetry`]) every line inside a span carries its `trace_id` and `span_id`, so a
 //! log line leads to its trace and a trace to its logs.
 //!
-//! `TERTULIA_LOG_FORMAT=pretty` prints compact human-readable lines instead.
+//! `TERTULIA_LOG_FORMAT=pretty` prints compact human-readable lines instead. Every service
+//! installs it through [`crate::telemetry::init`].
 
 use std::fmt::Write as _;
 
@@ -86,20 +87,6 @@ where
             ids.span_id()
         )?;
         writeln!(writer, "{out}")
-    }
-}
-
-/// Installs the global subscriber for `service` without traces (tools and tests that want the
-/// production log format). Calling it twice is harmless.
-pub fn init(service: &'static str) {
-    let registry = tracing_subscriber::registry().with(filter());
-    let result = if json() {
-        registry.with(json_layer()).try_init()
-    } else {
-        registry.with(fmt::layer().compact()).try_init()
-    };
-    if result.is_ok() {
-        tracing::info!(message = "Logging initialised.", service);
     }
 }
 
