@@ -24,11 +24,7 @@ pub struct InvalidUpstream {
 /// client side (and an instance that is down is skipped). Calls are traced (a client span,
 /// `traceparent` in the metadata) while traces are exported.
 pub fn channel(upstream: &UpstreamConfig) -> Result<Upstream, InvalidUpstream> {
-    let endpoints = upstream
-        .url
-        .split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
+    let endpoints = crate::config::url_list(&upstream.url)
         .map(|url| {
             Endpoint::from_shared(url.to_owned())
                 .map(|e| {

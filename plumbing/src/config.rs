@@ -55,6 +55,12 @@ fn is_shared_key(key: &str) -> bool {
     !head.contains('_')
 }
 
+/// The entries of a comma-separated list of URLs (`nats.url`, an upstream's `url`), trimmed,
+/// empty ones skipped.
+pub fn url_list(urls: &str) -> impl Iterator<Item = &str> {
+    urls.split(',').map(str::trim).filter(|u| !u.is_empty())
+}
+
 /// Where and how a gRPC server listens.
 #[derive(Debug, Clone, Deserialize)]
 pub struct GrpcServerConfig {

@@ -60,11 +60,7 @@ pub enum NatsError {
 /// several servers of a cluster, comma-separated: the client picks one and moves to another
 /// when it fails.
 pub async fn connect(config: &NatsConfig, client_name: &str) -> Result<Nats, NatsError> {
-    let servers = config
-        .url
-        .split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
+    let servers = crate::config::url_list(&config.url)
         .map(|u| {
             u.parse::<async_nats::ServerAddr>()
                 .map_err(|source| NatsError::Url {

@@ -396,18 +396,42 @@ fn rpc_span(kind: &'static str, path: &str) -> Span {
     )
 }
 
-/// Records a call's gRPC status; which codes are errors depends on the side (the RPC
-/// conventions: a server owns only the codes that mean it failed).
-fn record_rpc_status(span: &Span, code: i32, server: bool) {
-    span.record("rpc.grpc.status_code", code);
-    let failed = if server {
-        matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
-    } else {
-        code != 0
-    };
-    if failed {
-        span.record("otel.status_code", "ERROR");
-    }
+/// Which end of a call a span stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Server,
+    Client,
+}
+
+/// Runs `call` inside `span` and records its gRPC status when it answers. Which codes are
+/// errors depends on the side (the RPC conventions: a server owns only the codes that mean
+/// it failed); a call with no response is `UNKNOWN` to a server, `UNAVAILABLE` to a client.
+fn in_rpc_span<F, B, E>(span: Span, side: Side, call: F) -> BoxFuture<Result<http::Response<B>, E>>
+where
+    F: std::future::Future<Output = Result<http::Response<B>, E>> + Send + 'static,
+{
+    let recorded = span.clone();
+    Box::pin(
+        async move {
+            let result = call.await;
+            if !recorded.is_none() {
+                let no_response = if side == Side::Server { 2 } else { 14 };
+                let code = result
+                    .as_ref()
+                    .map_or(no_response, |r| grpc_status(r.headers()));
+                recorded.record("rpc.grpc.status_code", code);
+                let failed = match side {
+                    Side::Server => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+                    Side::Client => code != 0,
+                };
+                if failed {
+                    recorded.record("otel.status_code", "ERROR");
+                }
+            }
+            result
+        }
+        .instrument(span),
+    )
 }
 
 /// The gRPC status of a response head: a failure is "trailers only" with the status in the
@@ -469,18 +493,8 @@ where
             Span::none()
         };
         let call = span.in_scope(|| self.inner.call(request));
-        let recorded = span.clone();
-        Box::pin(
-            async move {
-                let result = call.await;
-                if !recorded.is_none() {
-                    let code = result.as_ref().map_or(2, |r| grpc_status(r.headers()));
-                    record_rpc_status(&recorded, code, true);
-                }
-                result
-            }
-            .instrument(span),
-        )
+        // A call that fails below gRPC (no response) counts as UNKNOWN on the server side.
+        in_rpc_span(span, Side::Server, call)
     }
 }
 
@@ -518,18 +532,8 @@ impl Service<http::Request<tonic::body::Body>> for Upstream {
             request.headers_mut().insert(TRACEPARENT, value);
         }
         let call = self.channel.call(request);
-        let recorded = span.clone();
-        Box::pin(
-            async move {
-                let result = call.await;
-                if !recorded.is_none() {
-                    let code = result.as_ref().map_or(14, |r| grpc_status(r.headers()));
-                    record_rpc_status(&recorded, code, false);
-                }
-                result
-            }
-            .instrument(span),
-        )
+        // A transport failure (no response) is UNAVAILABLE to the caller.
+        in_rpc_span(span, Side::Client, call)
     }
 }
 

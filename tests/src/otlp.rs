@@ -218,6 +218,25 @@ impl OtlpReceiver {
         }
     }
 
+    /// Makes `command` (a service binary) export here over `protocol` (`grpc` or
+    /// `http/protobuf`), a batch every `batch_delay_ms`.
+    pub fn export_from(
+        &self,
+        command: &mut tokio::process::Command,
+        protocol: &str,
+        batch_delay_ms: u64,
+    ) {
+        let endpoint = if protocol == "grpc" {
+            self.grpc
+        } else {
+            self.http
+        };
+        command
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{endpoint}"))
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+            .env("OTEL_BSP_SCHEDULE_DELAY", batch_delay_ms.to_string());
+    }
+
     /// The spans of `trace_id` once `complete` says they are all there; panics after
     /// `within` with what did arrive.
     pub async fn trace(

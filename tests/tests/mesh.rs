@@ -11,7 +11,7 @@ use tertulia_tests::{
     Stack, WsClient,
     media::{video_fixture, wait_for_video},
     otlp::OtlpReceiver,
-    process::{binary, free_port, until_ready},
+    process::{free_port, gateway, until_answers, until_ready},
 };
 
 /// Services behind an inbound (mTLS) sidecar, with their in-process addresses.
@@ -146,7 +146,7 @@ impl Mesh {
             _envoys: envoys,
         };
         for admin in mesh.admins.values() {
-            until_live(&stack.http, *admin).await;
+            until_answers(&stack.http, &format!("http://{admin}/ready")).await;
         }
         mesh
     }
@@ -187,22 +187,6 @@ impl Mesh {
     }
 }
 
-/// Waits (bounded) until an Envoy's admin answers `/ready` with 200.
-async fn until_live(http: &reqwest::Client, admin: SocketAddr) {
-    let ready = async {
-        loop {
-            let answer = http.get(format!("http://{admin}/ready")).send().await;
-            if answer.is_ok_and(|a| a.status() == 200) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), ready)
-        .await
-        .expect("the sidecar starts");
-}
-
 /// Waits (bounded) until `sidecar`'s health checks found `cluster` healthy.
 async fn until_healthy(mesh: &Mesh, http: &reqwest::Client, cluster: &str) {
     let healthy = async {
@@ -225,26 +209,13 @@ async fn until_healthy(mesh: &Mesh, http: &reqwest::Client, cluster: &str) {
 
 /// The gateway binary, calling every service through its sidecar, exporting traces.
 fn spawn_bff(stack: &Stack, mesh: &Mesh, receiver: &OtlpReceiver) -> tokio::process::Child {
-    let mut command = binary("svc-bff");
-    command
-        .env("TERTULIA_BFF_HTTP__LISTEN", mesh.bff_app.to_string())
-        .env("TERTULIA_NATS__URL", &stack.nats.url)
-        .env("TERTULIA_NATS__NAMESPACE", &stack.nats.namespace)
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://{}", receiver.http),
-        )
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100");
-    if let Some(policy) = &stack.bff_config.versions_file {
-        // The suite's undated policy: v1 routes behave the same whatever the date.
-        command.env("TERTULIA_BFF_VERSIONS_FILE", policy);
-    }
-    for (name, listen) in &mesh.outbound {
-        command.env(
-            format!("TERTULIA_BFF_{}__URL", name.to_uppercase()),
-            format!("http://{listen}"),
-        );
-    }
+    let upstreams: Vec<(&str, String)> = mesh
+        .outbound
+        .iter()
+        .map(|(name, listen)| (name.as_str(), format!("http://{listen}")))
+        .collect();
+    let mut command = gateway(stack, mesh.bff_app, &stack.nats, &upstreams);
+    receiver.export_from(&mut command, "http/protobuf", 100);
     command.spawn().unwrap()
 }
 

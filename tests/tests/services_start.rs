@@ -156,19 +156,7 @@ async fn sigterm_closes_sockets_with_1012_and_exits_within_the_drain_bound() {
     let stack = Stack::start().await;
     let alice = stack.signed_up("alice").await;
     let addr = free_port();
-    let mut child = command("svc-bff", &stack)
-        .env("TERTULIA_BFF_HTTP__LISTEN", addr.to_string())
-        .env("TERTULIA_BFF_AUTH__URL", format!("http://{}", stack.auth))
-        .env("TERTULIA_BFF_CHAT__URL", format!("http://{}", stack.chat))
-        .env(
-            "TERTULIA_BFF_PRESENCE__URL",
-            format!("http://{}", stack.presence),
-        )
-        .env(
-            "TERTULIA_BFF_CATALOG__URL",
-            format!("http://{}", stack.catalog),
-        )
-        .env("TERTULIA_BFF_MEDIA__URL", format!("http://{}", stack.media))
+    let mut child = process::gateway(&stack, addr, &stack.nats, &[])
         .spawn()
         .unwrap();
     until_ready(&stack.http, addr).await;
@@ -189,22 +177,13 @@ async fn sigterm_closes_sockets_with_1012_and_exits_within_the_drain_bound() {
     exits_cleanly_within(&mut child, 15).await;
 }
 
-/// A service binary of this workspace, configured for `stack`'s NATS namespace, quiet.
-fn command(name: &str, stack: &Stack) -> tokio::process::Command {
-    let mut command = process::binary(name);
-    command
-        .env("TERTULIA_NATS__URL", &stack.nats.url)
-        .env("TERTULIA_NATS__NAMESPACE", &stack.nats.namespace);
-    command
-}
-
 /// The real `svc-presence` binary on SIGTERM: an open gRPC stream (a health watch) hears
 /// NOT_SERVING, is cut at the drain deadline, and the process exits cleanly.
 #[tokio::test]
 async fn sigterm_drains_an_open_grpc_stream_within_the_bound() {
     let stack = Stack::start().await;
     let addr = free_port();
-    let mut child = command("svc-presence", &stack)
+    let mut child = process::on_nats("svc-presence", &stack.nats)
         .env("TERTULIA_PRESENCE_GRPC__LISTEN", addr.to_string())
         .env("TERTULIA_PRESENCE_GRPC__DRAIN_TIMEOUT_MS", "500")
         .env(

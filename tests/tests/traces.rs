@@ -13,7 +13,7 @@ use tertulia_tests::{
     fresh_nats,
     media::{tus_create, video_fixture, wait_for_video},
     otlp::{OtlpReceiver, ReceivedSpan, kind},
-    process::{binary, exits_cleanly_within, free_port, sigterm, until_ready},
+    process::{exits_cleanly_within, free_port, gateway, on_nats, sigterm, until_ready},
 };
 
 /// The span named `name` of `kind` from `service` (exactly one).
@@ -75,25 +75,16 @@ fn spawn_chat(
     nats: &NatsConfig,
 ) -> (tokio::process::Child, SocketAddr) {
     let chat = free_port();
-    let process = binary("svc-chat")
+    let mut command = on_nats("svc-chat", nats);
+    command
         .env("TERTULIA_CHAT_GRPC__LISTEN", chat.to_string())
         .env("TERTULIA_CHAT_DATABASE__URL", database_url())
-        .env("TERTULIA_CHAT_DATABASE__SCHEMA", &database.schema)
-        .env("TERTULIA_NATS__URL", &nats.url)
-        .env("TERTULIA_NATS__NAMESPACE", &nats.namespace)
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://{}", receiver.grpc),
-        )
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .spawn()
-        .unwrap();
+        .env("TERTULIA_CHAT_DATABASE__SCHEMA", &database.schema);
+    receiver.export_from(&mut command, "grpc", 100);
+    let process = command.spawn().unwrap();
     (process, chat)
 }
 
-/// The gateway as a real process exporting over OTLP/HTTP, talking to `chat` and to the
-/// rest of `stack`.
 /// Where a gateway process sends each kind of call.
 struct Upstreams {
     chat: SocketAddr,
@@ -111,35 +102,14 @@ fn spawn_bff(
     batch_delay_ms: u64,
 ) -> (tokio::process::Child, SocketAddr) {
     let bff = free_port();
-    let process = binary("svc-bff")
-        .env("TERTULIA_BFF_HTTP__LISTEN", bff.to_string())
-        .env("TERTULIA_BFF_AUTH__URL", format!("http://{}", stack.auth))
-        .env(
-            "TERTULIA_BFF_CHAT__URL",
-            format!("http://{}", upstreams.chat),
-        )
-        .env(
-            "TERTULIA_BFF_PRESENCE__URL",
-            format!("http://{}", stack.presence),
-        )
-        .env(
-            "TERTULIA_BFF_CATALOG__URL",
-            format!("http://{}", upstreams.catalog),
-        )
-        .env(
-            "TERTULIA_BFF_MEDIA__URL",
-            format!("http://{}", upstreams.media),
-        )
-        .env("TERTULIA_NATS__URL", &nats.url)
-        .env("TERTULIA_NATS__NAMESPACE", &nats.namespace)
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://{}", receiver.http),
-        )
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-        .env("OTEL_BSP_SCHEDULE_DELAY", batch_delay_ms.to_string())
-        .spawn()
-        .unwrap();
+    let upstreams = [
+        ("chat", format!("http://{}", upstreams.chat)),
+        ("catalog", format!("http://{}", upstreams.catalog)),
+        ("media", format!("http://{}", upstreams.media)),
+    ];
+    let mut command = gateway(stack, bff, nats, &upstreams);
+    receiver.export_from(&mut command, "http/protobuf", batch_delay_ms);
+    let process = command.spawn().unwrap();
     (process, bff)
 }
 
@@ -350,20 +320,13 @@ fn spawn_video(
 ) -> (Vec<tokio::process::Child>, [SocketAddr; 3], [String; 2]) {
     let (media, origin, catalog) = (free_port(), free_port(), free_port());
     let (media_schema, catalog_schema) = (fresh_database().schema, fresh_database().schema);
-    let exporting = |command: &mut tokio::process::Command| {
+    let exporting = |name: &str| {
+        let mut command = on_nats(name, nats);
+        command.env("TERTULIA_DATABASE__URL", database_url());
+        receiver.export_from(&mut command, "grpc", 100);
         command
-            .env("TERTULIA_NATS__URL", &nats.url)
-            .env("TERTULIA_NATS__NAMESPACE", &nats.namespace)
-            .env("TERTULIA_DATABASE__URL", database_url())
-            .env(
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("http://{}", receiver.grpc),
-            )
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100");
     };
-    let mut media_command = binary("svc-media");
-    exporting(&mut media_command);
+    let mut media_command = exporting("svc-media");
     media_command
         .env("TERTULIA_MEDIA_GRPC__LISTEN", media.to_string())
         .env("TERTULIA_MEDIA_HTTP_LISTEN", origin.to_string())
@@ -374,8 +337,7 @@ fn spawn_video(
         .env("TERTULIA_MEDIA_WORK_DIR", dir.join("work"))
         .env("TERTULIA_MEDIA_SIGNING__CURRENT", "test")
         .env("TERTULIA_MEDIA_SIGNING__KEYS__test", TEST_SIGNING_KEY);
-    let mut catalog_command = binary("svc-catalog");
-    exporting(&mut catalog_command);
+    let mut catalog_command = exporting("svc-catalog");
     catalog_command
         .env("TERTULIA_CATALOG_GRPC__LISTEN", catalog.to_string())
         .env("TERTULIA_CATALOG_DATABASE__SCHEMA", &catalog_schema)
