@@ -56,6 +56,7 @@ service_env() {
       echo "TERTULIA_BFF_PRESENCE__URL=http://127.0.0.1:$PRESENCE_PORT"
       echo "TERTULIA_BFF_CATALOG__URL=http://127.0.0.1:$CATALOG_PORT"
       echo "TERTULIA_BFF_MEDIA__URL=http://127.0.0.1:$MEDIA_PORT"
+      echo "TERTULIA_BFF_WEB__ROOT=$ROOT/web/dist"
       ;;
     catalog)
       echo "TERTULIA_CATALOG_GRPC__LISTEN=127.0.0.1:$CATALOG_PORT"
@@ -145,6 +146,7 @@ stop_services() {
 start() {
   "$ROOT/scripts/tools.sh"
   "$ROOT/scripts/nats.sh" start
+  "$ROOT/scripts/web.sh" build
   log "Building the services"
   (cd "$ROOT" && cargo build -j2 --bins -q)
   stop_services
@@ -167,6 +169,7 @@ start() {
   cat > "$RUN/stack.env" <<ENV
 # Addresses of the running local stack, written by scripts/stack.sh.
 TERTULIA_BFF_URL=http://127.0.0.1:$BFF_PORT
+TERTULIA_WEB_URL=http://127.0.0.1:$BFF_PORT/
 TERTULIA_AUTH_GRPC=http://127.0.0.1:$AUTH_PORT
 TERTULIA_CHAT_GRPC=http://127.0.0.1:$CHAT_PORT
 TERTULIA_PRESENCE_GRPC=http://127.0.0.1:$PRESENCE_PORT
@@ -179,11 +182,11 @@ TERTULIA_NATS_URL=$NATS_URL
 TERTULIA_DATABASE_URL=$DATABASE_URL
 TERTULIA_MESH=$MESH
 ENV
-  log "Tertulia is up. API: http://127.0.0.1:$BFF_PORT/api/v2  (addresses in .run/stack.env)"
+  log "Tertulia is up. Web client: http://127.0.0.1:$BFF_PORT/"
+  log "API: http://127.0.0.1:$BFF_PORT/api/v2  (addresses in .run/stack.env)"
   if [ "$MESH" = 1 ]; then
     log "Every service runs behind its Envoy sidecar; access logs in .run/mesh/*.access.log"
   fi
-  log "The web client is not built yet; the API is the entry point."
 }
 
 stop() {

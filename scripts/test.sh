@@ -5,7 +5,8 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-"$ROOT/scripts/tools.sh"
+"$ROOT/scripts/tools.sh" --browser
+"$ROOT/scripts/web.sh" build
 started_nats=no
 if ! "$ROOT/scripts/nats.sh" running; then
   "$ROOT/scripts/nats.sh" start

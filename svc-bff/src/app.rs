@@ -36,6 +36,7 @@ use crate::{
     routes,
     usage::ApiUsage,
     versions::{Clock, DEFAULT_POLICY, Gate, SystemClock, VersionPolicy, lifecycle},
+    web::WebClient,
 };
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -183,12 +184,17 @@ impl App {
             })?;
         Ok(Self {
             listener,
-            router: router(state, config.http.max_body_bytes, &Arc::new(policy), &clock).layer(
-                middleware::from_fn_with_state(
-                    http_metrics,
-                    tertulia_plumbing::metrics::record_http,
-                ),
-            ),
+            router: router(
+                state,
+                config.http.max_body_bytes,
+                &Arc::new(policy),
+                &clock,
+                WebClient::new(config.web.as_ref()),
+            )
+            .layer(middleware::from_fn_with_state(
+                http_metrics,
+                tertulia_plumbing::metrics::record_http,
+            )),
             sessions,
             session_tasks,
             usage,
@@ -275,6 +281,7 @@ fn router(
     max_body_bytes: usize,
     policy: &Arc<VersionPolicy>,
     clock: &Arc<dyn Clock>,
+    web: WebClient,
 ) -> Router {
     let gate = |version| Gate {
         policy: Arc::clone(policy),
@@ -319,7 +326,8 @@ fn router(
                 .route_layer(middleware::from_fn_with_state(gate("v2"), lifecycle)),
         )
         .merge(routes::ops::router())
-        .fallback(|| async { ApiError::not_found("no such route") })
+        // The web client's files, or a 404 problem (see `web`).
+        .fallback(move |request| web.serve(request))
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -40,6 +40,10 @@ pub struct BffConfig {
     /// The API version policy file (TOML, see `versions.toml`); the built-in one when unset.
     #[serde(default)]
     pub versions_file: Option<std::path::PathBuf>,
+    /// The built web client, served at `/` (`web.root`: the build's folder); without it only
+    /// the API is served.
+    #[serde(default)]
+    pub web: Option<crate::web::WebConfig>,
 }
 
 /// The public HTTP listener and its limits.

@@ -6,7 +6,7 @@
 //!
 //! Rooms: `config`, `app` (router and layer stack), `problem` (errors as RFC 9457 problem
 //! documents), `extract` (body, query and caller extractors that answer bad input with a
-//! problem), `routes/` (one module per area of the API).
+//! problem), `routes/` (one module per area of the API), `web` (the web client's files).
 
 pub mod app;
 pub mod config;
@@ -17,5 +17,6 @@ pub mod routes;
 pub mod usage;
 pub mod versions;
 pub mod views;
+pub mod web;
 
 pub use app::{App, run};

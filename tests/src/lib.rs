@@ -395,6 +395,7 @@ impl Stack {
             tokens: TokenPolicy::standard(),
             realtime: svc_bff::realtime::RealtimeConfig::standard(),
             versions_file: Some(undated_versions_file()),
+            web: None,
             admin_token: None,
         };
         adjust_bff(&mut bff_config);

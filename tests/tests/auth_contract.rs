@@ -325,6 +325,44 @@ async fn users_search_is_a_prefix_search_with_a_bounded_limit() {
 }
 
 #[tokio::test]
+async fn users_are_looked_up_by_id_in_the_order_asked() {
+    let stack = Stack::start().await;
+    let me = stack.signed_up("olga").await;
+    let pia = stack.signed_up("pia").await;
+    let token = Some(me.access_token.as_str());
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let path = format!(
+        "/api/v2/users?ids={},{unknown},{},{}",
+        pia.user_id, me.user_id, pia.user_id
+    );
+    let found = stack.get(&path, token).await;
+    assert_eq!(found.status(), 200);
+    let found: Value = found.json().await.unwrap();
+    let names: Vec<&str> = found["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["display_name"].as_str().unwrap())
+        .collect();
+    // Unknown ids are left out, repeated ones answered once.
+    assert_eq!(names, ["pia", "olga"]);
+
+    let too_many = vec![me.user_id.as_str(); 201].join(",");
+    for bad in [
+        "ids=".to_owned(),
+        format!("ids={too_many}"),
+        format!("ids={}&query=p", me.user_id),
+    ] {
+        let answer = stack.get(&format!("/api/v2/users?{bad}"), token).await;
+        assert_problem(answer, 400, "invalid_argument").await;
+    }
+    let anonymous = stack
+        .get(&format!("/api/v2/users?ids={}", me.user_id), None)
+        .await;
+    assert_problem(anonymous, 401, "unauthenticated").await;
+}
+
+#[tokio::test]
 async fn contacts_can_be_added_listed_and_removed() {
     let stack = Stack::start().await;
     let me = stack.signed_up("lena").await;

@@ -190,7 +190,12 @@ struct SearchQuery {
     #[serde(default)]
     query: String,
     limit: Option<u32>,
+    /// Comma-separated user ids: look these users up instead of searching.
+    ids: Option<String>,
 }
+
+/// Most ids one lookup takes (as many as a page).
+const MAX_IDS: usize = 200;
 
 #[derive(Debug, Serialize)]
 struct UsersPage {
@@ -202,6 +207,14 @@ async fn search_users(
     _caller: Caller,
     ApiQuery(q): ApiQuery<SearchQuery>,
 ) -> Result<Json<UsersPage>, ApiError> {
+    if let Some(ids) = q.ids {
+        if !q.query.is_empty() || q.limit.is_some() {
+            return Err(ApiError::invalid_argument(
+                "pass either ids or query (and limit), not both",
+            ));
+        }
+        return users_by_id(&state, &ids).await;
+    }
     let request = pb::SearchUsersRequest {
         query: q.query,
         limit: page_limit(q.limit)?,
@@ -215,6 +228,37 @@ async fn search_users(
         .users;
     Ok(Json(UsersPage {
         users: users.into_iter().map(UserView::from).collect(),
+    }))
+}
+
+/// The users among `ids` (comma-separated, 1..=200) that exist, in the order asked; unknown
+/// ids are left out, as in a search.
+async fn users_by_id(state: &AppState, ids: &str) -> Result<Json<UsersPage>, ApiError> {
+    let user_ids: Vec<String> = ids
+        .split(',')
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if user_ids.is_empty() || user_ids.len() > MAX_IDS {
+        return Err(ApiError::invalid_argument(format!(
+            "ids: between 1 and {MAX_IDS} comma-separated user ids"
+        )));
+    }
+    let request = pb::BatchGetUsersRequest {
+        user_ids: user_ids.clone(),
+    };
+    let mut found = state
+        .auth
+        .clone()
+        .batch_get_users(with_deadline(request, state.call_deadline))
+        .await?
+        .into_inner()
+        .users;
+    found.sort_by_key(|user| user_ids.iter().position(|id| *id == user.user_id));
+    found.dedup_by(|a, b| a.user_id == b.user_id);
+    Ok(Json(UsersPage {
+        users: found.into_iter().map(UserView::from).collect(),
     }))
 }
 
