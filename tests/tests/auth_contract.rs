@@ -274,6 +274,16 @@ fn invalid_tokens(stack: &Stack, user_id: &str) -> Vec<String> {
     ]
 }
 
+/// `field` of each user in a `{users: [...]}` answer, in order.
+fn field_of_users<'a>(answer: &'a Value, field: &str) -> Vec<&'a str> {
+    answer["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u[field].as_str().unwrap())
+        .collect()
+}
+
 #[tokio::test]
 async fn users_search_is_a_prefix_search_with_a_bounded_limit() {
     let stack = Stack::start().await;
@@ -286,13 +296,10 @@ async fn users_search_is_a_prefix_search_with_a_bounded_limit() {
         .await;
     assert_eq!(found.status(), 200);
     let found: Value = found.json().await.unwrap();
-    let names: Vec<&str> = found["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["username"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["ann.2", "ann_1", "annex"]);
+    assert_eq!(
+        field_of_users(&found, "username"),
+        ["ann.2", "ann_1", "annex"]
+    );
 
     // `_` is literal, not a wildcard.
     let literal: Value = stack
@@ -338,14 +345,8 @@ async fn users_are_looked_up_by_id_in_the_order_asked() {
     let found = stack.get(&path, token).await;
     assert_eq!(found.status(), 200);
     let found: Value = found.json().await.unwrap();
-    let names: Vec<&str> = found["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["display_name"].as_str().unwrap())
-        .collect();
     // Unknown ids are left out, repeated ones answered once.
-    assert_eq!(names, ["pia", "olga"]);
+    assert_eq!(field_of_users(&found, "display_name"), ["pia", "olga"]);
 
     let too_many = vec![me.user_id.as_str(); 201].join(",");
     for bad in [

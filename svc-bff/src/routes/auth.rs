@@ -231,6 +231,21 @@ async fn search_users(
     }))
 }
 
+/// The users that exist among `user_ids`, in svc-auth's order.
+pub(crate) async fn users_among(
+    state: &AppState,
+    user_ids: Vec<String>,
+) -> Result<Vec<pb::User>, ApiError> {
+    let request = pb::BatchGetUsersRequest { user_ids };
+    Ok(state
+        .auth
+        .clone()
+        .batch_get_users(with_deadline(request, state.call_deadline))
+        .await?
+        .into_inner()
+        .users)
+}
+
 /// The users among `ids` (comma-separated, 1..=200) that exist, in the order asked; unknown
 /// ids are left out, as in a search.
 async fn users_by_id(state: &AppState, ids: &str) -> Result<Json<UsersPage>, ApiError> {
@@ -245,16 +260,7 @@ async fn users_by_id(state: &AppState, ids: &str) -> Result<Json<UsersPage>, Api
             "ids: between 1 and {MAX_IDS} comma-separated user ids"
         )));
     }
-    let request = pb::BatchGetUsersRequest {
-        user_ids: user_ids.clone(),
-    };
-    let mut found = state
-        .auth
-        .clone()
-        .batch_get_users(with_deadline(request, state.call_deadline))
-        .await?
-        .into_inner()
-        .users;
+    let mut found = users_among(state, user_ids.clone()).await?;
     found.sort_by_key(|user| user_ids.iter().position(|id| *id == user.user_id));
     found.dedup_by(|a, b| a.user_id == b.user_id);
     Ok(Json(UsersPage {

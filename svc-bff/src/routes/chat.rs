@@ -12,10 +12,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use tertulia_plumbing::client::with_deadline;
-use tertulia_proto::{
-    auth::v1 as auth_pb,
-    chat::{v1 as pb, v2 as pb2},
-};
+use tertulia_proto::chat::{v1 as pb, v2 as pb2};
 
 use crate::{
     app::AppState,
@@ -60,16 +57,7 @@ async fn ensure_users_exist(state: &AppState, ids: &[String]) -> Result<(), ApiE
     if ids.is_empty() {
         return Ok(());
     }
-    let request = auth_pb::BatchGetUsersRequest {
-        user_ids: ids.to_vec(),
-    };
-    let found = state
-        .auth
-        .clone()
-        .batch_get_users(with_deadline(request, state.call_deadline))
-        .await?
-        .into_inner()
-        .users;
+    let found = crate::routes::auth::users_among(state, ids.to_vec()).await?;
     match ids
         .iter()
         .find(|id| !found.iter().any(|u| &u.user_id == *id))
