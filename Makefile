@@ -17,11 +17,13 @@ stop:
 test:
 	@scripts/test.sh
 
-## lint: formatting, clippy with warnings as errors, buf lint, and the breaking-change gate.
+## lint: formatting, clippy with warnings as errors, buf lint, the breaking-change gate, and
+## the web client's type check.
 lint: tools
 	cargo fmt --all -- --check
 	cargo clippy -j2 --all-targets -- -D warnings
 	cd proto && ../.tools/venv/bin/buf lint
+	scripts/web.sh check
 	@$(MAKE) --no-print-directory proto-check
 
 ## proto-check: fail on any incompatible change to a released package (buf breaking against

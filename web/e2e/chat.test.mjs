@@ -2,7 +2,7 @@
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { api, apiUser, launch, open, pageUser, register, shot, unique } from './support.mjs';
+import { api, apiUser, fitsWidth, launch, open, pageUser, register, shot, unique } from './support.mjs';
 
 let browser;
 before(async () => {
@@ -62,6 +62,7 @@ test('two people chat in real time, and one who drops off catches up with nothin
   await ana.page.locator('.messages .text', { hasText: 'Qué tal?' }).waitFor();
   await shot(ana.page, '04-conversation');
   await shot(bruno.page, '05-phone-conversation');
+  await fitsWidth(bruno.page);
 
   // Edit and delete reach the other side live.
   ana.page.once('dialog', (dialog) => dialog.accept());
@@ -86,7 +87,7 @@ test('two people chat in real time, and one who drops off catches up with nothin
   await ana.page.locator('.messages li.message:not(.pending)', { hasText: missed[2] }).waitFor();
   // Back online: resumed, every missed message once, in order, after what was there.
   await bruno.context.setOffline(false);
-  await bruno.page.locator('#connection.online').waitFor();
+  await bruno.page.locator('#connection.online[data-transport="websocket"]').waitFor();
   await bruno.page.locator('.messages .text', { hasText: missed[2] }).waitFor();
   const seen = await texts(bruno.page);
   assert.deepEqual(seen, ['Qué tal?', ...missed]);

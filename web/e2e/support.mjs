@@ -45,6 +45,12 @@ export async function open(browser, options = {}) {
   return { context, page, problems };
 }
 
+/** Fails when the page scrolls sideways (content wider than a phone's screen). */
+export async function fitsWidth(page) {
+  const [content, viewport] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+  if (content > viewport) throw new Error(`the page is ${content}px wide in a ${viewport}px viewport`);
+}
+
 export async function shot(page, name) {
   await page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: false });
 }

@@ -3,7 +3,7 @@
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { PASSWORD, api, apiUser, launch, open, pageUser, register, shot, unique } from './support.mjs';
+import { PASSWORD, api, apiUser, fitsWidth, launch, open, pageUser, register, shot, unique } from './support.mjs';
 
 const VIDEO = process.env.TERTULIA_E2E_VIDEO;
 
@@ -128,6 +128,7 @@ test('the library searches, filters and pages', async () => {
   await items.first().waitFor();
   assert.equal(await items.count(), 12);
   await shot(page, '14-phone-library');
+  await fitsWidth(page);
   // The next page.
   await page.getByRole('button', { name: 'Load more' }).click();
   await page.waitForFunction(() => document.querySelectorAll('.library .video-item').length === 14);

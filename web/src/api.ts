@@ -127,6 +127,11 @@ export class Session {
     return this.current!.access_token;
   }
 
+  /** Treats the access token as expired (the server refused it): the next call refreshes. */
+  expire(): void {
+    if (this.current) this.current.expires_at = 0;
+  }
+
   /** Trades the refresh token for a new pair, once across every tab (Web Locks): a tab that
    * waited finds the pair another tab just got instead of spending a spent token. */
   private async refresh(spent: string): Promise<void> {
@@ -168,7 +173,7 @@ export class Session {
         throw offline();
       }
       if (response.status === 401 && attempt === 0 && this.current) {
-        this.current.expires_at = 0;
+        this.expire();
         continue;
       }
       if (!response.ok) throw await failure(response);

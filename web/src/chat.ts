@@ -27,6 +27,9 @@ function lastSeen(p: Presence | undefined): string {
 class Thread {
   messages: Message[] = [];
   local = new Map<string, Local>();
+  /** Rendered messages by id, with what they were rendered from: kept across renders so a
+   * playing video card or an open edit form survives new traffic. */
+  rendered = new Map<string, { signature: string; el: HTMLElement }>();
   loadingEarlier = false;
   constructor(readonly id: string) {}
 
@@ -38,8 +41,16 @@ class Thread {
     return this.messages.at(-1)?.seq ?? 0;
   }
 
-  /** Adds or replaces by seq, keeping the order. */
-  put(message: Message): 'added' | 'updated' | 'gap' {
+  /** An older page of history (ascending), before what is loaded. */
+  prepend(page: Message[]): void {
+    const first = this.first();
+    this.messages = [...page.filter((m) => first === 0 || m.seq < first), ...this.messages];
+  }
+
+  /** Adds or replaces by seq, keeping the order. A change to a message older than the loaded
+   * history is left for when that page loads, so the loaded run has no holes. */
+  put(message: Message): 'added' | 'updated' | 'gap' | 'ignored' {
+    if (this.messages.length > 0 && message.seq < this.first()) return 'ignored';
     const last = this.last();
     if (message.seq > last) {
       if (last > 0 && message.seq > last + 1) return 'gap';
@@ -356,6 +367,26 @@ export class ChatView {
     );
   }
 
+  /** The element of `m`, rebuilt only when the message itself changed; its delivery state is
+   * updated in place. */
+  private renderedEl(thread: Thread, m: Message): HTMLElement {
+    const signature = `${m.edited_at ?? ''}|${m.deleted}|${m.content.type === 'text' ? m.content.text : m.content.video_id}`;
+    let entry = thread.rendered.get(m.id);
+    if (!entry || entry.signature !== signature) {
+      entry = { signature, el: this.messageEl(m) };
+      thread.rendered.set(m.id, entry);
+    }
+    const state = entry.el.querySelector('.state');
+    if (state) state.textContent = this.stateOf(m);
+    return entry.el;
+  }
+
+  /** Drops an element kept for `m` (an edit form that was cancelled). */
+  private rerender(m: Message): void {
+    this.thread?.rendered.delete(m.id);
+    this.renderMessages(false);
+  }
+
   private localEl(l: Local): HTMLElement {
     return h(
       'li',
@@ -397,7 +428,7 @@ export class ChatView {
       log,
       thread.first() > 1 ? h('li', { class: 'earlier' }, els.earlier) : null,
       thread.messages.length === 0 && thread.local.size === 0 ? h('li', { class: 'empty' }, 'No messages yet. Say hello!') : null,
-      thread.messages.map((m) => this.messageEl(m)),
+      thread.messages.map((m) => this.renderedEl(thread, m)),
       [...thread.local.values()].map((l) => this.localEl(l)),
     );
     if (toBottom || nearBottom) log.scrollTop = log.scrollHeight;
@@ -413,7 +444,7 @@ export class ChatView {
         `/conversations/${thread.id}/messages?before_seq=${thread.first()}&limit=${PAGE}`,
       );
       await this.users.want(page.messages.map((m) => m.sender_id));
-      for (const m of page.messages) thread.put(m);
+      thread.prepend(page.messages);
       if (this.thread === thread) this.renderMessages(false);
     } catch (error) {
       this.showError(error);
@@ -473,12 +504,12 @@ export class ChatView {
           }
         },
         onkeydown: (event: KeyboardEvent) => {
-          if (event.key === 'Escape') this.renderMessages(false);
+          if (event.key === 'Escape') this.rerender(m);
         },
       },
       input,
       h('button', { type: 'submit', class: 'primary' }, 'Save'),
-      h('button', { type: 'button', class: 'secondary', onclick: () => this.renderMessages(false) }, 'Cancel'),
+      h('button', { type: 'button', class: 'secondary', onclick: () => this.rerender(m) }, 'Cancel'),
     );
     el.querySelector('.text')?.replaceWith(form);
     input.focus();
@@ -554,7 +585,7 @@ export class ChatView {
       if (isNew && m.sender_id !== this.session.userId && !thread) c.unread += 1;
     }
     if (thread) {
-      thread.local.delete(m.client_msg_id);
+      if (m.sender_id === this.session.userId) thread.local.delete(m.client_msg_id);
       if (thread.put(m) === 'gap') {
         void this.fillGap(thread);
         return;

@@ -188,7 +188,7 @@ function signIn(): Signed {
     () => realtime.start(),
   );
   document.addEventListener('visibilitychange', () => {
-    if (document.visibilityState === 'visible') chat.onVisible();
+    if (document.visibilityState === 'visible' && signed?.chat === chat) chat.onVisible();
   });
   return { chat, videos, realtime, shell, main };
 }

@@ -202,11 +202,22 @@ export class Realtime {
     socket.onclose = (event) => {
       if (this.socket !== socket) return;
       this.socket = null;
-      // A socket that never opens (a proxy that refuses upgrades): fall back to SSE.
-      if (!opened && ++this.socketFailures >= 2) this.transport = 'sse';
       this.setStatus(navigator.onLine ? 'connecting' : 'offline');
-      if (event.code === 4401) this.session.token().catch(() => {});
-      this.retry();
+      if (event.code === 4401) this.session.expire();
+      if (opened) {
+        this.retry();
+        return;
+      }
+      // A socket that never opened. If the server answers plain HTTP meanwhile, something on
+      // the way (a proxy) refuses WebSockets: after two such failures, use SSE. A network or
+      // server that is down is just retried.
+      void this.session.get('/me').then(
+        () => {
+          if (++this.socketFailures >= 2) this.transport = 'sse';
+          this.retry();
+        },
+        () => this.retry(),
+      );
     };
   }
 
