@@ -1,5 +1,5 @@
 # Tertulia: the two commands are `make up` and `make test`. See README.md.
-.PHONY: up start stop test lint tools fmt proto-check proto-baseline
+.PHONY: up start stop test lint tools fmt proto-check proto-baseline bench
 
 ## up: install what is missing, start NATS, PostgreSQL and every service; Ctrl-C stops all.
 up:
@@ -16,6 +16,11 @@ stop:
 ## test: the whole suite (unit and integration) against real PostgreSQL and NATS.
 test:
 	@scripts/test.sh
+
+## bench: short load runs of every scenario against release builds and the baseline relay;
+## regenerates docs/BENCHMARKS.md. `make bench BENCH=--long` for the full sizes.
+bench:
+	@scripts/bench.sh $(BENCH)
 
 ## lint: formatting, clippy with warnings as errors, buf lint, the breaking-change gate, and
 ## the web client's type check.

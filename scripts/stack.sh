@@ -25,7 +25,14 @@ MESH_DIR="$RUN/mesh"
 SIDECARS=(auth chat presence catalog media bff)
 PIDS="$RUN/pids"
 LOGS="$RUN/logs"
-BIN="$ROOT/target/debug"
+# TERTULIA_PROFILE=release runs optimised builds (the benchmarks do); debug by default.
+PROFILE=${TERTULIA_PROFILE:-debug}
+case "$PROFILE" in
+  debug) CARGO_PROFILE=() ;;
+  release) CARGO_PROFILE=(--release) ;;
+  *) die "TERTULIA_PROFILE is debug or release" ;;
+esac
+BIN="$ROOT/target/$PROFILE"
 
 grpc_port() {
   case $1 in
@@ -148,7 +155,7 @@ start() {
   "$ROOT/scripts/nats.sh" start
   "$ROOT/scripts/web.sh" build
   log "Building the services"
-  (cd "$ROOT" && cargo build -j2 --bins -q)
+  (cd "$ROOT" && cargo build -j2 --bins -q "${CARGO_PROFILE[@]}")
   stop_services
   mkdir -p "$PIDS" "$LOGS"
   if [ "$MESH" = 1 ]; then start_sidecars; fi

@@ -47,7 +47,7 @@ rm -rf "$scratch"
 status=0
 # The binaries too: some tests run them as processes (signals, exit codes).
 cargo build -j2 --workspace --bins -q
-cargo test -j2 --workspace "$@" 2>&1 | tee "$RUN/test.log" || status=$?
+cargo test -j2 --workspace --no-fail-fast "$@" 2>&1 | tee "$RUN/test.log" || status=$?
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { p += $4; f += $6; i += $8 }
      END { printf "total: %d passed, %d failed, %d skipped\n", p, f, i }' "$RUN/test.log"

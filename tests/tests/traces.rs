@@ -178,6 +178,12 @@ async fn one_message_is_one_trace_across_services_and_the_broker() {
         .await
         .unwrap();
     assert_eq!(sent.status(), 201);
+    // Its delivery has been written before the gateway is stopped (else the trace may end
+    // without its `write websocket` span: a race the test itself would cause).
+    assert_eq!(
+        bobs.frame_of("message").await["message"]["content"]["text"],
+        "and me"
+    );
 
     // svc-chat exports as it goes.
     receiver

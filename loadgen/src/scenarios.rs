@@ -1,0 +1,457 @@
+//! The scenarios: idle capacity, message throughput (one rate or a sweep of rates), and a
+//! reconnect storm.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt as _;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::{
+    Options,
+    client::{Endpoint, Error, Ledger, Live, Record, User, send_frame},
+    stats::{Samples, Summary, rss_kib},
+};
+
+/// How long delivery of what was sent may take before it counts as lost.
+const DRAIN: Duration = Duration::from_secs(15);
+
+/// CPU time (user + system) a process has used, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(ticks / 100.0)
+}
+
+/// Opens one connection per `(user, resume)`, `handshakes` at a time, spread over the source
+/// addresses. Returns the connections (failures left out), their records, the failures, and
+/// how long it took.
+async fn connect_all(
+    ep: &Endpoint,
+    who: &[(&User, Value)],
+    handshakes: usize,
+    ledger: Option<&Arc<Ledger>>,
+    records: Option<Vec<Record>>,
+) -> (Vec<Option<Live>>, Vec<Record>, Vec<String>, Duration) {
+    let records = records.unwrap_or_else(|| (0..who.len()).map(|_| Record::default()).collect());
+    let started = Instant::now();
+    let results = futures::stream::iter(who.iter().enumerate())
+        .map(|(i, (user, resume))| {
+            let source = ep.sources[i % ep.sources.len()];
+            let record = Arc::clone(&records[i]);
+            let ledger = ledger.cloned();
+            async move {
+                ep.connect(source, user, resume)
+                    .await
+                    .map(|socket| Live::start(socket, record, ledger))
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .buffered(handshakes.max(1))
+        .collect::<Vec<_>>()
+        .await;
+    let took = started.elapsed();
+    let mut failures = Vec::new();
+    let conns = results
+        .into_iter()
+        .map(|r| r.map_err(|e| failures.push(e)).ok())
+        .collect();
+    (conns, records, failures, took)
+}
+
+async fn close_all(conns: Vec<Option<Live>>) {
+    futures::stream::iter(conns.into_iter().flatten())
+        .for_each_concurrent(512, Live::close)
+        .await;
+}
+
+fn per_second(count: usize, took: Duration) -> f64 {
+    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    let count = count as f64;
+    count / took.as_secs_f64().max(1e-9)
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct CapacityReport {
+    pub(crate) connections: usize,
+    pub(crate) users: usize,
+    pub(crate) connected: usize,
+    pub(crate) failed: usize,
+    pub(crate) first_failure: Option<String>,
+    pub(crate) connect_seconds: f64,
+    pub(crate) connects_per_second: f64,
+    pub(crate) gateway_rss_before_kib: Option<u64>,
+    pub(crate) gateway_rss_after_kib: Option<u64>,
+    pub(crate) gateway_rss_per_connection_bytes: Option<f64>,
+    pub(crate) still_open_after_hold: usize,
+}
+
+/// Many authenticated idle connections on one gateway: how fast they open, and the gateway's
+/// memory per connection once they are all up.
+pub(crate) async fn capacity(ep: &Endpoint, o: &Options) -> Result<CapacityReport, Error> {
+    let users = ep
+        .users(o.users.min(o.connections).max(1), o.concurrency)
+        .await?;
+    let before = o.gateway_pid.and_then(rss_kib);
+    let who: Vec<(&User, Value)> = (0..o.connections)
+        .map(|i| (&users[i % users.len()], json!({})))
+        .collect();
+    eprintln!(
+        "connecting {} clients as {} users…",
+        o.connections,
+        users.len()
+    );
+    let (conns, _records, failures, took) = connect_all(ep, &who, o.handshakes, None, None).await;
+    let connected = conns.iter().flatten().count();
+    // Let the gateway settle (presence heartbeats, allocator) before reading its memory.
+    tokio::time::sleep(o.hold).await;
+    let after = o.gateway_pid.and_then(rss_kib);
+    let still_open = conns.iter().flatten().filter(|c| !c.is_finished()).count();
+    #[expect(clippy::cast_precision_loss, reason = "KiB counts far below 2^52")]
+    let per_connection = match (before, after) {
+        (Some(b), Some(a)) if connected > 0 => {
+            Some((a.saturating_sub(b) as f64 * 1024.0) / connected as f64)
+        }
+        _ => None,
+    };
+    close_all(conns).await;
+    Ok(CapacityReport {
+        connections: o.connections,
+        users: users.len(),
+        connected,
+        failed: failures.len(),
+        first_failure: failures.into_iter().next(),
+        connect_seconds: took.as_secs_f64(),
+        connects_per_second: per_second(connected, took),
+        gateway_rss_before_kib: before,
+        gateway_rss_after_kib: after,
+        gateway_rss_per_connection_bytes: per_connection,
+        still_open_after_hold: still_open,
+    })
+}
+
+/// One conversation per `size` consecutive users (the first creates it).
+async fn conversations_of(
+    ep: &Endpoint,
+    o: &Options,
+    users: &[User],
+    size: usize,
+) -> Result<Vec<String>, Error> {
+    futures::stream::iter(users.chunks_exact(size).enumerate())
+        .map(|(g, chunk)| {
+            let members: Vec<&User> = chunk.iter().collect();
+            async move { ep.conversation(&members, g).await }
+        })
+        .buffered(o.concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Users in conversations of `size`, one connection each, ready to send.
+struct Rooms {
+    conversations: Vec<String>,
+    conns: Vec<Option<Live>>,
+    records: Vec<Record>,
+    ledger: Arc<Ledger>,
+    size: usize,
+}
+
+async fn rooms(ep: &Endpoint, o: &Options, capacity: usize) -> Result<Rooms, Error> {
+    let size = o.size.max(2);
+    let groups = o.groups.max(1);
+    eprintln!(
+        "making {} users in {groups} conversations of {size}…",
+        groups * size
+    );
+    let users = ep.users(groups * size, o.concurrency).await?;
+    let conversations = conversations_of(ep, o, &users, size).await?;
+    let who: Vec<(&User, Value)> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (u, json!({ &conversations[i / size]: 0 })))
+        .collect();
+    let ledger = Ledger::new(capacity);
+    let (conns, records, failures, _) =
+        connect_all(ep, &who, o.handshakes, Some(&ledger), None).await;
+    if let Some(first) = failures.first() {
+        return Err(format!("{} connections failed, first: {first}", failures.len()).into());
+    }
+    Ok(Rooms {
+        conversations,
+        conns,
+        records,
+        ledger,
+        size,
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Step {
+    pub(crate) target_rate: f64,
+    pub(crate) achieved_rate: f64,
+    pub(crate) messages: usize,
+    pub(crate) deliveries_expected: u64,
+    pub(crate) deliveries: u64,
+    pub(crate) missing: u64,
+    pub(crate) first_missing: Vec<String>,
+    pub(crate) duplicates: u64,
+    pub(crate) errors: std::collections::BTreeMap<String, u64>,
+    pub(crate) ack: Summary,
+    pub(crate) delivery: Summary,
+    pub(crate) gateway_cpu_seconds: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ThroughputReport {
+    pub(crate) group_size: usize,
+    pub(crate) groups: usize,
+    pub(crate) seconds_per_step: f64,
+    pub(crate) steps: Vec<Step>,
+    /// The first rate whose delivery p99 passed 100 ms.
+    pub(crate) knee_rate: Option<f64>,
+}
+
+/// Messages into conversations at each rate of `o.rates` for `o.duration`: ack and delivery
+/// latency, and whether every member's connection got every message.
+pub(crate) async fn throughput(ep: &Endpoint, o: &Options) -> Result<ThroughputReport, Error> {
+    let per_step: Vec<usize> = o
+        .rates
+        .iter()
+        .map(|rate| {
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "positive message counts"
+            )]
+            let n = (rate * o.duration.as_secs_f64()).ceil() as usize;
+            n
+        })
+        .collect();
+    let room = rooms(ep, o, per_step.iter().sum()).await?;
+    let mut steps = Vec::new();
+    let mut offset = 0;
+    for (rate, count) in o.rates.iter().zip(&per_step) {
+        let step = run_step(&room, o, *rate, offset..offset + count).await;
+        eprintln!(
+            "rate {rate}/s: delivery {}, missing {}",
+            step.delivery, step.missing
+        );
+        offset += count;
+        steps.push(step);
+    }
+    let knee_rate = steps
+        .iter()
+        .find(|s| s.delivery.p99_ms > 100.0)
+        .map(|s| s.target_rate);
+    close_all(room.conns).await;
+    Ok(ThroughputReport {
+        group_size: room.size,
+        groups: room.conversations.len(),
+        seconds_per_step: o.duration.as_secs_f64(),
+        steps,
+        knee_rate,
+    })
+}
+
+/// Sends messages `numbers` at `rate`, open loop (each at its scheduled time), round-robin
+/// over the conversations and their members; waits for every delivery (or [`DRAIN`]).
+async fn run_step(room: &Rooms, o: &Options, rate: f64, numbers: std::ops::Range<usize>) -> Step {
+    let groups = room.conversations.len();
+    let cpu_before = o.gateway_pid.and_then(cpu_seconds);
+    let start = Instant::now();
+    let mut next = numbers.start;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    while next < numbers.end {
+        tick.tick().await;
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "positive message counts"
+        )]
+        let due = numbers.start + (start.elapsed().as_secs_f64() * rate) as usize;
+        while next < due.min(numbers.end) {
+            let i = next - numbers.start;
+            let group = i % groups;
+            let member = (i / groups) % room.size;
+            #[expect(clippy::cast_precision_loss, reason = "message counts far below 2^52")]
+            let scheduled = start + Duration::from_secs_f64(i as f64 / rate);
+            room.ledger.sent(next, scheduled);
+            if let Some(conn) = &room.conns[group * room.size + member] {
+                conn.send(send_frame(&room.conversations[group], next));
+            }
+            next += 1;
+        }
+    }
+    let sent_in = start.elapsed();
+    let expected = u32::try_from(room.size).unwrap_or(u32::MAX);
+    let drained = Instant::now();
+    while drained.elapsed() < DRAIN && numbers.clone().any(|n| room.ledger.delivered(n) < expected)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu = match (cpu_before, o.gateway_pid.and_then(cpu_seconds)) {
+        (Some(b), Some(a)) => Some(a - b),
+        _ => None,
+    };
+    let (mut acks, mut deliveries) = (Samples::default(), Samples::default());
+    let mut duplicates = 0;
+    let mut errors = std::collections::BTreeMap::new();
+    for record in &room.records {
+        let mut seen = record.lock().expect("readers never panic holding it");
+        acks.extend(std::mem::take(&mut seen.acks));
+        deliveries.extend(std::mem::take(&mut seen.deliveries));
+        duplicates += std::mem::take(&mut seen.duplicates);
+        for (code, n) in std::mem::take(&mut seen.errors) {
+            *errors.entry(code).or_insert(0) += n;
+        }
+    }
+    let delivered: u64 = numbers
+        .clone()
+        .map(|n| u64::from(room.ledger.delivered(n).min(expected)))
+        .sum();
+    let deliveries_expected = (numbers.len() as u64) * u64::from(expected);
+    Step {
+        target_rate: rate,
+        achieved_rate: per_second(numbers.len(), sent_in),
+        messages: numbers.len(),
+        deliveries_expected,
+        deliveries: delivered,
+        missing: deliveries_expected - delivered,
+        first_missing: numbers
+            .filter(|n| room.ledger.delivered(*n) < expected)
+            .take(5)
+            .map(|n| format!("m{n}"))
+            .collect(),
+        duplicates,
+        errors,
+        ack: acks.summary(),
+        delivery: deliveries.summary(),
+        gateway_cpu_seconds: cpu,
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct StormReport {
+    pub(crate) clients: usize,
+    pub(crate) devices_per_user: usize,
+    pub(crate) conversations: usize,
+    pub(crate) messages_while_away: usize,
+    pub(crate) reconnect_seconds: f64,
+    pub(crate) caught_up_seconds: f64,
+    pub(crate) reconnect_failures: usize,
+    pub(crate) first_failure: Option<String>,
+    pub(crate) missing: u64,
+    pub(crate) duplicates: u64,
+}
+
+/// `o.clients` connections (users with `o.devices` devices each, in conversations of 10
+/// users) drop at once; while they are away every conversation gets messages; then they all
+/// reconnect at once with `resume`. How long until every one of them has everything.
+pub(crate) async fn storm(ep: &Endpoint, o: &Options) -> Result<StormReport, Error> {
+    let devices = o.devices.max(1);
+    let size = 10;
+    let users_needed = (o.clients / devices).max(size);
+    let groups = users_needed / size;
+    let per_group = o.messages.max(1);
+    eprintln!(
+        "storm: {} clients ({} users × {devices} devices) in {groups} conversations…",
+        groups * size * devices,
+        groups * size
+    );
+    let users = ep.users(groups * size, o.concurrency).await?;
+    let conversations = conversations_of(ep, o, &users, size).await?;
+    // The clients: every device of every member.
+    let client_of = |i: usize| (i / devices, i / devices / size);
+    let clients = groups * size * devices;
+    let ledger = Ledger::new(groups * per_group);
+    let who: Vec<(&User, Value)> = (0..clients)
+        .map(|i| {
+            let (user, group) = client_of(i);
+            (&users[user], json!({ &conversations[group]: 0 }))
+        })
+        .collect();
+    let (conns, records, failures, _) =
+        connect_all(ep, &who, o.handshakes, Some(&ledger), None).await;
+    if let Some(first) = failures.first() {
+        return Err(format!("{} connections failed, first: {first}", failures.len()).into());
+    }
+    // One sender per conversation that stays connected (another device of its first member).
+    let sender_who: Vec<(&User, Value)> = (0..groups)
+        .map(|g| (&users[g * size], json!({ &conversations[g]: 0 })))
+        .collect();
+    let (senders, _, failures, _) =
+        connect_all(ep, &sender_who, o.handshakes, Some(&ledger), None).await;
+    if let Some(first) = failures.first() {
+        return Err(format!("sender connections failed: {first}").into());
+    }
+    // Everyone drops at once.
+    for conn in conns.into_iter().flatten() {
+        conn.drop_abruptly();
+    }
+    // Messages while they are away, each acknowledged (stored) before they come back.
+    for round in 0..per_group {
+        for (g, sender) in senders.iter().enumerate() {
+            let n = round * groups + g;
+            ledger.sent(n, Instant::now());
+            if let Some(sender) = sender {
+                sender.send(send_frame(&conversations[g], n));
+            }
+        }
+    }
+    let stored = Instant::now();
+    while stored.elapsed() < DRAIN && (0..groups * per_group).any(|n| ledger.delivered(n) < 1) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Everyone comes back at once, resuming from what they had.
+    let who: Vec<(&User, Value)> = (0..clients)
+        .map(|i| {
+            let resume = records[i].lock().expect("no reader left").resume();
+            let resume = if resume.as_object().is_some_and(serde_json::Map::is_empty) {
+                json!({ &conversations[client_of(i).1]: 0 })
+            } else {
+                resume
+            };
+            (&users[client_of(i).0], resume)
+        })
+        .collect();
+    let back = Instant::now();
+    let (conns, records, failures, reconnected) =
+        connect_all(ep, &who, o.handshakes, Some(&ledger), Some(records)).await;
+    // Each message: every client's connection plus the sender's own.
+    let expected = u32::try_from(size * devices + 1).unwrap_or(u32::MAX);
+    while back.elapsed() < DRAIN + reconnected
+        && (0..groups * per_group).any(|n| ledger.delivered(n) < expected)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let caught_up = back.elapsed();
+    let missing: u64 = (0..groups * per_group)
+        .map(|n| u64::from(expected.saturating_sub(ledger.delivered(n))))
+        .sum();
+    let duplicates = records
+        .iter()
+        .map(|r| r.lock().expect("readers never panic holding it").duplicates)
+        .sum();
+    close_all(conns).await;
+    close_all(senders).await;
+    Ok(StormReport {
+        clients,
+        devices_per_user: devices,
+        conversations: groups,
+        messages_while_away: groups * per_group,
+        reconnect_seconds: reconnected.as_secs_f64(),
+        caught_up_seconds: caught_up.as_secs_f64(),
+        reconnect_failures: failures.len(),
+        first_failure: failures.into_iter().next(),
+        missing,
+        duplicates,
+    })
+}

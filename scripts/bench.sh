@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# `make bench`: short runs of every load scenario (a few minutes) against optimised builds of
+# the local stack and, side by side, the baseline relay (bench/relay, Node.js `ws`); the
+# results go to .run/bench/*.json and docs/BENCHMARKS.md. `make bench BENCH=--long` runs the
+# full sizes (100,000 connections, 20,000-client storm, longer steps).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+MODE=short
+[ "${1:-}" = --long ] && MODE=long
+OUT="$RUN/bench"
+RELAY_PORT=${TERTULIA_RELAY_PORT:-8099}
+rm -rf "$OUT"
+mkdir -p "$OUT"
+
+# Connections need file descriptors on both ends (the stack inherits this limit).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+log "Open files per process: $(ulimit -n)"
+
+"$ROOT/scripts/tools.sh"
+log "Building optimised binaries (the services and the load generator)"
+(cd "$ROOT" && cargo build -j2 --release -q --bins)
+# The generator signs in thousands of users from a few addresses in seconds: the stack's login
+# limits are raised for the run (they are a defence against guessing, not what is measured).
+export TERTULIA_AUTH_LOGIN_LIMITS__PER_USERNAME=1000000
+export TERTULIA_AUTH_LOGIN_LIMITS__PER_ADDRESS=1000000
+export TERTULIA_AUTH_LOGIN_LIMITS__WINDOW_S=60
+export TERTULIA_PROFILE=release
+export RUST_LOG=warn
+"$ROOT/scripts/stack.sh" start
+
+if [ ! -d "$ROOT/bench/relay/node_modules" ]; then
+  (cd "$ROOT/bench/relay" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+PORT=$RELAY_PORT node "$ROOT/bench/relay/relay.mjs" >"$RUN/logs/relay.log" 2>&1 &
+RELAY_PID=$!
+cleanup() {
+  kill "$RELAY_PID" 2>/dev/null || true
+  "$ROOT/scripts/stack.sh" stop
+}
+trap cleanup EXIT
+wait_for "grep -q 'baseline relay' $RUN/logs/relay.log" 10 || die "the relay did not start"
+BFF_PID=$(cat "$RUN/pids/bff.pid")
+LOAD="$ROOT/target/release/tertulia-load"
+TERTULIA=(--url "http://127.0.0.1:$BFF_PORT" --gateway-pid "$BFF_PID")
+RELAY=(--url "http://127.0.0.1:$RELAY_PORT" --target relay --gateway-pid "$RELAY_PID")
+
+if [ "$MODE" = long ]; then
+  CONNECTIONS=100000; CONN_USERS=1000; STEP=20; RATES=1000,2000,5000,8000,12000
+  STORM=20000; SIZES_RATE=2000
+else
+  CONNECTIONS=10000; CONN_USERS=200; STEP=5; RATES=500,1000,2000,4000
+  STORM=2000; SIZES_RATE=1000
+fi
+
+# Every command is recorded with its result, for docs/BENCHMARKS.md.
+run() {
+  local name=$1
+  shift
+  log "$name: tertulia-load $*"
+  printf '%s\n' "tertulia-load $*" > "$OUT/$name.cmd"
+  "$LOAD" "$@" --json "$OUT/$name.json" 2> >(tee "$OUT/$name.log" >&2) ||
+    log "$name reported a failure (see $OUT/$name.log)"
+}
+
+run capacity-tertulia capacity "${TERTULIA[@]}" --connections "$CONNECTIONS" --users "$CONN_USERS" --hold 3
+run capacity-relay capacity "${RELAY[@]}" --connections "$CONNECTIONS" --users "$CONN_USERS" --hold 3
+for size in 2 10 100; do
+  groups=$((1000 / size))
+  rates=$SIZES_RATE
+  [ "$size" = 10 ] && rates=$RATES
+  run "throughput-$size-tertulia" throughput "${TERTULIA[@]}" --size "$size" --groups "$groups" \
+    --rates "$rates" --duration "$STEP"
+  run "throughput-$size-relay" throughput "${RELAY[@]}" --size "$size" --groups "$groups" \
+    --rates "$rates" --duration "$STEP"
+done
+run storm-tertulia storm "${TERTULIA[@]}" --clients "$STORM" --devices 10 --messages 5
+
+python3 "$ROOT/scripts/bench_report.py" "$OUT" "$MODE" > "$ROOT/docs/BENCHMARKS.md"
+log "Results: docs/BENCHMARKS.md (raw: .run/bench/)"
