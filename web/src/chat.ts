@@ -115,7 +115,11 @@ export class ChatView {
 
   /** Loads the conversation list (once; again after `refresh`). */
   load(): Promise<void> {
-    this.loaded ??= this.fetchList();
+    this.loaded ??= this.fetchList().catch((error: unknown) => {
+      // Not cached: the next call tries again.
+      this.loaded = null;
+      throw error;
+    });
     return this.loaded;
   }
 
