@@ -27,6 +27,12 @@ export TERTULIA_AUTH_LOGIN_LIMITS__PER_ADDRESS=1000000
 export TERTULIA_AUTH_LOGIN_LIMITS__WINDOW_S=60
 export TERTULIA_PROFILE=release
 export RUST_LOG=warn
+# A database of its own, made afresh: runs compare only when they start from the same state
+# (the local stack's database grows with every run; outbox rows stay an hour).
+BENCH_DB=tertulia_bench
+psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qc "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)"
+psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qc "CREATE DATABASE $BENCH_DB"
+export TERTULIA_DATABASE_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$BENCH_DB"
 "$ROOT/scripts/stack.sh" start
 
 if [ ! -d "$ROOT/bench/relay/node_modules" ]; then
@@ -44,14 +50,23 @@ BFF_PID=$(cat "$RUN/pids/bff.pid")
 LOAD="$ROOT/target/release/tertulia-load"
 TERTULIA=(--url "http://127.0.0.1:$BFF_PORT" --gateway-pid "$BFF_PID")
 RELAY=(--url "http://127.0.0.1:$RELAY_PORT" --target relay --gateway-pid "$RELAY_PID")
+# Where the CPU goes during each throughput step, by process name.
+WATCH=(--watch svc-bff,svc-chat,svc-presence,postgres,nats-server,node,tertulia-load)
 
 if [ "$MODE" = long ]; then
   CONNECTIONS=100000; CONN_USERS=1000; STEP=20; RATES=1000,2000,5000,8000,12000
-  STORM=20000; SIZES_RATE=2000
+  STORM=20000; SIZES_RATE=2000; MEMBERS=1000
 else
   CONNECTIONS=10000; CONN_USERS=200; STEP=5; RATES=500,1000,2000,4000
-  STORM=2000; SIZES_RATE=1000
+  STORM=2000; SIZES_RATE=1000; MEMBERS=300
 fi
+# One process holds at most `ulimit -n` sockets (the gateway and the generator alike): where
+# the hard limit is lower than a target, the run uses what fits and the report says so.
+FITS=$(( $(ulimit -n) - 1000 ))
+[ "$CONNECTIONS" -gt "$FITS" ] && CONNECTIONS=$FITS
+[ "$STORM" -gt "$((FITS - 2000))" ] && STORM=$((FITS - 2000))
+# Throughput runs use MEMBERS users, one connection each (the gateway allows a connection 20
+# frames a second, so a rate needs at least rate/20 senders).
 
 # Every command is recorded with its result, for docs/BENCHMARKS.md.
 run() {
@@ -66,15 +81,16 @@ run() {
 run capacity-tertulia capacity "${TERTULIA[@]}" --connections "$CONNECTIONS" --users "$CONN_USERS" --hold 3
 run capacity-relay capacity "${RELAY[@]}" --connections "$CONNECTIONS" --users "$CONN_USERS" --hold 3
 for size in 2 10 100; do
-  groups=$((1000 / size))
+  groups=$((MEMBERS / size))
   rates=$SIZES_RATE
   [ "$size" = 10 ] && rates=$RATES
   run "throughput-$size-tertulia" throughput "${TERTULIA[@]}" --size "$size" --groups "$groups" \
-    --rates "$rates" --duration "$STEP"
+    --rates "$rates" --duration "$STEP" "${WATCH[@]}"
   run "throughput-$size-relay" throughput "${RELAY[@]}" --size "$size" --groups "$groups" \
-    --rates "$rates" --duration "$STEP"
+    --rates "$rates" --duration "$STEP" "${WATCH[@]}"
 done
 run storm-tertulia storm "${TERTULIA[@]}" --clients "$STORM" --devices 10 --messages 5
 
+echo "$(ulimit -n)" > "$OUT/open-files-limit"
 python3 "$ROOT/scripts/bench_report.py" "$OUT" "$MODE" > "$ROOT/docs/BENCHMARKS.md"
 log "Results: docs/BENCHMARKS.md (raw: .run/bench/)"

@@ -26,6 +26,9 @@ pub(crate) struct Options {
     pub(crate) target: Target,
     pub(crate) sources: u8,
     pub(crate) gateway_pid: Option<u32>,
+    /// Process names whose CPU time (summed over every process of that name) each
+    /// throughput step reports.
+    pub(crate) watch: Vec<String>,
     pub(crate) connections: usize,
     pub(crate) users: usize,
     pub(crate) groups: usize,
@@ -49,6 +52,7 @@ impl Default for Options {
             target: Target::Tertulia,
             sources: 8,
             gateway_pid: None,
+            watch: Vec::new(),
             connections: 1000,
             users: 100,
             groups: 100,
@@ -68,7 +72,7 @@ impl Default for Options {
 }
 
 const USAGE: &str = "usage: tertulia-load capacity|throughput|storm [--url URL] [--target tertulia|relay] \
-[--sources N] [--gateway-pid PID] [--connections N] [--users N] [--groups N] [--size N] \
+[--sources N] [--gateway-pid PID] [--watch NAME,...] [--connections N] [--users N] [--groups N] [--size N] \
 [--rates R1,R2,...] [--duration SECONDS] [--hold SECONDS] [--clients N] [--devices N] \
 [--messages N] [--concurrency N] [--handshakes N] [--max-seconds N] [--json FILE]";
 
@@ -101,6 +105,7 @@ fn parse(args: &[String]) -> Result<(String, Options), Error> {
             }
             "--sources" => o.sources = value.parse().map_err(|e| bad(&e))?,
             "--gateway-pid" => o.gateway_pid = Some(value.parse().map_err(|e| bad(&e))?),
+            "--watch" => o.watch = value.split(',').map(str::to_owned).collect(),
             "--connections" => o.connections = number()?,
             "--users" => o.users = number()?,
             "--groups" => o.groups = number()?,

@@ -29,6 +29,21 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// CPU time of every process called `name` (PostgreSQL has one per connection).
+fn cpu_of_name(name: &str) -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .filter_map(cpu_seconds)
+        .sum()
+}
+
 /// Opens one connection per `(user, resume)`, `handshakes` at a time, spread over the source
 /// addresses. Returns the connections (failures left out), their records, the failures, and
 /// how long it took.
@@ -207,6 +222,8 @@ pub(crate) struct Step {
     pub(crate) ack: Summary,
     pub(crate) delivery: Summary,
     pub(crate) gateway_cpu_seconds: Option<f64>,
+    /// CPU seconds of each watched process during the step.
+    pub(crate) cpu_seconds: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -266,6 +283,7 @@ pub(crate) async fn throughput(ep: &Endpoint, o: &Options) -> Result<ThroughputR
 async fn run_step(room: &Rooms, o: &Options, rate: f64, numbers: std::ops::Range<usize>) -> Step {
     let groups = room.conversations.len();
     let cpu_before = o.gateway_pid.and_then(cpu_seconds);
+    let watched_before: Vec<f64> = o.watch.iter().map(|name| cpu_of_name(name)).collect();
     let start = Instant::now();
     let mut next = numbers.start;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -301,6 +319,12 @@ async fn run_step(room: &Rooms, o: &Options, rate: f64, numbers: std::ops::Range
         (Some(b), Some(a)) => Some(a - b),
         _ => None,
     };
+    let watched = o
+        .watch
+        .iter()
+        .zip(watched_before)
+        .map(|(name, before)| (name.clone(), cpu_of_name(name) - before))
+        .collect();
     let (mut acks, mut deliveries) = (Samples::default(), Samples::default());
     let mut duplicates = 0;
     let mut errors = std::collections::BTreeMap::new();
@@ -335,6 +359,7 @@ async fn run_step(room: &Rooms, o: &Options, rate: f64, numbers: std::ops::Range
         ack: acks.summary(),
         delivery: deliveries.summary(),
         gateway_cpu_seconds: cpu,
+        cpu_seconds: watched,
     }
 }
 

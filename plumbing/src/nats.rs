@@ -184,10 +184,47 @@ pub struct DurableConsumer {
     pub max_deliver: i64,
     /// Messages handled at once by this instance.
     pub concurrency: usize,
+    /// Messages whose subjects give the same key are handled one after another, in stream
+    /// order, while different keys go concurrently (up to `concurrency`); `None`: no order
+    /// among concurrent messages.
+    pub order_by: Option<fn(&str) -> Option<&str>>,
     /// Messages delivered and not yet acknowledged, across instances. For a work queue this
     /// is the worker count, so no message waits in one instance's buffer while its ack
     /// deadline runs.
     pub max_pending: usize,
+}
+
+/// The order of messages that share a key: each message waits for the one before it with
+/// the same key (a chain of one-shot channels, one link per message in flight).
+#[derive(Default)]
+struct Turns {
+    last: std::collections::HashMap<String, tokio::sync::oneshot::Receiver<()>>,
+}
+
+/// A message's turn: what to wait for (the previous message of its key), and what its end
+/// releases (dropped when it is settled).
+type Turn = (
+    Option<tokio::sync::oneshot::Receiver<()>>,
+    tokio::sync::oneshot::Sender<()>,
+);
+
+impl Turns {
+    /// Past this many keys, links already released are forgotten.
+    const PRUNE_AT: usize = 4096;
+
+    fn take(&mut self, key: &str) -> Turn {
+        if self.last.len() >= Self::PRUNE_AT {
+            self.last.retain(|_, rx| {
+                matches!(
+                    rx.try_recv(),
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+                )
+            });
+        }
+        let (done, next) = tokio::sync::oneshot::channel();
+        let previous = self.last.insert(key.to_owned(), next);
+        (previous, done)
+    }
 }
 
 /// Pause before redelivering a message whose handler asked for a retry, and before
@@ -273,6 +310,7 @@ impl Nats {
             .map_err(|e| e.to_string())?;
         let messages = consumer.messages().await.map_err(|e| e.to_string())?;
         let mut failure = None;
+        let mut turns = Turns::default();
         messages
             .take_while(|m| {
                 let ok = m.is_ok();
@@ -282,7 +320,15 @@ impl Nats {
                 std::future::ready(ok)
             })
             .filter_map(|m| std::future::ready(m.ok()))
-            .for_each_concurrent(spec.concurrency.max(1), |message| {
+            // Taken here, in stream order, before any handling starts.
+            .map(|message| {
+                let turn = spec
+                    .order_by
+                    .and_then(|key| key(message.subject.as_str()))
+                    .map(|key| turns.take(key));
+                (message, turn)
+            })
+            .for_each_concurrent(spec.concurrency.max(1), |(message, turn)| {
                 // A consumer span per message, continuing the producer's trace.
                 let span = telemetry::consumer_span(
                     spec.stream,
@@ -292,6 +338,17 @@ impl Nats {
                 );
                 let failed = span.clone();
                 async move {
+                    // Wait for the previous message of the same key; release the next when
+                    // this one is settled (the `done` sender is dropped at the end).
+                    let _done = match turn {
+                        Some((previous, done)) => {
+                            if let Some(previous) = previous {
+                                let _ = previous.await;
+                            }
+                            Some(done)
+                        }
+                        None => None,
+                    };
                     let ack = match handler(message.clone()).await {
                         Handled::Done => message.ack().await,
                         Handled::Poison(reason) => {

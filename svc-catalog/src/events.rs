@@ -42,6 +42,7 @@ pub async fn consume_media(catalog: Catalog, nats: Nats, shutdown: Shutdown) {
         ack_wait: Duration::from_secs(30),
         max_deliver: -1,
         concurrency: 4,
+        order_by: None,
         max_pending: 256,
     };
     let (catalog, nats) = (&catalog, &nats);

@@ -34,6 +34,8 @@ use crate::{
 
 /// Name of the fan-out's durable consumer.
 pub const FANOUT_CONSUMER: &str = "fanout";
+/// Events the fan-out handles at once (of different conversations).
+const FANOUT_CONCURRENCY: usize = 32;
 /// Largest batch the relay publishes per transaction.
 const RELAY_BATCH: i64 = 256;
 /// How often the relay looks for rows when nobody told it about new ones (another instance
@@ -395,8 +397,10 @@ impl FanOut {
         Self { store, nats }
     }
 
-    /// Consumes until `shutdown` trips; reconnects after errors. One event at a time, so
-    /// each member receives a conversation's events in stream order.
+    /// Consumes until `shutdown` trips; reconnects after errors. Events of one conversation
+    /// are handled one after another, so each member receives them in stream order; events of
+    /// different conversations go concurrently ([`FANOUT_CONCURRENCY`] at a time), so one
+    /// event's member lookup does not hold up the others.
     pub async fn run(self, shutdown: Shutdown) {
         let consumer = DurableConsumer {
             stream: subjects::CHAT_STREAM,
@@ -404,7 +408,9 @@ impl FanOut {
             filter: None,
             ack_wait: Duration::from_secs(30),
             max_deliver: -1,
-            concurrency: 1,
+            concurrency: FANOUT_CONCURRENCY,
+            // `…chat.<conversation_id>.<kind>`: the conversation orders its events.
+            order_by: Some(|subject| subject.rsplit('.').nth(1)),
             max_pending: 10_000,
         };
         let this = &self;

@@ -128,6 +128,7 @@ pub async fn run_transcoder(media: Media, shutdown: Shutdown) {
         // Attempts are counted by the handler, which publishes the verdict after the last.
         max_deliver: -1,
         concurrency: media.limits.workers.max(1),
+        order_by: None,
         max_pending: media.limits.workers.max(1),
     };
     let media = &media;

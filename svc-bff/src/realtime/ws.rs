@@ -57,7 +57,13 @@ pub mod close {
     pub const NO_HELLO: u16 = 4408;
 }
 
-/// Upgrades to a WebSocket with the frame size limit applied.
+/// Bytes read from a socket at a time. The library's default (128 KiB) is sized for bulk
+/// transfer; chat frames are small, and every idle connection keeps its buffer.
+const READ_BUFFER: usize = 4 * 1024;
+
+/// Upgrades to a WebSocket with the frame size limit applied, small buffers (frames larger
+/// than the read buffer still arrive whole: it grows for them), and every frame written as
+/// soon as it is sent.
 pub async fn upgrade(
     State(state): State<AppState>,
     api: Api,
@@ -68,6 +74,8 @@ pub async fn upgrade(
     let notice = notice.map(|axum::Extension(n)| n);
     ws.max_message_size(limit)
         .max_frame_size(limit)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| {
             let sessions = state.sessions.clone();
             sessions.track_future(Session::run(state, api, socket, notice))
