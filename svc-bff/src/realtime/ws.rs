@@ -123,6 +123,18 @@ impl Session {
             session.socket.send(close),
         )
         .await;
+        // The closing handshake (RFC 6455 §7.1.1): read until the client's own close (1 s at
+        // most), so what it sent meanwhile is drained. Closing with unread bytes would end
+        // the connection with a reset, and a reset discards what is still on its way to the
+        // client: the last frames and the close itself (a flooding client never learnt why).
+        let _ = timeout(std::time::Duration::from_secs(1), async {
+            while let Some(Ok(message)) = session.socket.recv().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 
     async fn send(&mut self, frame: Utf8Bytes) -> Result<(), Ending> {
