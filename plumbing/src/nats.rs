@@ -222,7 +222,11 @@ impl Turns {
             });
         }
         let (done, next) = tokio::sync::oneshot::channel();
-        let previous = self.last.insert(key.to_owned(), next);
+        // A key already in the map is not copied again (the common case: a busy key).
+        let previous = match self.last.get_mut(key) {
+            Some(slot) => Some(std::mem::replace(slot, next)),
+            None => self.last.insert(key.to_owned(), next),
+        };
         (previous, done)
     }
 }

@@ -409,8 +409,8 @@ impl FanOut {
             ack_wait: Duration::from_secs(30),
             max_deliver: -1,
             concurrency: FANOUT_CONCURRENCY,
-            // `…chat.<conversation_id>.<kind>`: the conversation orders its events.
-            order_by: Some(|subject| subject.rsplit('.').nth(1)),
+            // The conversation orders its events.
+            order_by: Some(conversation_of),
             max_pending: 10_000,
         };
         let this = &self;
@@ -468,14 +468,17 @@ enum FanOutError {
     Retry(String),
 }
 
+/// The conversation id in an event's subject, `…chat.<conversation_id>.<kind>`.
+fn conversation_of(subject: &str) -> Option<&str> {
+    subject.rsplit('.').nth(1)
+}
+
 /// The conversation, the delivery, and recipients beyond current members (removed users
 /// hear about their own removal).
 fn decode(subject: &str, payload: &[u8]) -> Result<(Uuid, pb::Delivery, Vec<Uuid>), FanOutError> {
     let poison = |e: &dyn std::fmt::Display| FanOutError::Poison(e.to_string());
-    let mut tokens = subject.rsplit('.');
-    let kind = tokens.next().unwrap_or_default();
-    let conversation_id: Uuid = tokens
-        .next()
+    let kind = subject.rsplit('.').next().unwrap_or_default();
+    let conversation_id: Uuid = conversation_of(subject)
         .unwrap_or_default()
         .parse()
         .map_err(|e| poison(&e))?;

@@ -83,6 +83,7 @@ export class ChatView {
     error: HTMLElement;
   } | null = null;
   private lastTypingSent = 0;
+  private presenceTimer = 0;
   private loaded: Promise<void> | null = null;
 
   constructor(
@@ -101,7 +102,12 @@ export class ChatView {
       this.pane,
     );
     fill(this.pane, h('p', { class: 'empty' }, 'Pick a conversation, or start a new one.'));
-    window.setInterval(() => this.renderPresence(), 30_000);
+    this.presenceTimer = window.setInterval(() => this.renderPresence(), 30_000);
+  }
+
+  /** Ends this view's timers (the session ended). */
+  stop(): void {
+    window.clearInterval(this.presenceTimer);
   }
 
   attach(realtime: Realtime): void {

@@ -30,6 +30,7 @@ session.onEnded = (reason) => {
 
 function signOutLocally(): void {
   signed?.realtime.stop();
+  signed?.chat.stop();
   signed = null;
   location.hash = '#/login';
   route();
