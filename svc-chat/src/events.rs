@@ -143,14 +143,15 @@ fn event(conversation_id: Uuid, kind: &str, encode: impl FnOnce(String) -> Vec<u
     }
 }
 
-/// `MessageCreated` for `m`.
+/// `MessageCreated` for `m`, to be delivered to `recipients` (the members when it was stored).
 #[must_use]
-pub fn message_created(m: &Message) -> OutboxEvent {
+pub fn message_created(m: &Message, recipients: &[Uuid]) -> OutboxEvent {
     event(m.conversation_id, chat_event::MESSAGE, |event_id| {
         pb::MessageCreated {
             event_id,
             message: Some(message_pb(m)),
             message_v2: Some(message_v2_pb(m)),
+            recipient_ids: recipients.iter().map(Uuid::to_string).collect(),
         }
         .encode_to_vec()
     })
@@ -427,13 +428,19 @@ impl FanOut {
 
     /// Publishes one event to its recipients. Encodes the `Delivery` once for all of them.
     async fn deliver(&self, subject: &str, payload: &[u8]) -> Result<(), FanOutError> {
-        let (conversation_id, delivery, extra) = decode(subject, payload)?;
-        let mut recipients = self
-            .store
-            .member_ids(conversation_id)
-            .await
-            .map_err(|e| FanOutError::Retry(e.to_string()))?;
-        recipients.extend(extra);
+        let (conversation_id, delivery, recipients) = decode(subject, payload)?;
+        let mut recipients = match recipients {
+            Recipients::Listed(listed) => listed,
+            Recipients::MembersAnd(extra) => {
+                let mut members = self
+                    .store
+                    .member_ids(conversation_id)
+                    .await
+                    .map_err(|e| FanOutError::Retry(e.to_string()))?;
+                members.extend(extra);
+                members
+            }
+        };
         recipients.sort_unstable();
         recipients.dedup();
         let bytes: bytes::Bytes = delivery.encode_to_vec().into();
@@ -473,19 +480,36 @@ fn conversation_of(subject: &str) -> Option<&str> {
     subject.rsplit('.').nth(1)
 }
 
-/// The conversation, the delivery, and recipients beyond current members (removed users
-/// hear about their own removal).
-fn decode(subject: &str, payload: &[u8]) -> Result<(Uuid, pb::Delivery, Vec<Uuid>), FanOutError> {
+/// Who an event goes to.
+enum Recipients {
+    /// Exactly these, named in the event when it was stored.
+    Listed(Vec<Uuid>),
+    /// The current members, and these too (removed users hear about their own removal).
+    MembersAnd(Vec<Uuid>),
+}
+
+fn uuids(ids: &[String]) -> Vec<Uuid> {
+    ids.iter().filter_map(|id| id.parse().ok()).collect()
+}
+
+/// The conversation, the delivery (without the recipient list), and who it goes to.
+fn decode(subject: &str, payload: &[u8]) -> Result<(Uuid, pb::Delivery, Recipients), FanOutError> {
     let poison = |e: &dyn std::fmt::Display| FanOutError::Poison(e.to_string());
     let kind = subject.rsplit('.').next().unwrap_or_default();
     let conversation_id: Uuid = conversation_of(subject)
         .unwrap_or_default()
         .parse()
         .map_err(|e| poison(&e))?;
-    let mut extra = Vec::new();
+    let mut recipients = Recipients::MembersAnd(Vec::new());
     let event = match kind {
         chat_event::MESSAGE => {
-            Event::MessageCreated(pb::MessageCreated::decode(payload).map_err(|e| poison(&e))?)
+            let mut created = pb::MessageCreated::decode(payload).map_err(|e| poison(&e))?;
+            // Members need not learn who else was a member from every message.
+            let listed = std::mem::take(&mut created.recipient_ids);
+            if !listed.is_empty() {
+                recipients = Recipients::Listed(uuids(&listed));
+            }
+            Event::MessageCreated(created)
         }
         chat_event::MESSAGE_UPDATED => {
             Event::MessageUpdated(pb::MessageUpdated::decode(payload).map_err(|e| poison(&e))?)
@@ -498,14 +522,61 @@ fn decode(subject: &str, payload: &[u8]) -> Result<(Uuid, pb::Delivery, Vec<Uuid
         }
         chat_event::MEMBERSHIP => {
             let changed = pb::MembershipChanged::decode(payload).map_err(|e| poison(&e))?;
-            extra = changed
-                .removed_user_ids
-                .iter()
-                .filter_map(|id| id.parse().ok())
-                .collect();
+            recipients = Recipients::MembersAnd(uuids(&changed.removed_user_ids));
             Event::MembershipChanged(changed)
         }
         other => return Err(FanOutError::Poison(format!("unknown event kind {other:?}"))),
     };
-    Ok((conversation_id, pb::Delivery { event: Some(event) }, extra))
+    Ok((conversation_id, pb::Delivery { event: Some(event) }, recipients))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::OffsetDateTime;
+
+    fn message() -> Message {
+        Message {
+            message_id: Uuid::now_v7(),
+            conversation_id: Uuid::now_v7(),
+            seq: 1,
+            sender_id: Uuid::now_v7(),
+            client_msg_id: "c1".into(),
+            text: "hola".into(),
+            sent_at: OffsetDateTime::now_utc(),
+            edited_at: None,
+            deleted: false,
+            video_id: None,
+            reactions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_new_message_goes_to_the_members_it_names_who_are_not_told_of_each_other() {
+        let m = message();
+        let members = [m.sender_id, Uuid::now_v7()];
+        let event = message_created(&m, &members);
+        let Ok((conversation, delivery, Recipients::Listed(listed))) =
+            decode(&event.subject, &event.payload)
+        else {
+            panic!("the event names its recipients");
+        };
+        assert_eq!(conversation, m.conversation_id);
+        assert_eq!(listed, members);
+        let Some(Event::MessageCreated(created)) = delivery.event else {
+            panic!("a message delivery");
+        };
+        assert!(created.recipient_ids.is_empty());
+        assert_eq!(created.message.unwrap().text, "hola");
+    }
+
+    #[test]
+    fn an_event_without_recipients_goes_to_the_current_members() {
+        let m = message();
+        let event = message_created(&m, &[]);
+        assert!(matches!(
+            decode(&event.subject, &event.payload),
+            Ok((_, _, Recipients::MembersAnd(extra))) if extra.is_empty()
+        ));
+    }
 }

@@ -295,6 +295,57 @@ async fn concurrent_senders_get_gap_free_unique_seqs() {
 }
 
 #[tokio::test]
+async fn racing_retries_of_one_send_store_it_once() {
+    let stack = Stack::start().await;
+    let ana = stack.signed_up("ana").await;
+    let ben = stack.signed_up("ben").await;
+    let group = conversation(&stack, &ana, "group", &[&ben.user_id]).await;
+    let id = group["id"].as_str().unwrap();
+    // Other senders keep the conversation's lock busy while the copies race for it.
+    let sends = (0..24).map(|n| {
+        let stack = &stack;
+        let (who, key) = if n % 3 == 0 {
+            (&ben, format!("other{n}"))
+        } else {
+            (&ana, "same".to_owned())
+        };
+        async move { (key.clone(), send(stack, who, id, &key, "hello").await) }
+    });
+    let (mut created, mut seqs_of_same) = (0, Vec::new());
+    for (key, answer) in futures::future::join_all(sends).await {
+        let status = answer.status();
+        let message: Value = answer.json().await.unwrap();
+        if key == "same" {
+            created += usize::from(status == 201);
+            assert!(status == 201 || status == 200, "{status}");
+            seqs_of_same.push(message["seq"].as_u64().unwrap());
+        } else {
+            assert_eq!(status, 201);
+        }
+    }
+    assert_eq!(created, 1, "exactly one copy stores the message");
+    seqs_of_same.dedup();
+    assert_eq!(seqs_of_same.len(), 1, "every copy answers the same message");
+    let history: Value = stack
+        .http
+        .get(stack.url(&format!("/api/v1/conversations/{id}/messages?limit=100")))
+        .bearer_auth(&ana.access_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=9).collect::<Vec<u64>>(), "8 others and one stored copy");
+}
+
+#[tokio::test]
 async fn edits_and_deletes_are_for_the_sender_and_deletes_leave_tombstones() {
     let stack = Stack::start().await;
     let ana = stack.signed_up("ana").await;

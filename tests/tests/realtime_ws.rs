@@ -216,6 +216,7 @@ async fn a_gap_in_live_delivery_is_filled_from_history() {
                 event_id: uuid::Uuid::now_v7().to_string(),
                 message: Some(message),
                 message_v2: None,
+                recipient_ids: Vec::new(),
             })),
         };
         nats.client

@@ -590,6 +590,7 @@ mod tests {
                     ..Default::default()
                 }),
                 message_v2: None,
+                recipient_ids: Vec::new(),
             })),
         }
     }

@@ -4,7 +4,7 @@
 use deadpool_postgres::Transaction;
 use tertulia_plumbing::postgres::{DbError, Migration, PgPool};
 use time::OffsetDateTime;
-use tokio_postgres::Row;
+use tokio_postgres::{Row, types::ToSql};
 use uuid::Uuid;
 
 use crate::{
@@ -209,11 +209,14 @@ async fn fill_reactions(
     Ok(())
 }
 
+const INSERT_OUTBOX: &str =
+    "INSERT INTO outbox (event_id, subject, payload, traceparent) VALUES ($1, $2, $3, $4)";
+
 /// Stores `event` with the trace of the current call, so its publish joins that trace.
 async fn insert_outbox(tx: &Transaction<'_>, event: &OutboxEvent) -> Result<(), DbError> {
     let traceparent = tertulia_plumbing::telemetry::current_traceparent();
     tx.execute(
-        "INSERT INTO outbox (event_id, subject, payload, traceparent) VALUES ($1, $2, $3, $4)",
+        &tx.prepare_cached(INSERT_OUTBOX).await?,
         &[
             &event.event_id,
             &event.subject,
@@ -489,6 +492,11 @@ impl ChatStore {
     /// Stores a message, or finds the earlier one with the same `client_msg_id`. The
     /// conversation row lock serialises sends, so `seq` is gap-free and a retry racing its
     /// original finds it.
+    ///
+    /// Four round trips to the database, whatever the group size: `BEGIN`; the lock with,
+    /// pipelined behind it, the idempotency check and the member list (read after the lock,
+    /// so a membership change that committed while this send waited is seen); the four
+    /// writes, pipelined; `COMMIT`. Statements are prepared once per connection.
     pub async fn send(
         &self,
         actor: Uuid,
@@ -502,54 +510,89 @@ impl ChatStore {
         };
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let Some((_, _, last_seq)) = lock_as_member(&tx, conversation_id, actor).await? else {
+        let earlier_sql = format!(
+            "SELECT ARRAY(SELECT user_id FROM members WHERE conversation_id = $1
+                          ORDER BY user_id) AS member_ids,
+                    e.*
+             FROM (SELECT 1) AS one
+             LEFT JOIN (SELECT {MESSAGE_COLUMNS} FROM messages
+                        WHERE conversation_id = $1 AND sender_id = $2
+                          AND client_msg_id = $3) AS e ON true"
+        );
+        let (lock, earlier) = tokio::try_join!(
+            tx.prepare_cached(
+                "SELECT c.last_seq, now() FROM conversations c
+                 JOIN members m ON m.conversation_id = c.conversation_id AND m.user_id = $2
+                 WHERE c.conversation_id = $1
+                 FOR UPDATE OF c",
+            ),
+            tx.prepare_cached(&earlier_sql),
+        )?;
+        let lock_params: [&(dyn ToSql + Sync); 2] = [&conversation_id, &actor];
+        let earlier_params: [&(dyn ToSql + Sync); 3] = [&conversation_id, &actor, &client_msg_id];
+        let (locked, earlier) = tokio::try_join!(
+            tx.query_opt(&lock, &lock_params),
+            tx.query_one(&earlier, &earlier_params),
+        )?;
+        let Some(locked) = locked else {
             return Ok(Sent::NotMember);
         };
-        let earlier = tx
-            .query_opt(
-                &format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM messages
-                     WHERE conversation_id = $1 AND sender_id = $2 AND client_msg_id = $3"
-                ),
-                &[&conversation_id, &actor, &client_msg_id],
-            )
-            .await?;
-        if let Some(row) = earlier {
-            return Ok(Sent::Existing(message_from(&row)));
+        if earlier.get::<_, Option<Uuid>>("message_id").is_some() {
+            return Ok(Sent::Existing(message_from(&earlier)));
         }
-        let seq = last_seq + 1;
-        tx.execute(
-            "UPDATE conversations SET last_seq = $2, last_activity_at = now()
-             WHERE conversation_id = $1",
-            &[&conversation_id, &seq],
-        )
-        .await?;
-        let row = tx
-            .query_one(
-                &format!(
-                    "INSERT INTO messages (conversation_id, seq, message_id, sender_id,
-                                           client_msg_id, text, video_id)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {MESSAGE_COLUMNS}"
-                ),
-                &[
-                    &conversation_id,
-                    &seq,
-                    &Uuid::now_v7(),
-                    &actor,
-                    &client_msg_id,
-                    &text,
-                    &video_id,
-                ],
-            )
-            .await?;
-        let message = message_from(&row);
-        // Senders have read what they wrote.
-        tx.execute(
-            "UPDATE members SET read_seq = $3 WHERE conversation_id = $1 AND user_id = $2",
-            &[&conversation_id, &actor, &seq],
-        )
-        .await?;
-        insert_outbox(&tx, &events::message_created(&message)).await?;
+        let members: Vec<Uuid> = earlier.get("member_ids");
+        let message = Message {
+            message_id: Uuid::now_v7(),
+            conversation_id,
+            seq: locked.get::<_, i64>(0) + 1,
+            sender_id: actor,
+            client_msg_id: client_msg_id.to_owned(),
+            text: text.to_owned(),
+            // The transaction's start, as the column's default would have it.
+            sent_at: locked.get(1),
+            edited_at: None,
+            deleted: false,
+            video_id,
+            reactions: Vec::new(),
+        };
+        let event = events::message_created(&message, &members);
+        let traceparent = tertulia_plumbing::telemetry::current_traceparent();
+        let (bump, insert, read, outbox) = tokio::try_join!(
+            tx.prepare_cached(
+                "UPDATE conversations SET last_seq = $2, last_activity_at = now()
+                 WHERE conversation_id = $1",
+            ),
+            tx.prepare_cached(
+                "INSERT INTO messages (conversation_id, seq, message_id, sender_id,
+                                       client_msg_id, text, video_id, sent_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            ),
+            // Senders have read what they wrote.
+            tx.prepare_cached(
+                "UPDATE members SET read_seq = $3 WHERE conversation_id = $1 AND user_id = $2",
+            ),
+            tx.prepare_cached(INSERT_OUTBOX),
+        )?;
+        let bump_params: [&(dyn ToSql + Sync); 2] = [&conversation_id, &message.seq];
+        let insert_params: [&(dyn ToSql + Sync); 8] = [
+            &conversation_id,
+            &message.seq,
+            &message.message_id,
+            &actor,
+            &client_msg_id,
+            &text,
+            &video_id,
+            &message.sent_at,
+        ];
+        let read_params: [&(dyn ToSql + Sync); 3] = [&conversation_id, &actor, &message.seq];
+        let outbox_params: [&(dyn ToSql + Sync); 4] =
+            [&event.event_id, &event.subject, &event.payload, &traceparent];
+        tokio::try_join!(
+            tx.execute(&bump, &bump_params),
+            tx.execute(&insert, &insert_params),
+            tx.execute(&read, &read_params),
+            tx.execute(&outbox, &outbox_params),
+        )?;
         tx.commit().await?;
         Ok(Sent::Created(message))
     }
@@ -737,12 +780,10 @@ impl ChatStore {
     /// Current members of a conversation.
     pub async fn member_ids(&self, conversation_id: Uuid) -> Result<Vec<Uuid>, DbError> {
         let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                "SELECT user_id FROM members WHERE conversation_id = $1",
-                &[&conversation_id],
-            )
+        let statement = client
+            .prepare_cached("SELECT user_id FROM members WHERE conversation_id = $1")
             .await?;
+        let rows = client.query(&statement, &[&conversation_id]).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
@@ -752,8 +793,8 @@ impl ChatStore {
         tx: &Transaction<'_>,
         limit: i64,
     ) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
-        let rows = tx
-            .query(
+        let statement = tx
+            .prepare_cached(
                 "SELECT event_id, subject, payload,
                         extract(epoch FROM clock_timestamp() - created_at)::float8,
                         traceparent
@@ -762,9 +803,9 @@ impl ChatStore {
                  ORDER BY created_at, event_id
                  LIMIT $1
                  FOR UPDATE SKIP LOCKED",
-                &[&limit],
             )
             .await?;
+        let rows = tx.query(&statement, &[&limit]).await?;
         Ok(rows
             .iter()
             .map(|r| OutboxRow {
@@ -782,11 +823,10 @@ impl ChatStore {
         tx: &Transaction<'_>,
         ids: &[Uuid],
     ) -> Result<(), tokio_postgres::Error> {
-        tx.execute(
-            "UPDATE outbox SET published_at = now() WHERE event_id = ANY($1)",
-            &[&ids],
-        )
-        .await?;
+        let statement = tx
+            .prepare_cached("UPDATE outbox SET published_at = now() WHERE event_id = ANY($1)")
+            .await?;
+        tx.execute(&statement, &[&ids]).await?;
         Ok(())
     }
 
