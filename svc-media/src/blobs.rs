@@ -8,12 +8,15 @@
 //! derived/<blake3>/hls/<rung>/index.m3u8, seg_00000.ts, ...
 //! ```
 
-use std::{path::Path as FsPath, sync::Arc};
+use std::{
+    path::{Path as FsPath, PathBuf},
+    sync::Arc,
+};
 
 use futures::TryStreamExt as _;
 use object_store::{
     GetOptions, GetResult, ObjectMeta, ObjectStore, PutPayload, aws::AmazonS3Builder,
-    buffered::BufWriter, local::LocalFileSystem, path::Path,
+    buffered::BufWriter, chunked::ChunkedStore, local::LocalFileSystem, path::Path,
 };
 use secrecy::ExposeSecret as _;
 use tokio::io::AsyncWriteExt as _;
@@ -37,10 +40,16 @@ impl From<std::io::Error> for BlobError {
     }
 }
 
+/// How much of a local file one read takes when it is streamed out (the local store's own
+/// default is 8 KiB, a blocking-pool round trip per 8 KiB).
+const LOCAL_READ_CHUNK: usize = 256 * 1024;
+
 /// The media blobs.
 #[derive(Clone, Debug)]
 pub struct Blobs {
     store: Arc<dyn ObjectStore>,
+    /// The folder of a local store: files enter it by hard link when they can.
+    local_root: Option<PathBuf>,
 }
 
 /// Key of an original.
@@ -58,10 +67,15 @@ pub fn derived(hash: &str, rest: &str) -> Path {
 impl Blobs {
     /// Opens the configured backend (creating a local root when missing).
     pub fn open(config: &BlobConfig) -> Result<Self, BlobError> {
+        let mut local_root = None;
         let store: Arc<dyn ObjectStore> = match config {
             BlobConfig::Fs { root } => {
                 std::fs::create_dir_all(root)?;
-                Arc::new(LocalFileSystem::new_with_prefix(root)?)
+                local_root = Some(std::fs::canonicalize(root)?);
+                Arc::new(ChunkedStore::new(
+                    Arc::new(LocalFileSystem::new_with_prefix(root)?),
+                    LOCAL_READ_CHUNK,
+                ))
             }
             BlobConfig::S3 {
                 bucket,
@@ -84,7 +98,7 @@ impl Blobs {
                 Arc::new(builder.build()?)
             }
         };
-        Ok(Self { store })
+        Ok(Self { store, local_root })
     }
 
     /// Metadata of an object, `None` when absent.
@@ -115,8 +129,31 @@ impl Blobs {
         Ok(())
     }
 
-    /// Streams a local file into an object (multipart on S3), replacing it atomically.
+    /// Streams a local file into an object (multipart on S3), replacing it atomically. A
+    /// local store on the same file system takes the file by hard link instead of a copy
+    /// (objects are content-addressed, so an existing one already has these bytes); the
+    /// caller must not change the file afterwards.
     pub async fn put_file(&self, key: &Path, file: &FsPath) -> Result<(), BlobError> {
+        if let Some(root) = &self.local_root {
+            let target = root.join(key.as_ref());
+            let source = file.to_owned();
+            let linked = tokio::task::spawn_blocking(move || {
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                match std::fs::hard_link(&source, &target) {
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                    other => other,
+                }
+            })
+            .await
+            .map_err(|e| BlobError(e.to_string()))?;
+            match linked {
+                Ok(()) => return Ok(()),
+                // Another file system (or no links there): copy as any store would.
+                Err(e) => tracing::debug!(message = "Blob not linked; copying.", error = %e),
+            }
+        }
         let mut source = tokio::fs::File::open(file).await?;
         let mut writer = BufWriter::new(Arc::clone(&self.store), key.clone());
         if let Err(e) = tokio::io::copy(&mut source, &mut writer).await {
@@ -162,5 +199,35 @@ impl Blobs {
             self.delete(&meta.location).await?;
         }
         self.delete(&original(hash)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_local_store_takes_a_file_by_link_and_keeps_the_first_copy() {
+        let dir = std::env::temp_dir().join(format!("tertulia-blobs-{}", uuid::Uuid::now_v7()));
+        let root = dir.join("blobs");
+        let blobs = Blobs::open(&BlobConfig::Fs { root: root.clone() }).unwrap();
+        let file = dir.join("partial");
+        std::fs::write(&file, b"the bytes").unwrap();
+        let key = original("abc");
+        blobs.put_file(&key, &file).await.unwrap();
+        let stored = root.join("originals/abc");
+        assert_eq!(
+            std::fs::metadata(&stored).unwrap().ino(),
+            std::fs::metadata(&file).unwrap().ino(),
+            "linked, not copied"
+        );
+        // Content-addressed: putting the same key again keeps what is there.
+        blobs.put_file(&key, &file).await.unwrap();
+        std::fs::remove_file(&file).unwrap();
+        let object = blobs.get(&key, GetOptions::default()).await.unwrap().unwrap();
+        assert_eq!(object.bytes().await.unwrap().as_ref(), b"the bytes");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
