@@ -17,7 +17,7 @@ mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 log "Open files per process: $(ulimit -n)"
 
-"$ROOT/scripts/tools.sh"
+"$ROOT/scripts/tools.sh" --bench
 log "Building optimised binaries (the services and the load generator)"
 (cd "$ROOT" && cargo build -j2 --release -q --bins)
 # The generator signs in thousands of users from a few addresses in seconds: the stack's login
@@ -55,10 +55,10 @@ WATCH=(--watch svc-bff,svc-chat,svc-presence,postgres,nats-server,node,tertulia-
 
 if [ "$MODE" = long ]; then
   CONNECTIONS=100000; CONN_USERS=1000; STEP=20; RATES=1000,2000,5000,8000,12000
-  STORM=20000; SIZES_RATE=2000; MEMBERS=1000
+  STORM=20000; SIZES_RATE=2000; MEMBERS=1000; VIDEOS=1000000; MEDIA_STEP=20
 else
   CONNECTIONS=10000; CONN_USERS=200; STEP=5; RATES=500,1000,2000,4000
-  STORM=2000; SIZES_RATE=1000; MEMBERS=300
+  STORM=2000; SIZES_RATE=1000; MEMBERS=300; VIDEOS=200000; MEDIA_STEP=5
 fi
 # One process holds at most `ulimit -n` sockets (the gateway and the generator alike): where
 # the hard limit is lower than a target, the run uses what fits and the report says so.
@@ -90,6 +90,22 @@ for size in 2 10 100; do
     --rates "$rates" --duration "$STEP" "${WATCH[@]}"
 done
 run storm-tertulia storm "${TERTULIA[@]}" --clients "$STORM" --devices 10 --messages 5
+
+# The media origin against nginx, a large tus upload against the disk; catalog search.
+record() {
+  local name=$1
+  shift
+  log "$name: $*"
+  # Recorded relative to the checkout (the report is committed).
+  local words="$*"
+  printf '%s\n' "${words//$ROOT\//}" > "$OUT/$name.cmd"
+  (cd "$ROOT" && python3 "$@") 2> >(tee "$OUT/$name.log" >&2) ||
+    log "$name reported a failure (see $OUT/$name.log)"
+}
+record media scripts/bench_media.py "$OUT" "http://127.0.0.1:$BFF_PORT" "$RUN/media/blobs" \
+  --duration "$MEDIA_STEP" --upload-mib 1024
+record catalog scripts/bench_catalog.py "$OUT" "http://127.0.0.1:$BFF_PORT" "$TERTULIA_DATABASE_URL" \
+  --videos "$VIDEOS" --duration "$MEDIA_STEP"
 
 echo "$(ulimit -n)" > "$OUT/open-files-limit"
 python3 "$ROOT/scripts/bench_report.py" "$OUT" "$MODE" > "$ROOT/docs/BENCHMARKS.md"

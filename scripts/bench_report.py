@@ -203,6 +203,73 @@ def main():
     else:
         p("Not run.")
     p()
+    media(folder)
+    catalog(folder)
+
+
+def media(folder):
+    p = print
+    m = load(folder, "media")
+    p("## Media origin and uploads")
+    p()
+    if not m:
+        p("Not run (or failed: see `.run/bench/media.log`).")
+        p()
+        return
+    p("The origin (`svc-media`: signed URL checked, video looked up, object streamed from the")
+    p("local blob store) against nginx (Debian's package, `sendfile on`, 2 workers) serving the")
+    p(f"same file from the same folder; wrk with 2 threads and 16 connections for {m['duration_s']} s")
+    p(f"each, on the same 2 cores. The object is a {m['object_bytes'] / 1024 / 1024:.1f} MiB original.")
+    p()
+    p("| reads | Tertulia MiB/s | nginx MiB/s | Tertulia ÷ nginx | Tertulia req/s (p50 / p99 ms) | nginx req/s (p50 / p99 ms) |")
+    p("| --- | --- | --- | --- | --- | --- |")
+    for kind, label in (("full", "whole file"), ("range", "random 1 MiB ranges")):
+        t, n = m[f"{kind}_tertulia"], m[f"{kind}_nginx"]
+        p(f"| {label} | {t['mib_per_s']:.0f} | {n['mib_per_s']:.0f} | {ratio(t['mib_per_s'], n['mib_per_s'])} | "
+          f"{t['requests_per_s']:.0f} ({ms(t['p50_ms'])} / {ms(t['p99_ms'])}) | {n['requests_per_s']:.0f} ({ms(n['p50_ms'])} / {ms(n['p99_ms'])}) |")
+    p()
+    p(f"tus upload of {m['upload_mib']} MiB over loopback (creation, then one streamed `PATCH` with")
+    p("curl; the answer comes once the bytes are fsynced, hashed and stored under their hash):")
+    p(f"{m['upload_seconds']:.2f} s, **{m['upload_mib_s']:.0f} MiB/s**, against the disk's sequential write")
+    p(f"rate of {m['disk_write_mib_s']:.0f} MiB/s (`dd bs=1M conv=fdatasync` to the same file system):")
+    p(f"{ratio(m['upload_mib_s'], m['disk_write_mib_s'])}.")
+    p()
+    if command(folder, "media"):
+        p(f"`{command(folder, 'media')}`")
+        p()
+
+
+def catalog(folder):
+    p = print
+    c = load(folder, "catalog")
+    p("## Catalog search")
+    p()
+    if not c:
+        p("Not run (or failed: see `.run/bench/catalog.log`).")
+        p()
+        return
+    p(f"{c['videos']:,} public, ready videos generated into the catalog's table (titles, tags and")
+    p("descriptions from a skewed vocabulary: a few words are in a large share of the videos, as")
+    p("\"music\" is on a video site), then searched through the public API (`GET /api/v2/videos`,")
+    p(f"signed in, {c['page_size']} per page) with wrk, 1 thread and 2 connections, cycling through each row's queries.")
+    p("Latency is the whole call: gateway, catalog service, PostgreSQL.")
+    p()
+    p("| search | p50 (ms) | p99 (ms) | req/s | example |")
+    p("| --- | --- | --- | --- | --- |")
+    for name, r in c["search"].items():
+        p(f"| {name} | {ms(r['p50_ms'])} | {ms(r['p99_ms'])} | {r['requests_per_s']:.0f} | `{r['example']}` |")
+    p()
+    depths = sorted({d for v in c["pagination"].values() for d in v}, key=int)
+    p("A page's cost by depth (median of 3 walks following `next_page_token` from the first page):")
+    p()
+    p("| listing | " + " | ".join(f"page {d} (ms)" for d in depths) + " |")
+    p("| --- | " + " | ".join("---" for _ in depths) + " |")
+    for name, costs in c["pagination"].items():
+        p(f"| {name} | " + " | ".join(ms(costs[d]) if d in costs else "–" for d in depths) + " |")
+    p()
+    if command(folder, "catalog"):
+        p(f"`{command(folder, 'catalog')}`")
+        p()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 # - PostgreSQL from Debian's packages when no server answers on 127.0.0.1:5432, started;
 # - the `tertulia` database for the local stack;
 # - Node.js and npm (the web client's build) from Debian's packages when missing;
-# - with `--browser`: Debian's Chromium and ChromeDriver, for the browser tests.
+# - with `--browser`: Debian's Chromium and ChromeDriver, for the browser tests;
+# - with `--bench`: Debian's nginx and wrk, for the media origin's benchmark.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -86,11 +87,18 @@ browser() {
   fi
 }
 
+bench() {
+  if ! command -v wrk >/dev/null || ! { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null; then
+    apt_install nginx-light wrk
+  fi
+}
+
 python_tools
 media_tools
 node_tools
 postgres
 database
-if [ "${1:-}" = --browser ]; then
-  browser
-fi
+case "${1:-}" in
+  --browser) browser ;;
+  --bench) bench ;;
+esac
