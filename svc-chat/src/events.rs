@@ -527,7 +527,11 @@ fn decode(subject: &str, payload: &[u8]) -> Result<(Uuid, pb::Delivery, Recipien
         }
         other => return Err(FanOutError::Poison(format!("unknown event kind {other:?}"))),
     };
-    Ok((conversation_id, pb::Delivery { event: Some(event) }, recipients))
+    Ok((
+        conversation_id,
+        pb::Delivery { event: Some(event) },
+        recipients,
+    ))
 }
 
 #[cfg(test)]

@@ -226,7 +226,11 @@ mod tests {
         // Content-addressed: putting the same key again keeps what is there.
         blobs.put_file(&key, &file).await.unwrap();
         std::fs::remove_file(&file).unwrap();
-        let object = blobs.get(&key, GetOptions::default()).await.unwrap().unwrap();
+        let object = blobs
+            .get(&key, GetOptions::default())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(object.bytes().await.unwrap().as_ref(), b"the bytes");
         std::fs::remove_dir_all(&dir).unwrap();
     }

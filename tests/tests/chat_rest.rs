@@ -342,7 +342,11 @@ async fn racing_retries_of_one_send_store_it_once() {
         .iter()
         .map(|m| m["seq"].as_u64().unwrap())
         .collect();
-    assert_eq!(seqs, (1..=9).collect::<Vec<u64>>(), "8 others and one stored copy");
+    assert_eq!(
+        seqs,
+        (1..=9).collect::<Vec<u64>>(),
+        "8 others and one stored copy"
+    );
 }
 
 #[tokio::test]

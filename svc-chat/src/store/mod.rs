@@ -585,8 +585,12 @@ impl ChatStore {
             &message.sent_at,
         ];
         let read_params: [&(dyn ToSql + Sync); 3] = [&conversation_id, &actor, &message.seq];
-        let outbox_params: [&(dyn ToSql + Sync); 4] =
-            [&event.event_id, &event.subject, &event.payload, &traceparent];
+        let outbox_params: [&(dyn ToSql + Sync); 4] = [
+            &event.event_id,
+            &event.subject,
+            &event.payload,
+            &traceparent,
+        ];
         tokio::try_join!(
             tx.execute(&bump, &bump_params),
             tx.execute(&insert, &insert_params),
