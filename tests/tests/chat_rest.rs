@@ -294,6 +294,71 @@ async fn concurrent_senders_get_gap_free_unique_seqs() {
     assert_eq!(seqs, (1..=30).collect::<Vec<u64>>());
 }
 
+/// Concurrent sends are group-committed: whatever shares a transaction, every conversation's
+/// seqs stay gap-free and in answer order per sender, and a send that must fail (a stranger's)
+/// fails alone.
+#[tokio::test]
+async fn concurrent_sends_to_several_conversations_each_get_their_own_answer() {
+    let stack = Stack::start().await;
+    let ana = stack.signed_up("ana").await;
+    let ben = stack.signed_up("ben").await;
+    let eve = stack.signed_up("eve").await;
+    let mut groups = Vec::new();
+    for _ in 0..3 {
+        let group = conversation(&stack, &ana, "group", &[&ben.user_id]).await;
+        groups.push(group["id"].as_str().unwrap().to_owned());
+    }
+    let sends = (0..60).map(|n| {
+        let (stack, groups) = (&stack, &groups);
+        let who = match n {
+            7 | 31 => &eve,
+            n if n % 2 == 0 => &ana,
+            _ => &ben,
+        };
+        async move {
+            let id = &groups[n % 3];
+            let answer = send(stack, who, id, &format!("m{n}"), &format!("text {n}")).await;
+            (n, answer.status(), answer.json::<Value>().await.unwrap())
+        }
+    });
+    let mut seqs: Vec<Vec<u64>> = vec![Vec::new(); 3];
+    for (n, status, body) in futures::future::join_all(sends).await {
+        if n == 7 || n == 31 {
+            assert_eq!(status, 404, "a stranger's send fails: {body}");
+            assert_eq!(body["code"], "not_found", "{body}");
+            continue;
+        }
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(
+            body["text"],
+            format!("text {n}"),
+            "each send gets its own message"
+        );
+        seqs[n % 3].push(body["seq"].as_u64().unwrap());
+    }
+    for (id, mut answered) in groups.iter().zip(seqs) {
+        answered.sort_unstable();
+        let history: Value = stack
+            .http
+            .get(stack.url(&format!("/api/v1/conversations/{id}/messages?limit=100")))
+            .bearer_auth(&ana.access_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let stored: Vec<u64> = history["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(stored, (1..=answered.len() as u64).collect::<Vec<_>>());
+        assert_eq!(answered, stored, "every stored message was answered, once");
+    }
+}
+
 #[tokio::test]
 async fn racing_retries_of_one_send_store_it_once() {
     let stack = Stack::start().await;

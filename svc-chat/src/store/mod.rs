@@ -1,10 +1,13 @@
 //! svc-chat's tables over deadpool-postgres. Every write and the events it causes commit in
 //! one transaction (the outbox), so an acknowledged change always has its event.
 
+mod batch;
+
 use deadpool_postgres::Transaction;
 use tertulia_plumbing::postgres::{DbError, Migration, PgPool};
 use time::OffsetDateTime;
-use tokio_postgres::{Row, types::ToSql};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::{
@@ -91,6 +94,8 @@ pub enum Membership {
 #[derive(Debug, Clone)]
 pub struct ChatStore {
     pool: PgPool,
+    /// The queue of the group commit of sends.
+    sends: mpsc::Sender<batch::Queued>,
 }
 
 const MESSAGE_COLUMNS: &str = "message_id, conversation_id, seq, sender_id, client_msg_id, text, \
@@ -275,10 +280,13 @@ async fn lock_group(
 }
 
 impl ChatStore {
-    /// A store over `pool` (already migrated).
+    /// A store over `pool` (already migrated). Starts the group commit of sends on the
+    /// current Tokio runtime; it ends when the last clone of the store is dropped.
     #[must_use]
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        let (sends, queue) = mpsc::channel(batch::QUEUE);
+        tokio::spawn(batch::run(pool.clone(), queue));
+        Self { pool, sends }
     }
 
     /// The pool, for the outbox relay's own transactions.
@@ -493,10 +501,10 @@ impl ChatStore {
     /// conversation row lock serialises sends, so `seq` is gap-free and a retry racing its
     /// original finds it.
     ///
-    /// Four round trips to the database, whatever the group size: `BEGIN`; the lock with,
-    /// pipelined behind it, the idempotency check and the member list (read after the lock,
-    /// so a membership change that committed while this send waited is seen); the four
-    /// writes, pipelined; `COMMIT`. Statements are prepared once per connection.
+    /// Sends are group-committed (see [`batch`]): concurrent ones share a transaction of
+    /// four round trips (`BEGIN`; the lock of their conversations with, pipelined behind
+    /// it, the idempotency check and the member lists; one write per table; `COMMIT`),
+    /// whatever the batch and group sizes. The answer comes after the commit.
     pub async fn send(
         &self,
         actor: Uuid,
@@ -505,100 +513,30 @@ impl ChatStore {
         content: &Content,
     ) -> Result<Sent, DbError> {
         let (text, video_id) = match content {
-            Content::Text(text) => (text.as_str(), None),
-            Content::Video(video) => ("", Some(*video)),
+            Content::Text(text) => (text.clone(), None),
+            Content::Video(video) => (String::new(), Some(*video)),
         };
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let earlier_sql = format!(
-            "SELECT ARRAY(SELECT user_id FROM members WHERE conversation_id = $1
-                          ORDER BY user_id) AS member_ids,
-                    e.*
-             FROM (SELECT 1) AS one
-             LEFT JOIN (SELECT {MESSAGE_COLUMNS} FROM messages
-                        WHERE conversation_id = $1 AND sender_id = $2
-                          AND client_msg_id = $3) AS e ON true"
-        );
-        let (lock, earlier) = tokio::try_join!(
-            tx.prepare_cached(
-                "SELECT c.last_seq, now() FROM conversations c
-                 JOIN members m ON m.conversation_id = c.conversation_id AND m.user_id = $2
-                 WHERE c.conversation_id = $1
-                 FOR UPDATE OF c",
-            ),
-            tx.prepare_cached(&earlier_sql),
-        )?;
-        let lock_params: [&(dyn ToSql + Sync); 2] = [&conversation_id, &actor];
-        let earlier_params: [&(dyn ToSql + Sync); 3] = [&conversation_id, &actor, &client_msg_id];
-        let (locked, earlier) = tokio::try_join!(
-            tx.query_opt(&lock, &lock_params),
-            tx.query_one(&earlier, &earlier_params),
-        )?;
-        let Some(locked) = locked else {
-            return Ok(Sent::NotMember);
-        };
-        if earlier.get::<_, Option<Uuid>>("message_id").is_some() {
-            return Ok(Sent::Existing(message_from(&earlier)));
-        }
-        let members: Vec<Uuid> = earlier.get("member_ids");
-        let message = Message {
-            message_id: Uuid::now_v7(),
+        let send = batch::NewSend {
+            actor,
             conversation_id,
-            seq: locked.get::<_, i64>(0) + 1,
-            sender_id: actor,
             client_msg_id: client_msg_id.to_owned(),
-            text: text.to_owned(),
-            // The transaction's start, as the column's default would have it.
-            sent_at: locked.get(1),
-            edited_at: None,
-            deleted: false,
+            text,
             video_id,
-            reactions: Vec::new(),
+            traceparent: tertulia_plumbing::telemetry::current_traceparent(),
         };
-        let event = events::message_created(&message, &members);
-        let traceparent = tertulia_plumbing::telemetry::current_traceparent();
-        let (bump, insert, read, outbox) = tokio::try_join!(
-            tx.prepare_cached(
-                "UPDATE conversations SET last_seq = $2, last_activity_at = now()
-                 WHERE conversation_id = $1",
-            ),
-            tx.prepare_cached(
-                "INSERT INTO messages (conversation_id, seq, message_id, sender_id,
-                                       client_msg_id, text, video_id, sent_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            ),
-            // Senders have read what they wrote.
-            tx.prepare_cached(
-                "UPDATE members SET read_seq = $3 WHERE conversation_id = $1 AND user_id = $2",
-            ),
-            tx.prepare_cached(INSERT_OUTBOX),
-        )?;
-        let bump_params: [&(dyn ToSql + Sync); 2] = [&conversation_id, &message.seq];
-        let insert_params: [&(dyn ToSql + Sync); 8] = [
-            &conversation_id,
-            &message.seq,
-            &message.message_id,
-            &actor,
-            &client_msg_id,
-            &text,
-            &video_id,
-            &message.sent_at,
-        ];
-        let read_params: [&(dyn ToSql + Sync); 3] = [&conversation_id, &actor, &message.seq];
-        let outbox_params: [&(dyn ToSql + Sync); 4] = [
-            &event.event_id,
-            &event.subject,
-            &event.payload,
-            &traceparent,
-        ];
-        tokio::try_join!(
-            tx.execute(&bump, &bump_params),
-            tx.execute(&insert, &insert_params),
-            tx.execute(&read, &read_params),
-            tx.execute(&outbox, &outbox_params),
-        )?;
-        tx.commit().await?;
-        Ok(Sent::Created(message))
+        let (reply, answer) = oneshot::channel();
+        let queued = batch::Queued {
+            send: send.clone(),
+            reply,
+        };
+        if self.sends.send(queued).await.is_ok()
+            && let Ok(result) = answer.await
+        {
+            return result;
+        }
+        // Only while the store shuts down: a transaction of its own (a copy that did
+        // commit is found by its client_msg_id).
+        batch::store_one(&self.pool, &send).await
     }
 
     /// A page of history in ascending `seq`: the oldest `limit` after `after`, or else the

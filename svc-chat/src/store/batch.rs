@@ -1,0 +1,298 @@
+//! Group commit for sends. Sends that arrive while others are being stored queue up, and the
+//! next free batch takes them all (up to [`MAX_BATCH`]) into one transaction: one lock
+//! statement for all their conversations, one statement per table for all their rows, and
+//! one commit, so one WAL flush is shared by many messages instead of paid by each. A lone
+//! send is a batch of one and costs what it did before: four round trips.
+//!
+//! Nothing is answered before its batch commits. When a batch fails as a whole (a lost
+//! connection, a deadlock), each of its sends is tried again in a transaction of its own, so
+//! one bad send cannot fail the others; a send whose first try did commit is found again by
+//! its `client_msg_id`.
+
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    sync::Arc,
+};
+
+use tertulia_plumbing::postgres::{DbError, PgPool};
+use time::OffsetDateTime;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use super::{MESSAGE_COLUMNS, Sent, message_from};
+use crate::{domain::Message, events};
+
+/// Most sends one transaction takes.
+const MAX_BATCH: usize = 128;
+/// Batches in flight at once (each holds a database connection).
+const CONCURRENT_BATCHES: usize = 4;
+/// Sends waiting for a batch before their senders wait too.
+pub(super) const QUEUE: usize = 4096;
+
+/// One send, as asked.
+#[derive(Debug, Clone)]
+pub(super) struct NewSend {
+    pub(super) actor: Uuid,
+    pub(super) conversation_id: Uuid,
+    pub(super) client_msg_id: String,
+    pub(super) text: String,
+    pub(super) video_id: Option<Uuid>,
+    /// The trace of the call, for the event's publish.
+    pub(super) traceparent: Option<String>,
+}
+
+/// A queued send and where its answer goes.
+#[derive(Debug)]
+pub(super) struct Queued {
+    pub(super) send: NewSend,
+    pub(super) reply: oneshot::Sender<Result<Sent, DbError>>,
+}
+
+/// Takes queued sends in batches until every sender is gone.
+pub(super) async fn run(pool: PgPool, mut queue: mpsc::Receiver<Queued>) {
+    let slots = Arc::new(Semaphore::new(CONCURRENT_BATCHES));
+    while let Some(first) = queue.recv().await {
+        // Wait for a free slot before taking more: while all are busy, sends accumulate and
+        // the next batch is larger.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(queued) => batch.push(queued),
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            store_batch(&pool, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn store_batch(pool: &PgPool, batch: Vec<Queued>) {
+    let sends: Vec<&NewSend> = batch.iter().map(|q| &q.send).collect();
+    match store(pool, &sends).await {
+        Ok(results) => {
+            for (queued, result) in batch.into_iter().zip(results) {
+                // A caller that went away has its answer in the database.
+                queued.reply.send(Ok(result)).ok();
+            }
+        }
+        Err(error) if batch.len() > 1 => {
+            tracing::debug!(message = "Send batch failed; storing its sends one by one.", sends = batch.len(), error = %tertulia_plumbing::error::chain(&error));
+            futures::future::join_all(batch.into_iter().map(|queued| async move {
+                let result = store_one(pool, &queued.send).await;
+                queued.reply.send(result).ok();
+            }))
+            .await;
+        }
+        Err(error) => {
+            if let Some(queued) = batch.into_iter().next() {
+                queued.reply.send(Err(error)).ok();
+            }
+        }
+    }
+}
+
+/// Stores one send in a transaction of its own.
+pub(super) async fn store_one(pool: &PgPool, send: &NewSend) -> Result<Sent, DbError> {
+    let mut results = store(pool, &[send]).await?;
+    Ok(results.remove(0))
+}
+
+/// Stores `sends` in one transaction; one answer per send, in order.
+async fn store(pool: &PgPool, sends: &[&NewSend]) -> Result<Vec<Sent>, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let mut conversations: Vec<Uuid> = sends.iter().map(|s| s.conversation_id).collect();
+    conversations.sort_unstable();
+    conversations.dedup();
+    let earlier_sql = format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages
+         WHERE (conversation_id, sender_id, client_msg_id) IN
+               (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[]))"
+    );
+    let (lock, members, earlier) = tokio::try_join!(
+        // In one order, so batches that share conversations cannot deadlock.
+        tx.prepare_cached(
+            "SELECT conversation_id, last_seq, now() FROM conversations
+             WHERE conversation_id = ANY($1) ORDER BY conversation_id FOR UPDATE",
+        ),
+        tx.prepare_cached(
+            "SELECT conversation_id, array_agg(user_id ORDER BY user_id) FROM members
+             WHERE conversation_id = ANY($1) GROUP BY conversation_id",
+        ),
+        tx.prepare_cached(&earlier_sql),
+    )?;
+    let keys = (
+        sends.iter().map(|s| s.conversation_id).collect::<Vec<_>>(),
+        sends.iter().map(|s| s.actor).collect::<Vec<_>>(),
+        sends
+            .iter()
+            .map(|s| s.client_msg_id.as_str())
+            .collect::<Vec<_>>(),
+    );
+    // Pipelined behind the lock, so they read what committed before it was granted.
+    let lock_params: [&(dyn ToSql + Sync); 1] = [&conversations];
+    let earlier_params: [&(dyn ToSql + Sync); 3] = [&keys.0, &keys.1, &keys.2];
+    let (locked, members, earlier) = tokio::try_join!(
+        tx.query(&lock, &lock_params),
+        tx.query(&members, &lock_params),
+        tx.query(&earlier, &earlier_params),
+    )?;
+    let mut last_seq: HashMap<Uuid, i64> = locked.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let now: Option<OffsetDateTime> = locked.first().map(|r| r.get(2));
+    let members: HashMap<Uuid, Vec<Uuid>> = members.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut known: HashMap<(Uuid, Uuid, String), Message> = earlier
+        .iter()
+        .map(message_from)
+        .map(|m| ((m.conversation_id, m.sender_id, m.client_msg_id.clone()), m))
+        .collect();
+    let mut results = Vec::with_capacity(sends.len());
+    let mut writes = Writes::default();
+    for send in sends {
+        let member_ids = members
+            .get(&send.conversation_id)
+            .filter(|ids| ids.contains(&send.actor));
+        let (Some(member_ids), Some(seq), Some(now)) =
+            (member_ids, last_seq.get_mut(&send.conversation_id), now)
+        else {
+            results.push(Sent::NotMember);
+            continue;
+        };
+        let key = (send.conversation_id, send.actor, send.client_msg_id.clone());
+        let message = match known.entry(key) {
+            // Sent before, or earlier in this batch.
+            Entry::Occupied(first) => {
+                results.push(Sent::Existing(first.get().clone()));
+                continue;
+            }
+            Entry::Vacant(slot) => {
+                *seq += 1;
+                slot.insert(Message {
+                    message_id: Uuid::now_v7(),
+                    conversation_id: send.conversation_id,
+                    seq: *seq,
+                    sender_id: send.actor,
+                    client_msg_id: send.client_msg_id.clone(),
+                    text: send.text.clone(),
+                    // The transaction's start, as the column's default would have it.
+                    sent_at: now,
+                    edited_at: None,
+                    deleted: false,
+                    video_id: send.video_id,
+                    reactions: Vec::new(),
+                })
+                .clone()
+            }
+        };
+        writes.add(&message, member_ids, send.traceparent.clone());
+        results.push(Sent::Created(message));
+    }
+    if !writes.is_empty() {
+        writes.apply(&tx).await?;
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+/// The rows a batch writes, column by column.
+#[derive(Default)]
+struct Writes {
+    /// Newest seq per conversation.
+    last_seq: HashMap<Uuid, i64>,
+    /// Senders have read what they wrote: newest seq per (conversation, sender).
+    read_seq: HashMap<(Uuid, Uuid), i64>,
+    messages: Vec<Message>,
+    outbox: Vec<(events::OutboxEvent, Option<String>)>,
+}
+
+impl Writes {
+    fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    fn add(&mut self, message: &Message, members: &[Uuid], traceparent: Option<String>) {
+        self.last_seq.insert(message.conversation_id, message.seq);
+        self.read_seq
+            .insert((message.conversation_id, message.sender_id), message.seq);
+        self.outbox
+            .push((events::message_created(message, members), traceparent));
+        self.messages.push(message.clone());
+    }
+
+    /// One statement per table, pipelined.
+    async fn apply(self, tx: &deadpool_postgres::Transaction<'_>) -> Result<(), DbError> {
+        let (bump, insert, read, outbox) = tokio::try_join!(
+            tx.prepare_cached(
+                "UPDATE conversations c SET last_seq = v.seq, last_activity_at = now()
+                 FROM unnest($1::uuid[], $2::int8[]) AS v(id, seq)
+                 WHERE c.conversation_id = v.id",
+            ),
+            tx.prepare_cached(
+                "INSERT INTO messages (conversation_id, seq, message_id, sender_id,
+                                       client_msg_id, text, video_id, sent_at)
+                 SELECT * FROM unnest($1::uuid[], $2::int8[], $3::uuid[], $4::uuid[],
+                                      $5::text[], $6::text[], $7::uuid[], $8::timestamptz[])",
+            ),
+            tx.prepare_cached(
+                "UPDATE members m SET read_seq = v.seq
+                 FROM unnest($1::uuid[], $2::uuid[], $3::int8[]) AS v(c, u, seq)
+                 WHERE m.conversation_id = v.c AND m.user_id = v.u",
+            ),
+            tx.prepare_cached(
+                "INSERT INTO outbox (event_id, subject, payload, traceparent)
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::text[])",
+            ),
+        )?;
+        let (conversations, seqs): (Vec<Uuid>, Vec<i64>) = self.last_seq.into_iter().unzip();
+        let (readers, read_seqs): (Vec<(Uuid, Uuid)>, Vec<i64>) = self.read_seq.into_iter().unzip();
+        let (read_conversations, read_users): (Vec<Uuid>, Vec<Uuid>) = readers.into_iter().unzip();
+        let m = &self.messages;
+        let column = |f: fn(&Message) -> Uuid| m.iter().map(f).collect::<Vec<_>>();
+        let message_ids = column(|m| m.message_id);
+        let message_conversations = column(|m| m.conversation_id);
+        let senders = column(|m| m.sender_id);
+        let message_seqs: Vec<i64> = m.iter().map(|m| m.seq).collect();
+        let client_ids: Vec<&str> = m.iter().map(|m| m.client_msg_id.as_str()).collect();
+        let texts: Vec<&str> = m.iter().map(|m| m.text.as_str()).collect();
+        let videos: Vec<Option<Uuid>> = m.iter().map(|m| m.video_id).collect();
+        let sent_at: Vec<OffsetDateTime> = m.iter().map(|m| m.sent_at).collect();
+        let event_ids: Vec<Uuid> = self.outbox.iter().map(|(e, _)| e.event_id).collect();
+        let subjects: Vec<&str> = self
+            .outbox
+            .iter()
+            .map(|(e, _)| e.subject.as_str())
+            .collect();
+        let payloads: Vec<&[u8]> = self
+            .outbox
+            .iter()
+            .map(|(e, _)| e.payload.as_slice())
+            .collect();
+        let traces: Vec<Option<&str>> = self.outbox.iter().map(|(_, t)| t.as_deref()).collect();
+        let insert_params: [&(dyn ToSql + Sync); 8] = [
+            &message_conversations,
+            &message_seqs,
+            &message_ids,
+            &senders,
+            &client_ids,
+            &texts,
+            &videos,
+            &sent_at,
+        ];
+        let bump_params: [&(dyn ToSql + Sync); 2] = [&conversations, &seqs];
+        let read_params: [&(dyn ToSql + Sync); 3] = [&read_conversations, &read_users, &read_seqs];
+        let outbox_params: [&(dyn ToSql + Sync); 4] = [&event_ids, &subjects, &payloads, &traces];
+        tokio::try_join!(
+            tx.execute(&bump, &bump_params),
+            tx.execute(&insert, &insert_params),
+            tx.execute(&read, &read_params),
+            tx.execute(&outbox, &outbox_params),
+        )?;
+        Ok(())
+    }
+}
