@@ -9,13 +9,17 @@
 //! ```
 
 use std::{
+    ops::Range,
+    os::unix::fs::{FileExt as _, MetadataExt as _},
     path::{Path as FsPath, PathBuf},
     sync::Arc,
+    time::UNIX_EPOCH,
 };
 
-use futures::TryStreamExt as _;
+use bytes::Bytes;
+use futures::{StreamExt as _, TryStreamExt as _, stream::BoxStream};
 use object_store::{
-    GetOptions, GetResult, ObjectMeta, ObjectStore, PutPayload, aws::AmazonS3Builder,
+    GetOptions, GetRange, GetResult, ObjectMeta, ObjectStore, PutPayload, aws::AmazonS3Builder,
     buffered::BufWriter, chunked::ChunkedStore, local::LocalFileSystem, path::Path,
 };
 use secrecy::ExposeSecret as _;
@@ -43,6 +47,26 @@ impl From<std::io::Error> for BlobError {
 /// How much of a local file one read takes when it is streamed out (the local store's own
 /// default is 8 KiB, a blocking-pool round trip per 8 KiB).
 const LOCAL_READ_CHUNK: usize = 256 * 1024;
+
+/// An object opened for reading ([`Blobs::open_object`]): its size and validator, and for a local store the open
+/// file, so that serving it costs one open and then one positioned read per chunk.
+#[derive(Debug)]
+pub struct Opened {
+    /// Bytes.
+    pub size: u64,
+    /// A validator that changes whenever the stored bytes could have (without quotes).
+    pub etag: String,
+    source: Source,
+}
+
+#[derive(Debug)]
+enum Source {
+    Local(Arc<std::fs::File>),
+    Store(Path),
+}
+
+/// Bytes of an object, in chunks.
+pub type ByteStream = BoxStream<'static, Result<Bytes, BlobError>>;
 
 /// The media blobs.
 #[derive(Clone, Debug)]
@@ -107,6 +131,60 @@ impl Blobs {
             Ok(meta) => Ok(Some(meta)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens an object for [`Blobs::read`], `None` when absent.
+    pub async fn open_object(&self, key: &Path) -> Result<Option<Opened>, BlobError> {
+        let Some(root) = &self.local_root else {
+            return Ok(self.head(key).await?.map(|meta| Opened {
+                size: meta.size,
+                etag: meta.e_tag.map_or_else(
+                    || format!("{:x}-{:x}", meta.size, meta.last_modified.timestamp()),
+                    |t| t.trim_matches('"').to_owned(),
+                ),
+                source: Source::Store(key.clone()),
+            }));
+        };
+        let path = root.join(key.as_ref());
+        let opened = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(path)?;
+            let meta = file.metadata()?;
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .unwrap_or_default()
+                .as_micros();
+            // The local store's own validator (inode, modification time, size).
+            let etag = format!("{:x}-{mtime:x}-{:x}", meta.ino(), meta.len());
+            Ok::<_, std::io::Error>(Opened {
+                size: meta.len(),
+                etag,
+                source: Source::Local(Arc::new(file)),
+            })
+        })
+        .await
+        .map_err(|e| BlobError(e.to_string()))?;
+        match opened {
+            Ok(opened) => Ok(Some(opened)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The bytes `range` of an opened object (within its size).
+    pub async fn read(&self, opened: Opened, range: Range<u64>) -> Result<ByteStream, BlobError> {
+        match opened.source {
+            Source::Local(file) => Ok(read_local(file, range)),
+            Source::Store(key) => {
+                let options = GetOptions {
+                    range: Some(GetRange::Bounded(range)),
+                    ..GetOptions::default()
+                };
+                let object = self.store.get_opts(&key, options).await?;
+                Ok(object.into_stream().map_err(BlobError::from).boxed())
+            }
         }
     }
 
@@ -202,6 +280,32 @@ impl Blobs {
     }
 }
 
+/// `range` of a local file in positioned reads of [`LOCAL_READ_CHUNK`], each on the blocking
+/// pool.
+fn read_local(file: Arc<std::fs::File>, range: Range<u64>) -> ByteStream {
+    futures::stream::try_unfold(range, move |range| {
+        let file = Arc::clone(&file);
+        async move {
+            if range.is_empty() {
+                return Ok(None);
+            }
+            let len = usize::try_from(range.end - range.start)
+                .unwrap_or(usize::MAX)
+                .min(LOCAL_READ_CHUNK);
+            let start = range.start;
+            let chunk = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0; len];
+                file.read_exact_at(&mut buf, start)?;
+                Ok::<_, std::io::Error>(Bytes::from(buf))
+            })
+            .await
+            .map_err(|e| BlobError(e.to_string()))??;
+            Ok(Some((chunk, start + len as u64..range.end)))
+        }
+    })
+    .boxed()
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::MetadataExt as _;
@@ -233,5 +337,47 @@ mod tests {
             .unwrap();
         assert_eq!(object.bytes().await.unwrap().as_ref(), b"the bytes");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_local_object_reads_any_range_in_chunks_and_a_missing_one_is_none() {
+        let root = std::env::temp_dir().join(format!("tertulia-blobs-{}", uuid::Uuid::now_v7()));
+        let blobs = Blobs::open(&BlobConfig::Fs { root: root.clone() }).unwrap();
+        let bytes: Vec<u8> = (0..LOCAL_READ_CHUNK * 2 + 1000)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
+        let key = derived("abc", "hls/seg_00000.ts");
+        blobs.put_bytes(&key, bytes.clone()).await.unwrap();
+        assert!(
+            blobs
+                .open_object(&derived("abc", "nope"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let whole = blobs.open_object(&key).await.unwrap().unwrap();
+        assert_eq!(whole.size, bytes.len() as u64);
+        let etag = whole.etag.clone();
+        let read = |opened, range| async { blobs.read(opened, range).await.unwrap() };
+        let chunks: Vec<Bytes> = read(whole, 0..bytes.len() as u64)
+            .await
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(chunks.len(), 3, "256 KiB reads");
+        assert_eq!(chunks.concat(), bytes);
+        let again = blobs.open_object(&key).await.unwrap().unwrap();
+        assert_eq!(again.etag, etag, "the same bytes keep their validator");
+        let middle = (LOCAL_READ_CHUNK - 10) as u64..(LOCAL_READ_CHUNK * 2 + 500) as u64;
+        let chunks: Vec<Bytes> = read(again, middle.clone())
+            .await
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(
+            chunks.concat(),
+            bytes[usize::try_from(middle.start).unwrap()..usize::try_from(middle.end).unwrap()]
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -21,7 +21,7 @@ use axum::{
     routing::get,
 };
 use futures::TryStreamExt as _;
-use object_store::{GetOptions, GetRange};
+use object_store::GetOptions;
 use uuid::Uuid;
 
 use crate::{
@@ -254,18 +254,14 @@ async fn serve_object(
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Response, Problem> {
-    let meta = media
+    let opened = media
         .blobs
-        .head(key)
+        .open_object(key)
         .await
         .map_err(|e| Problem::unavailable(&e))?
         .ok_or_else(not_found)?;
-    let size = meta.size;
-    let etag = meta.e_tag.as_deref().map_or_else(
-        || format!("{size:x}-{:x}", meta.last_modified.timestamp()),
-        |t| t.trim_matches('"').to_owned(),
-    );
-    let etag = format!("\"{etag}\"");
+    let size = opened.size;
+    let etag = format!("\"{}\"", opened.etag);
     let mut base = HeaderMap::new();
     base.insert(
         header::ETAG,
@@ -315,17 +311,12 @@ async fn serve_object(
     if head || length == 0 {
         return Ok((status, base).into_response());
     }
-    let options = GetOptions {
-        range: Some(GetRange::Bounded(first..last + 1)),
-        ..GetOptions::default()
-    };
-    let object = media
+    let stream = media
         .blobs
-        .get(key, options)
+        .read(opened, first..last + 1)
         .await
         .map_err(|e| Problem::unavailable(&e))?
-        .ok_or_else(not_found)?;
-    let stream = object.into_stream().map_err(std::io::Error::other);
+        .map_err(std::io::Error::other);
     Ok((status, base, Body::from_stream(stream)).into_response())
 }
 

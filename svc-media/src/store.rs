@@ -298,16 +298,16 @@ impl MediaStore {
         Self::is_deleted(&self.client().await?, video_id).await
     }
 
-    /// A video's content.
+    /// A video's content (asked on every media request, so the statement is prepared once
+    /// per connection).
     pub async fn video(&self, video_id: Uuid) -> Result<Option<StoredVideo>, DbError> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
                 "SELECT video_id, owner_id, content_hash, size FROM videos WHERE video_id = $1",
-                &[&video_id],
             )
             .await?;
+        let row = client.query_opt(&statement, &[&video_id]).await?;
         Ok(row.map(|r| StoredVideo {
             video_id: r.get(0),
             owner_id: r.get(1),

@@ -12,7 +12,7 @@
 //!   identical file already stored is not stored again), becomes the video's content, and
 //!   `uploaded` is published; transcoding follows from that event.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, os::unix::fs::FileExt as _, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -27,7 +27,7 @@ use futures::StreamExt as _;
 use sha1::Digest as _;
 use tertulia_plumbing::clock::http_date;
 use time::OffsetDateTime;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncReadExt as _;
 use uuid::Uuid;
 
 use crate::{
@@ -478,12 +478,6 @@ async fn append(
         Some(h) if h.count() == current => h,
         _ => rehash(&mut file, current).await.map_err(io)?,
     };
-    {
-        use tokio::io::AsyncSeekExt as _;
-        file.seek(std::io::SeekFrom::Start(current))
-            .await
-            .map_err(io)?;
-    }
     let before = hasher.clone();
     let Received {
         offset,
@@ -491,7 +485,7 @@ async fn append(
         interrupted,
         over,
     } = receive(
-        &mut file,
+        &file,
         body,
         current,
         upload.length,
@@ -544,34 +538,123 @@ struct Received {
     over: bool,
 }
 
-/// Appends a body at `offset`, hashing as it goes, never past `length`.
+/// Most received bytes held before they go to the disk in one write: a body arrives in
+/// chunks of a few KiB to a few hundred, and each write is a round trip to the blocking pool.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// Writes a body's chunks at increasing offsets, a batch at a time on the blocking pool while
+/// the next batch arrives.
+struct BatchWriter {
+    file: Arc<std::fs::File>,
+    writing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    batch: Vec<bytes::Bytes>,
+    len: usize,
+    at: u64,
+}
+
+impl BatchWriter {
+    fn new(file: std::fs::File, at: u64) -> Self {
+        Self {
+            file: Arc::new(file),
+            writing: None,
+            batch: Vec::new(),
+            len: 0,
+            at,
+        }
+    }
+
+    /// Adds a chunk; starts writing when a batch is full.
+    async fn push(&mut self, chunk: bytes::Bytes) -> std::io::Result<()> {
+        self.len += chunk.len();
+        self.batch.push(chunk);
+        if self.len >= WRITE_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts writing what is held (after the previous write finished).
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        self.wait().await?;
+        let (file, chunks, mut at) = (
+            Arc::clone(&self.file),
+            std::mem::take(&mut self.batch),
+            self.at,
+        );
+        self.at += self.len as u64;
+        self.len = 0;
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            for chunk in chunks {
+                file.write_all_at(&chunk, at)?;
+                at += chunk.len() as u64;
+            }
+            Ok(())
+        }));
+        Ok(())
+    }
+
+    async fn wait(&mut self) -> std::io::Result<()> {
+        match self.writing.take() {
+            Some(write) => write.await.map_err(std::io::Error::other)?,
+            None => Ok(()),
+        }
+    }
+
+    /// Writes everything held and waits for it.
+    async fn finish(mut self) -> std::io::Result<()> {
+        self.flush().await?;
+        self.wait().await
+    }
+}
+
+/// Appends a body at `offset`, hashing as it goes, never past `length`. Bytes that arrive
+/// back to back are written in batches of up to [`WRITE_BATCH`]; whenever the client pauses,
+/// what arrived goes to the disk, so `HEAD` soon reports it. Everything received is written
+/// before this returns.
 async fn receive(
-    file: &mut tokio::fs::File,
+    file: &tokio::fs::File,
     body: Body,
     mut offset: u64,
     length: u64,
     mut hasher: blake3::Hasher,
     mut checksum: Option<&mut Checksum>,
 ) -> std::io::Result<Received> {
+    use futures::FutureExt as _;
+    let mut writer = BatchWriter::new(file.try_clone().await?.into_std().await, offset);
     let mut stream = body.into_data_stream();
     let (mut interrupted, mut over) = (false, false);
-    while let Some(chunk) = stream.next().await {
-        let Ok(chunk) = chunk else {
-            // The client went away: what arrived is kept, and HEAD tells where to resume.
-            interrupted = true;
-            break;
+    loop {
+        let next = if let Some(next) = stream.next().now_or_never() {
+            next
+        } else {
+            // The client paused: what arrived goes to the disk meanwhile.
+            writer.flush().await?;
+            stream.next().await
         };
-        if offset + chunk.len() as u64 > length {
-            over = true;
-            break;
-        }
-        file.write_all(&chunk).await?;
+        let chunk = match next {
+            None => break,
+            // The client went away: what arrived is kept, and HEAD tells where to resume.
+            Some(Err(_)) => {
+                interrupted = true;
+                break;
+            }
+            Some(Ok(chunk)) if offset + chunk.len() as u64 > length => {
+                over = true;
+                break;
+            }
+            Some(Ok(chunk)) => chunk,
+        };
         hasher.update(&chunk);
         if let Some(c) = checksum.as_deref_mut() {
             c.update(&chunk);
         }
         offset += chunk.len() as u64;
+        writer.push(chunk).await?;
     }
+    writer.finish().await?;
     Ok(Received {
         offset,
         hasher,
