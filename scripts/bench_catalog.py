@@ -95,14 +95,17 @@ FROM (
 
 
 def wrk(bff, token, paths, duration):
-    """p50/p99 and rate of GETs cycling through `paths` (2 connections: latency, not load)."""
+    """p50/p99 and rate of GETs cycling through `paths` (2 connections: latency, not load).
+    A slow search is a result, not a failure: wrk waits up to 30 s for an answer, and
+    errors and timeouts are reported beside the latencies."""
     env = dict(os.environ, PATHS="\n".join(paths), TOKEN=token)
-    r = benchlib.wrk(["-t1", "-c2", f"-d{duration}s", "-s",
+    r = benchlib.wrk(["-t1", "-c2", f"-d{duration}s", "--timeout", "30s", "-s",
                       os.path.join(ROOT, "bench", "wrk", "paths.lua"), bff], env)
     if r["non_2xx"] or r["socket_errors"]:
-        fail(f"{r['non_2xx']} searches failed ({r['socket_errors']}), e.g. {paths[0]}")
+        log(f"{r['non_2xx']} searches failed ({r['socket_errors']}), e.g. {paths[0]}")
     return {"p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
-            "requests_per_s": r["requests_per_s"], "queries": len(paths), "example": paths[0]}
+            "requests_per_s": r["requests_per_s"], "queries": len(paths), "example": paths[0],
+            "failed": r["non_2xx"], "socket_errors": r["socket_errors"]}
 
 
 def depth_costs(bff, token, query, depths, limit=20, repeat=3):
