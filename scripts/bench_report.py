@@ -207,14 +207,21 @@ def main():
     catalog(folder)
 
 
+def section(folder, name, title):
+    """Prints the section's heading; its results, or None (saying so) when it did not run."""
+    print(f"## {title}")
+    print()
+    results = load(folder, name)
+    if not results:
+        print(f"Not run (or failed: see `.run/bench/{name}.log`).")
+        print()
+    return results
+
+
 def media(folder):
     p = print
-    m = load(folder, "media")
-    p("## Media origin and uploads")
-    p()
+    m = section(folder, "media", "Media origin and uploads")
     if not m:
-        p("Not run (or failed: see `.run/bench/media.log`).")
-        p()
         return
     p("The origin (`svc-media`: signed URL checked, video looked up, object streamed from the")
     p("local blob store) against nginx (Debian's package, `sendfile on`, 2 workers) serving the")
@@ -241,12 +248,8 @@ def media(folder):
 
 def catalog(folder):
     p = print
-    c = load(folder, "catalog")
-    p("## Catalog search")
-    p()
+    c = section(folder, "catalog", "Catalog search")
     if not c:
-        p("Not run (or failed: see `.run/bench/catalog.log`).")
-        p()
         return
     p(f"{c['videos']:,} public, ready videos generated into the catalog's table (titles, tags and")
     p("descriptions from a skewed vocabulary: a few words are in a large share of the videos, as")

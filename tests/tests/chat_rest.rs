@@ -294,6 +294,28 @@ async fn concurrent_senders_get_gap_free_unique_seqs() {
     assert_eq!(seqs, (1..=30).collect::<Vec<u64>>());
 }
 
+/// The seqs of a conversation's first 100 messages, as `who` sees them.
+async fn stored_seqs(stack: &Stack, who: &Session, conversation: &str) -> Vec<u64> {
+    let history: Value = stack
+        .http
+        .get(stack.url(&format!(
+            "/api/v1/conversations/{conversation}/messages?limit=100"
+        )))
+        .bearer_auth(&who.access_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect()
+}
+
 /// Concurrent sends are group-committed: whatever shares a transaction, every conversation's
 /// seqs stay gap-free and in answer order per sender, and a send that must fail (a stranger's)
 /// fails alone.
@@ -338,22 +360,7 @@ async fn concurrent_sends_to_several_conversations_each_get_their_own_answer() {
     }
     for (id, mut answered) in groups.iter().zip(seqs) {
         answered.sort_unstable();
-        let history: Value = stack
-            .http
-            .get(stack.url(&format!("/api/v1/conversations/{id}/messages?limit=100")))
-            .bearer_auth(&ana.access_token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let stored: Vec<u64> = history["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["seq"].as_u64().unwrap())
-            .collect();
+        let stored = stored_seqs(&stack, &ana, id).await;
         assert_eq!(stored, (1..=answered.len() as u64).collect::<Vec<_>>());
         assert_eq!(answered, stored, "every stored message was answered, once");
     }
@@ -391,24 +398,8 @@ async fn racing_retries_of_one_send_store_it_once() {
     assert_eq!(created, 1, "exactly one copy stores the message");
     seqs_of_same.dedup();
     assert_eq!(seqs_of_same.len(), 1, "every copy answers the same message");
-    let history: Value = stack
-        .http
-        .get(stack.url(&format!("/api/v1/conversations/{id}/messages?limit=100")))
-        .bearer_auth(&ana.access_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let seqs: Vec<u64> = history["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect();
     assert_eq!(
-        seqs,
+        stored_seqs(&stack, &ana, id).await,
         (1..=9).collect::<Vec<u64>>(),
         "8 others and one stored copy"
     );
