@@ -55,10 +55,10 @@ WATCH=(--watch svc-bff,svc-chat,svc-presence,postgres,nats-server,node,tertulia-
 
 if [ "$MODE" = long ]; then
   CONNECTIONS=100000; CONN_USERS=1000; STEP=20; RATES=1000,2000,5000,8000,12000
-  STORM=20000; SIZES_RATE=2000; MEMBERS=1000; VIDEOS=1000000; MEDIA_STEP=20
+  STORM=20000; SIZES_RATE=2000; MEMBERS=1000; VIDEOS=1000000; MEDIA_STEP=20; DEPTHS=1,10,100,500
 else
   CONNECTIONS=10000; CONN_USERS=200; STEP=5; RATES=500,1000,2000,4000
-  STORM=2000; SIZES_RATE=1000; MEMBERS=300; VIDEOS=200000; MEDIA_STEP=5
+  STORM=2000; SIZES_RATE=1000; MEMBERS=300; VIDEOS=200000; MEDIA_STEP=5; DEPTHS=1,10,50,100
 fi
 # One process holds at most `ulimit -n` sockets (the gateway and the generator alike): where
 # the hard limit is lower than a target, the run uses what fits and the report says so.
@@ -105,7 +105,7 @@ record() {
 record media scripts/bench_media.py "$OUT" "http://127.0.0.1:$BFF_PORT" "$RUN/media/blobs" \
   --duration "$MEDIA_STEP" --upload-mib 1024
 record catalog scripts/bench_catalog.py "$OUT" "http://127.0.0.1:$BFF_PORT" "$TERTULIA_DATABASE_URL" \
-  --videos "$VIDEOS" --duration "$MEDIA_STEP"
+  --videos "$VIDEOS" --duration "$MEDIA_STEP" --depths "$DEPTHS"
 
 echo "$(ulimit -n)" > "$OUT/open-files-limit"
 python3 "$ROOT/scripts/bench_report.py" "$OUT" "$MODE" > "$ROOT/docs/BENCHMARKS.md"

@@ -6,6 +6,7 @@ both together, and how a page costs at increasing depth (page tokens followed fr
 page).
 
 usage: bench_catalog.py OUT_DIR BFF_URL DATABASE_URL [--videos N] [--duration S] [--schema S]
+       [--depths 1,10,100,500]
 Writes OUT_DIR/catalog.json. Exits 1, naming the failure, when a step fails.
 """
 import argparse
@@ -138,6 +139,8 @@ def main():
     ap.add_argument("--videos", type=int, default=1_000_000)
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--schema", default="catalog")
+    ap.add_argument("--depths", default="1,10,100,500",
+                    help="pages at which to time a page, following page tokens")
     a = ap.parse_args()
     have = int(psql(a.database_url, f"SELECT count(*) FROM {a.schema}.videos"))
     start = time.monotonic()
@@ -169,7 +172,7 @@ def main():
         log(f"{name} ({a.duration} s)")
         results[name] = wrk(a.bff, token, paths, a.duration)
     log("page cost by depth")
-    depths = [1, 10, 100, 500]
+    depths = [int(d) for d in a.depths.split(",")]
     pagination = {
         "newest": depth_costs(a.bff, token, {}, depths),
         f"relevance, query {middling[0]!r}": depth_costs(a.bff, token, {"query": middling[0]},

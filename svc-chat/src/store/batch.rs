@@ -111,10 +111,14 @@ async fn store(pool: &PgPool, sends: &[&NewSend]) -> Result<Vec<Sent>, DbError> 
     let mut conversations: Vec<Uuid> = sends.iter().map(|s| s.conversation_id).collect();
     conversations.sort_unstable();
     conversations.dedup();
+    // Each lookup is its own index probe (`LIMIT 1` keeps the planner from turning them into
+    // one join, which it may plan as a scan of all messages while the table is small and
+    // then keep for the connection's life).
     let earlier_sql = format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages
-         WHERE (conversation_id, sender_id, client_msg_id) IN
-               (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[]))"
+        "SELECT m.* FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS k(c, s, id),
+         LATERAL (SELECT {MESSAGE_COLUMNS} FROM messages
+                  WHERE conversation_id = k.c AND sender_id = k.s AND client_msg_id = k.id
+                  LIMIT 1) AS m"
     );
     let (lock, members, earlier) = tokio::try_join!(
         // In one order, so batches that share conversations cannot deadlock.
@@ -123,8 +127,9 @@ async fn store(pool: &PgPool, sends: &[&NewSend]) -> Result<Vec<Sent>, DbError> 
              WHERE conversation_id = ANY($1) ORDER BY conversation_id FOR UPDATE",
         ),
         tx.prepare_cached(
-            "SELECT conversation_id, array_agg(user_id ORDER BY user_id) FROM members
-             WHERE conversation_id = ANY($1) GROUP BY conversation_id",
+            "SELECT k.c, ARRAY(SELECT user_id FROM members WHERE conversation_id = k.c
+                              ORDER BY user_id)
+             FROM unnest($1::uuid[]) AS k(c)",
         ),
         tx.prepare_cached(&earlier_sql),
     )?;
