@@ -181,16 +181,31 @@ impl Session {
         let period = self.config.ping_interval();
         let mut ping = interval_at(TokioInstant::now() + period, period);
         let shutdown = self.state.shutdown.clone();
+        // The frame being answered. One at a time, so a connection's sends are stored in the
+        // order it sent them; deliveries keep flowing meanwhile (a slow answer must not fill
+        // the delivery queue and get a healthy client disconnected), and further frames wait
+        // in the socket.
+        let mut answering: Option<Answering> = None;
         loop {
             tokio::select! {
-                incoming = self.socket.recv() => {
+                incoming = self.socket.recv(), if answering.is_none() => {
                     let Some(incoming) = incoming else {
                         return Ok(Ending { code: close::NORMAL, reason: "" });
                     };
                     let message = incoming.map_err(|error| too_big_or_lost(&error))?;
                     self.last_heard = Instant::now();
-                    if let Some(ending) = self.on_client(&user_id, &registration, message).await? {
-                        return Ok(ending);
+                    match self.on_client(&registration, message).await? {
+                        Incoming::Handled => {}
+                        Incoming::End(ending) => return Ok(ending),
+                        Incoming::Frame(frame) => {
+                            answering = Some(answering_frame(&self.state, self.api, &user_id, frame));
+                        }
+                    }
+                }
+                answer = async { answering.as_mut().expect("guarded").await }, if answering.is_some() => {
+                    answering = None;
+                    if let Some(answer) = answer {
+                        self.send(answer).await?;
                     }
                 }
                 event = registration.events.recv() => {
@@ -301,13 +316,12 @@ impl Session {
         }
     }
 
-    /// Handles one client message; `Some` ends the session.
+    /// Checks one client message: a frame to answer, an ending, or nothing more to do.
     async fn on_client(
         &mut self,
-        user_id: &str,
         registration: &Registration,
         message: Message,
-    ) -> Result<Option<Ending>, Ending> {
+    ) -> Result<Incoming, Ending> {
         let text = match message {
             Message::Text(text) => text,
             Message::Binary(_) => {
@@ -317,15 +331,15 @@ impl Session {
                     None,
                 ))
                 .await?;
-                return Ok(None);
+                return Ok(Incoming::Handled);
             }
             Message::Close(_) => {
-                return Ok(Some(Ending {
+                return Ok(Incoming::End(Ending {
                     code: close::NORMAL,
                     reason: "",
                 }));
             }
-            Message::Ping(_) | Message::Pong(_) => return Ok(None),
+            Message::Ping(_) | Message::Pong(_) => return Ok(Incoming::Handled),
         };
         // The budget is the user's, shared by all their connections on this gateway.
         if registration.admit_frame() {
@@ -333,7 +347,7 @@ impl Session {
         } else {
             self.rejected_in_a_row += 1;
             if self.rejected_in_a_row > self.config.max_rejected_in_a_row {
-                return Ok(Some(Ending {
+                return Ok(Incoming::End(Ending {
                     code: close::POLICY,
                     reason: "too many frames",
                 }));
@@ -344,25 +358,37 @@ impl Session {
                 None,
             ))
             .await?;
-            return Ok(None);
+            return Ok(Incoming::Handled);
         }
-        let frame = match frames::parse(&text) {
-            Ok(frame) => frame,
+        match frames::parse(&text) {
+            Ok(frame) => Ok(Incoming::Frame(frame)),
             Err(reason) => {
                 self.send(frames::error("invalid_argument", &reason, None))
                     .await?;
-                return Ok(None);
+                Ok(Incoming::Handled)
             }
-        };
-        let span = super::frame_span("websocket", frame.kind(), user_id, frame.traceparent());
-        if let Some(answer) = answer(&self.state, self.api, user_id, frame)
-            .instrument(span)
-            .await
-        {
-            self.send(answer).await?;
         }
-        Ok(None)
     }
+}
+
+/// What a client message asks for.
+enum Incoming {
+    /// Answered already (or nothing to answer).
+    Handled,
+    /// The session ends.
+    End(Ending),
+    /// A frame whose answer needs the services.
+    Frame(ClientFrame),
+}
+
+/// A frame's answer being worked out (nothing for reads and typing).
+type Answering = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Utf8Bytes>> + Send>>;
+
+/// Starts answering `frame`, apart from the connection's loop.
+fn answering_frame(state: &AppState, api: Api, user_id: &str, frame: ClientFrame) -> Answering {
+    let span = super::frame_span("websocket", frame.kind(), user_id, frame.traceparent());
+    let (state, user_id) = (state.clone(), user_id.to_owned());
+    Box::pin(async move { answer(&state, api, &user_id, frame).instrument(span).await })
 }
 
 /// What the gateway answers to a parsed client frame (nothing for reads and typing).

@@ -83,7 +83,7 @@ async fn store_batch(pool: &PgPool, batch: Vec<Queued>) {
             }
         }
         Err(error) if batch.len() > 1 => {
-            tracing::debug!(message = "Send batch failed; storing its sends one by one.", sends = batch.len(), error = %tertulia_plumbing::error::chain(&error));
+            tracing::warn!(message = "Send batch failed; storing its sends one by one.", sends = batch.len(), error = %tertulia_plumbing::error::chain(&error));
             futures::future::join_all(batch.into_iter().map(|queued| async move {
                 let result = store_one(pool, &queued.send).await;
                 queued.reply.send(result).ok();
