@@ -13,10 +13,11 @@ use super::{StoreError, VideoStore};
 use crate::domain::{Cursor, Hit, Order, Search, Video};
 
 /// Schema migrations, applied in order at start.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "videos",
-    sql: r"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "videos",
+        sql: r"
 CREATE TABLE videos (
     id uuid PRIMARY KEY,
     owner_id uuid NOT NULL,
@@ -35,7 +36,20 @@ CREATE INDEX videos_listed ON videos (id DESC)
     WHERE doc->>'visibility' = 'public' AND doc->>'status' = 'ready' AND NOT deleted;
 CREATE INDEX videos_tombstoned ON videos (id) WHERE deleted;
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "listing statistics",
+        // Without statistics on the listing expressions the planner guesses that almost no
+        // video is public and ready, and plans every listing as "fetch all listable videos,
+        // then sort" (hundreds of ms on 200,000 videos) instead of walking the primary key
+        // backwards and stopping after a page (well under 1 ms).
+        sql: r"
+CREATE STATISTICS videos_listing ON (doc->>'visibility'), (doc->>'status') FROM videos;
+ANALYZE videos;
+",
+    },
+];
 
 /// Videos in PostgreSQL.
 #[derive(Clone)]
