@@ -171,7 +171,10 @@ export class Realtime {
     window.clearTimeout(this.retryTimer);
     const base = Math.min(500 * 2 ** this.attempt, 30_000);
     this.attempt++;
-    this.retryTimer = window.setTimeout(() => this.connect(), base / 2 + Math.random() * (base / 2));
+    this.retryTimer = window.setTimeout(() => {
+      // Offline, an attempt can only fail: the `online` event reconnects at once.
+      if (navigator.onLine) this.connect();
+    }, base / 2 + Math.random() * (base / 2));
   }
 
   private openSocket(): void {
