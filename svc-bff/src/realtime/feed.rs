@@ -93,8 +93,9 @@ impl Feed {
         match self.last.get(conversation_id).copied() {
             Some(last) if seq <= last => {}
             Some(last) if seq > last + 1 => {
-                self.catch_up(state, conversation_id, last, &mut frames)
-                    .await?;
+                // Boxed: a gap is rare, and its history read would otherwise enlarge every
+                // connection's task.
+                Box::pin(self.catch_up(state, conversation_id, last, &mut frames)).await?;
                 if self.last.get(conversation_id).is_none_or(|l| seq > *l) {
                     self.last.insert(conversation_id.clone(), seq);
                     frames.push(frame.clone());
