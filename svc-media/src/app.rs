@@ -94,6 +94,7 @@ impl App {
             upload_url: upload_url.into(),
             work_dir: Arc::new(config.work_dir),
             sessions: Arc::default(),
+            contents: Arc::default(),
         };
         let grpc = GrpcServer::bind(config.grpc)
             .await?

@@ -26,12 +26,14 @@ pub async fn delete_media(media: &Media, video_id: Uuid) -> Result<(), String> {
     {
         uploads::discard(media, upload_id).await?;
     }
-    if let Some((hash, others)) = media
+    let deleted = media
         .store
         .delete_video(video_id)
         .await
-        .map_err(|e| e.to_string())?
-    {
+        .map_err(|e| e.to_string())?;
+    // After the row is gone, so no request here can put it back.
+    media.contents.forget(video_id);
+    if let Some((hash, others)) = deleted {
         if others == 0 {
             media
                 .blobs

@@ -43,6 +43,8 @@ pub struct Media {
     pub sessions: Arc<Mutex<HashMap<Uuid, Arc<Mutex<UploadSession>>>>>,
     /// What uploads and transcoding are measured by.
     pub metrics: MediaMetrics,
+    /// What the origin knows of recently served videos.
+    pub contents: Arc<crate::origin::ContentCache>,
 }
 
 /// Labels of a completed upload.

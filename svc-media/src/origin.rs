@@ -10,7 +10,7 @@
 //!   and single `Range` requests → 206 (416 when unsatisfiable). Playlists are cached
 //!   briefly (the master grows while renditions finish).
 
-use std::{collections::HashMap, fmt::Write as _};
+use std::{collections::HashMap, fmt::Write as _, sync::Arc};
 
 use axum::{
     Router,
@@ -30,6 +30,87 @@ use crate::{
     media::{Media, unix_now},
     signing::{PlaybackToken, SignatureError},
 };
+
+/// How long the origin trusts what it read of a video (its content hash) before asking the
+/// database again: a row is written once and only ever deleted, and this instance forgets a
+/// video it deletes at once, so the only staleness is another instance serving a deleted
+/// video's shared content for up to twice this long.
+const CONTENT_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Content hashes by video, so a player's stream of range requests costs one database read
+/// a second, not one each. Two generations, dropped whole: nothing is scanned per request.
+#[derive(Debug, Default)]
+pub struct ContentCache {
+    generations: std::sync::Mutex<Generations>,
+}
+
+#[derive(Debug)]
+struct Generations {
+    current: HashMap<Uuid, Arc<str>>,
+    previous: HashMap<Uuid, Arc<str>>,
+    started: std::time::Instant,
+}
+
+impl Default for Generations {
+    fn default() -> Self {
+        Self {
+            current: HashMap::new(),
+            previous: HashMap::new(),
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl ContentCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
+        self.generations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, video_id: Uuid) -> Option<Arc<str>> {
+        let mut g = self.lock();
+        if g.started.elapsed() >= CONTENT_TTL {
+            g.previous = std::mem::take(&mut g.current);
+            g.started = std::time::Instant::now();
+            // An entry found only in the older generation is not refreshed: it is asked
+            // again once it falls out, so what it says is never older than two TTLs.
+        }
+        g.current
+            .get(&video_id)
+            .or_else(|| g.previous.get(&video_id))
+            .cloned()
+    }
+
+    fn put(&self, video_id: Uuid, content_hash: Arc<str>) {
+        self.lock().current.insert(video_id, content_hash);
+    }
+
+    /// Forgets `video_id` (it was deleted here).
+    pub fn forget(&self, video_id: Uuid) {
+        let mut g = self.lock();
+        g.current.remove(&video_id);
+        g.previous.remove(&video_id);
+    }
+}
+
+/// The content hash of `video_id`, from the cache or the database; `None` for no such video.
+async fn content_of(media: &Media, video_id: Uuid) -> Result<Option<Arc<str>>, Problem> {
+    if let Some(hash) = media.contents.get(video_id) {
+        return Ok(Some(hash));
+    }
+    let Some(video) = media
+        .store
+        .video(video_id)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?
+    else {
+        return Ok(None);
+    };
+    let hash: Arc<str> = video.content_hash.into();
+    media.contents.put(video_id, Arc::clone(&hash));
+    Ok(Some(hash))
+}
 
 /// Cache lifetime of immutable objects.
 pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -189,13 +270,8 @@ async fn serve(
             };
             Problem::new(StatusCode::FORBIDDEN, "permission_denied", detail)
         })?;
-    let video = media
-        .store
-        .video(video_id)
-        .await
-        .map_err(|e| Problem::unavailable(&e))?
-        .ok_or_else(not_found)?;
-    let key = key_for(&video.content_hash, &path).ok_or_else(not_found)?;
+    let content = content_of(&media, video_id).await?.ok_or_else(not_found)?;
+    let key = key_for(&content, &path).ok_or_else(not_found)?;
     let head = method == Method::HEAD;
     if is_playlist(&path) {
         // The signature was just verified, so its parts are present and well formed.
@@ -339,6 +415,26 @@ mod tests {
         ] {
             assert!(!is_contained(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_content_hash_is_kept_for_at_most_two_ttls_and_forgotten_on_delete() {
+        let cache = ContentCache::default();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        cache.put(a, "hash-a".into());
+        cache.put(b, "hash-b".into());
+        assert_eq!(cache.get(a).as_deref(), Some("hash-a"));
+        cache.forget(b);
+        assert_eq!(cache.get(b), None, "a deleted video is asked for again");
+        let age = |cache: &ContentCache| cache.lock().started -= CONTENT_TTL;
+        age(&cache);
+        assert_eq!(
+            cache.get(a).as_deref(),
+            Some("hash-a"),
+            "one TTL on: still kept"
+        );
+        age(&cache);
+        assert_eq!(cache.get(a), None, "two TTLs on: read again");
     }
 
     #[test]
