@@ -11,6 +11,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod generations;
 pub mod grpc;
 pub mod health;
 pub mod http;

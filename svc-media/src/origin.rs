@@ -22,6 +22,7 @@ use axum::{
 };
 use futures::TryStreamExt as _;
 use object_store::GetOptions;
+use tertulia_plumbing::generations::Generations;
 use uuid::Uuid;
 
 use crate::{
@@ -38,65 +39,39 @@ use crate::{
 const CONTENT_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Content hashes by video, so a player's stream of range requests costs one database read
-/// a second, not one each. Two generations, dropped whole: nothing is scanned per request.
-#[derive(Debug, Default)]
-pub struct ContentCache {
-    generations: std::sync::Mutex<Generations>,
-}
-
+/// a second, not one each.
 #[derive(Debug)]
-struct Generations {
-    current: HashMap<Uuid, Arc<str>>,
-    previous: HashMap<Uuid, Arc<str>>,
-    started: std::time::Instant,
+pub struct ContentCache {
+    hashes: std::sync::Mutex<Generations<Uuid, Arc<str>>>,
 }
 
-impl Default for Generations {
+impl Default for ContentCache {
     fn default() -> Self {
         Self {
-            current: HashMap::new(),
-            previous: HashMap::new(),
-            started: std::time::Instant::now(),
+            hashes: std::sync::Mutex::new(Generations::new(CONTENT_TTL, CONTENT_MAX)),
         }
     }
 }
 
+/// Videos remembered per generation, at most.
+const CONTENT_MAX: usize = 100_000;
+
 impl ContentCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
-        self.generations
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generations<Uuid, Arc<str>>> {
+        self.hashes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn get(&self, video_id: Uuid) -> Option<Arc<str>> {
-        let mut g = self.lock();
-        if g.started.elapsed() >= CONTENT_TTL {
-            g.previous = std::mem::take(&mut g.current);
-            g.started = std::time::Instant::now();
-            // An entry found only in the older generation is not refreshed: it is asked
-            // again once it falls out, so what it says is never older than two TTLs.
-        }
-        g.current
-            .get(&video_id)
-            .or_else(|| g.previous.get(&video_id))
-            .cloned()
-    }
-
-    fn put(&self, video_id: Uuid, content_hash: Arc<str>) {
-        self.lock().current.insert(video_id, content_hash);
-    }
-
     /// Forgets `video_id` (it was deleted here).
     pub fn forget(&self, video_id: Uuid) {
-        let mut g = self.lock();
-        g.current.remove(&video_id);
-        g.previous.remove(&video_id);
+        self.lock().remove(&video_id);
     }
 }
 
 /// The content hash of `video_id`, from the cache or the database; `None` for no such video.
 async fn content_of(media: &Media, video_id: Uuid) -> Result<Option<Arc<str>>, Problem> {
-    if let Some(hash) = media.contents.get(video_id) {
+    if let Some(hash) = media.contents.lock().get(&video_id) {
         return Ok(Some(hash));
     }
     let Some(video) = media
@@ -108,7 +83,7 @@ async fn content_of(media: &Media, video_id: Uuid) -> Result<Option<Arc<str>>, P
         return Ok(None);
     };
     let hash: Arc<str> = video.content_hash.into();
-    media.contents.put(video_id, Arc::clone(&hash));
+    media.contents.lock().insert(video_id, Arc::clone(&hash));
     Ok(Some(hash))
 }
 
@@ -418,23 +393,18 @@ mod tests {
     }
 
     #[test]
-    fn a_content_hash_is_kept_for_at_most_two_ttls_and_forgotten_on_delete() {
+    fn a_deleted_video_is_forgotten() {
         let cache = ContentCache::default();
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        cache.put(a, "hash-a".into());
-        cache.put(b, "hash-b".into());
-        assert_eq!(cache.get(a).as_deref(), Some("hash-a"));
+        cache.lock().insert(a, "hash-a".into());
+        cache.lock().insert(b, "hash-b".into());
         cache.forget(b);
-        assert_eq!(cache.get(b), None, "a deleted video is asked for again");
-        let age = |cache: &ContentCache| cache.lock().started -= CONTENT_TTL;
-        age(&cache);
+        assert_eq!(cache.lock().get(&a).as_deref(), Some("hash-a"));
         assert_eq!(
-            cache.get(a).as_deref(),
-            Some("hash-a"),
-            "one TTL on: still kept"
+            cache.lock().get(&b),
+            None,
+            "a deleted video is asked for again"
         );
-        age(&cache);
-        assert_eq!(cache.get(a), None, "two TTLs on: read again");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt as _;
 use prost::Message as _;
 use tertulia_plumbing::{
+    generations::Generations,
     metrics::{Counter, EncodeLabelSet, Family, Gauge, Histogram, Registry, exponential_buckets},
     nats::Nats,
     shutdown::Shutdown,
@@ -470,28 +471,15 @@ fn lock(connections: &Connections) -> std::sync::MutexGuard<'_, HashMap<u64, Con
 /// Rendered frames by event id, so an event delivered to many users on this gateway is turned
 /// into JSON once, not once per recipient. Entries live a few seconds: long enough for one
 /// fan-out to pass through.
-#[derive(Debug, Default)]
-pub struct RenderCache {
-    frames: StdMutex<Generations>,
-}
-
-/// Two generations of rendered frames: lookups see both, inserts go to the newer, and every
-/// [`RENDER_TTL`] the older is dropped whole. Expiry costs nothing per event (a scan of the
-/// entries on each insert did: at thousands of events a second it was a quarter of the
-/// gateway's CPU), and an entry lives between one and two TTLs.
 #[derive(Debug)]
-struct Generations {
-    current: HashMap<RenderKey, Arc<LiveEvent>>,
-    previous: HashMap<RenderKey, Arc<LiveEvent>>,
-    started: Instant,
+pub struct RenderCache {
+    frames: StdMutex<Generations<RenderKey, Arc<LiveEvent>>>,
 }
 
-impl Default for Generations {
+impl Default for RenderCache {
     fn default() -> Self {
         Self {
-            current: HashMap::new(),
-            previous: HashMap::new(),
-            started: Instant::now(),
+            frames: StdMutex::new(Generations::new(RENDER_TTL, RENDER_GENERATION_MAX)),
         }
     }
 }
@@ -516,20 +504,11 @@ impl RenderCache {
             .frames
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(event) = frames
-            .current
-            .get(&key)
-            .or_else(|| frames.previous.get(&key))
-        {
-            return Some(Arc::clone(event));
+        if let Some(event) = frames.get(&key) {
+            return Some(event);
         }
         let event = Arc::new(render(delivery, api)?);
-        if frames.current.len() >= RENDER_GENERATION_MAX || frames.started.elapsed() >= RENDER_TTL {
-            let current = std::mem::take(&mut frames.current);
-            frames.previous = current;
-            frames.started = Instant::now();
-        }
-        frames.current.insert(key, Arc::clone(&event));
+        frames.insert(key, Arc::clone(&event));
         Some(event)
     }
 }
@@ -633,10 +612,9 @@ mod tests {
         for n in 0..=RENDER_GENERATION_MAX {
             cache.render(&created(&format!("b{n}"), 3), Api::V1);
         }
-        let frames = cache.frames.lock().unwrap();
-        assert!(frames.current.len() + frames.previous.len() <= 2 * RENDER_GENERATION_MAX);
-        assert!(!frames.current.contains_key(&("first".to_owned(), Api::V1)));
-        assert!(!frames.previous.contains_key(&("first".to_owned(), Api::V1)));
+        let again = cache.render(&created("first", 1), Api::V1).unwrap();
+        assert!(!Arc::ptr_eq(&first, &again), "rendered anew");
+        assert!(cache.frames.lock().unwrap().len() <= 2 * RENDER_GENERATION_MAX);
     }
 
     #[test]
