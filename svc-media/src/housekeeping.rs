@@ -31,7 +31,9 @@ pub async fn delete_media(media: &Media, video_id: Uuid) -> Result<(), String> {
         .delete_video(video_id)
         .await
         .map_err(|e| e.to_string())?;
-    // After the row is gone, so no request here can put it back.
+    // After the row is gone, so a request that reads the database from now on cannot put it
+    // back. (One that read the row just before can: then it lasts two TTLs at most, as on
+    // the other instances.)
     media.contents.forget(video_id);
     if let Some((hash, others)) = deleted {
         if others == 0 {

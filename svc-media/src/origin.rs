@@ -34,8 +34,9 @@ use crate::{
 
 /// How long the origin trusts what it read of a video (its content hash) before asking the
 /// database again: a row is written once and only ever deleted, and this instance forgets a
-/// video it deletes at once, so the only staleness is another instance serving a deleted
-/// video's shared content for up to twice this long.
+/// video it deletes at once, so the only staleness is another instance (or a request that
+/// raced the delete) serving a deleted video's content, while another video shares it, for
+/// up to twice this long.
 const CONTENT_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Content hashes by video, so a player's stream of range requests costs one database read

@@ -315,6 +315,35 @@ async fn an_identical_upload_is_stored_and_transcoded_once() {
         .fetch(got["playback"]["hls_url"].as_str().unwrap())
         .await;
     assert_eq!(playlist.status(), 200);
+
+    // Deleting one of the two keeps the shared content for the other, and the origin stops
+    // serving the deleted one at once, though it had just served it (and remembers what it
+    // served for a moment).
+    let first_video: Value = stack
+        .get(&format!("/api/v1/videos/{first}"), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let first_url = first_video["playback"]["mp4_url"].as_str().unwrap();
+    assert_eq!(stack.fetch(first_url).await.status(), 200);
+    let deleted = stack
+        .http
+        .delete(stack.url(&format!("/api/v1/videos/{first}")))
+        .bearer_auth(&alice.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_problem(stack.fetch(first_url).await, 404, "not_found").await;
+    assert_eq!(
+        stack
+            .fetch(got["playback"]["mp4_url"].as_str().unwrap())
+            .await
+            .status(),
+        200,
+        "the other video still plays"
+    );
 }
 
 #[tokio::test]
