@@ -84,7 +84,9 @@ pub async fn connect(config: &PostgresConfig) -> Result<Pool, DbError> {
         .expose_secret()
         .parse()
         .map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
-    pg.options(format!("-c search_path={}", config.schema));
+    // No JIT: every statement here is short, and compiling one costs tens of milliseconds
+    // (PostgreSQL's default turns it on for any plan its estimates call expensive).
+    pg.options(format!("-c search_path={} -c jit=off", config.schema));
     pg.connect_timeout(CONNECT_TIMEOUT);
     let manager = Manager::from_config(
         pg,

@@ -7,7 +7,10 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
-    domain::{Hit, Invalid, MAX_TAGS, MediaEvent, Order, Search, Video, VideoChanges, page_token},
+    domain::{
+        Hit, Invalid, MAX_TAGS, MediaEvent, Order, RELEVANCE_CANDIDATES, Search, Video,
+        VideoChanges, page_token,
+    },
     error::CatalogError,
     store::VideoStore,
 };
@@ -169,6 +172,7 @@ impl Catalog {
             after,
             // One more than asked tells whether another page follows.
             limit: limit + 1,
+            candidates: RELEVANCE_CANDIDATES,
         };
         let mut hits = self.store.search(&search).await?;
         let next_page_token = if hits.len() > limit {

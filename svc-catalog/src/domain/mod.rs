@@ -314,9 +314,16 @@ pub enum Cursor {
     },
 }
 
+/// How many matches a relevance search ranks: the newest this many. Ranking every match of a
+/// common word reads every matching row (a few hundred thousand in a large catalog, seconds);
+/// the newest matches are found by walking the primary key backwards and stop after this
+/// many, so a search costs about the same however many videos match. Older matches are
+/// still found by `order=newest`.
+pub const RELEVANCE_CANDIDATES: usize = 1_000;
+
 /// A search over what one viewer may list: their own videos in any state, and others'
 /// public videos once ready.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Search {
     /// Who is asking (`None`: anonymous).
     pub viewer: Option<Uuid>,
@@ -332,6 +339,24 @@ pub struct Search {
     pub after: Option<Cursor>,
     /// Most results.
     pub limit: usize,
+    /// A relevance search ranks only the newest this many matches
+    /// ([`RELEVANCE_CANDIDATES`] unless a test sets it).
+    pub candidates: usize,
+}
+
+impl Default for Search {
+    fn default() -> Self {
+        Self {
+            viewer: None,
+            text: None,
+            tags: Vec::new(),
+            owner_id: None,
+            order: Order::default(),
+            after: None,
+            limit: 0,
+            candidates: RELEVANCE_CANDIDATES,
+        }
+    }
 }
 
 impl Search {

@@ -58,6 +58,7 @@ pub async fn run(store: &dyn VideoStore) {
     let bobs_ready = visibility_and_search(store, alice, bob, &cats).await;
     pagination(store).await;
     relevance_and_tags(store).await;
+    relevance_ranks_the_newest_matches(store).await;
     tombstones(store, &bobs_ready, &cats).await;
 }
 
@@ -307,6 +308,46 @@ async fn pagination(store: &dyn VideoStore) {
         }
     }
     assert_eq!(pages, all, "pages");
+}
+
+/// A relevance search ranks only the newest `candidates` matches; `order=newest` still lists
+/// every match.
+async fn relevance_ranks_the_newest_matches(store: &dyn VideoStore) {
+    let erin = Uuid::now_v7();
+    // Oldest first: the best match is the oldest.
+    let best = video(erin, "Clavichord", "", &[], Public, Ready);
+    let in_tags = video(erin, "One", "", &["clavichord"], Public, Ready);
+    let described = video(erin, "Two", "a clavichord", &[], Public, Ready);
+    let newest = video(erin, "Three", "a clavichord", &[], Public, Ready);
+    for v in [&best, &in_tags, &described, &newest] {
+        store.insert(v).await.expect("insert");
+    }
+    let ranked = |candidates| Search {
+        text: Some("clavichord".into()),
+        order: Order::Relevance,
+        limit: 10,
+        candidates,
+        ..Search::default()
+    };
+    assert_eq!(
+        search(store, ranked(3)).await,
+        [in_tags.id, newest.id, described.id],
+        "the three newest matches, ranked; the oldest is left out"
+    );
+    assert_eq!(
+        search(store, ranked(10)).await,
+        [best.id, in_tags.id, newest.id, described.id],
+        "with room for all, all are ranked"
+    );
+    let every = Search {
+        text: Some("clavichord".into()),
+        ..Search::default()
+    };
+    assert_eq!(
+        search(store, every).await,
+        [newest.id, described.id, in_tags.id, best.id],
+        "newest first lists every match"
+    );
 }
 
 /// Relevance order (title over tags over description, ties newest first) pages by its own

@@ -152,8 +152,12 @@ impl VideoStore for MongoVideos {
         let limit = i64::try_from(search.limit).unwrap_or(i64::MAX);
         let pipeline = match (search.order, search.after) {
             (Order::Relevance, after) => {
+                // The newest `candidates` matches, then ranked (as the PostgreSQL store).
+                let candidates = i64::try_from(search.candidates).unwrap_or(i64::MAX);
                 let mut stages = vec![
                     doc! {"$match": filter},
+                    doc! {"$sort": {"_id": -1}},
+                    doc! {"$limit": candidates},
                     doc! {"$addFields": {RELEVANCE: {"$meta": "textScore"}}},
                 ];
                 if let Some(Cursor::Relevance { score, id }) = after {

@@ -135,6 +135,7 @@ impl VideoStore for PostgresVideos {
                AND doc->'tags' @> $3::jsonb
                AND ($4::text IS NULL OR search @@ websearch_to_tsquery('english', $4))";
         let limit = i64::try_from(search.limit).unwrap_or(i64::MAX);
+        let candidates = i64::try_from(search.candidates).unwrap_or(i64::MAX);
         let tags = Json(&search.tags);
         let (score, id) = match search.after {
             Some(Cursor::Relevance { score, id }) => (Some(score), Some(id)),
@@ -152,15 +153,18 @@ impl VideoStore for PostgresVideos {
                      ORDER BY id DESC LIMIT $6"
                 )
             }
-            // Ranked in float8 so a cursor's score compares exactly.
+            // The newest `candidates` matches (a backwards walk of the primary key that stops
+            // early for a common word; the planner takes the text index for a rare one),
+            // ranked in float8 so a cursor's score compares exactly.
             Order::Relevance => {
-                params.extend([&score as &(dyn ToSql + Sync), &id, &limit]);
+                params.extend([&score as &(dyn ToSql + Sync), &id, &limit, &candidates]);
                 format!(
                     "SELECT doc, relevance FROM (
                          SELECT id, doc,
                                 ts_rank(search, websearch_to_tsquery('english', $4))::float8
                                     AS relevance
-                         FROM videos WHERE {LISTABLE}
+                         FROM (SELECT id, doc, search FROM videos WHERE {LISTABLE}
+                               ORDER BY id DESC LIMIT $8) newest
                      ) ranked
                      WHERE $5::float8 IS NULL OR (relevance, id) < ($5, $6::uuid)
                      ORDER BY relevance DESC, id DESC LIMIT $7"
