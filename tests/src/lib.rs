@@ -519,6 +519,16 @@ impl Stack {
         request.send().await.expect("the BFF answers")
     }
 
+    /// DELETEs `path` as the holder of `token`.
+    pub async fn delete(&self, path: &str, token: &str) -> reqwest::Response {
+        self.http
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("the BFF answers")
+    }
+
     /// Creates a group of `owner` and `members`; returns its id.
     pub async fn group(&self, owner: &Session, members: &[&Session]) -> String {
         let ids: Vec<&str> = members.iter().map(|m| m.user_id.as_str()).collect();

@@ -412,21 +412,9 @@ async fn contacts_can_be_added_listed_and_removed() {
     assert_problem(myself, 400, "invalid_argument").await;
 
     let path = format!("/api/v1/contacts/{}", friend.user_id);
-    let removed = stack
-        .http
-        .delete(stack.url(&path))
-        .bearer_auth(&me.access_token)
-        .send()
-        .await
-        .unwrap();
+    let removed = stack.delete(&path, &me.access_token).await;
     assert_eq!(removed.status(), 204);
-    let gone = stack
-        .http
-        .delete(stack.url(&path))
-        .bearer_auth(&me.access_token)
-        .send()
-        .await
-        .unwrap();
+    let gone = stack.delete(&path, &me.access_token).await;
     assert_problem(gone, 404, "not_found").await;
     let listed: Value = stack
         .get("/api/v1/contacts", token)

@@ -137,29 +137,26 @@ async fn membership_is_checked_on_every_call_and_non_members_learn_nothing() {
 
     // Only the creator removes others; anyone may leave.
     let kick = stack
-        .http
-        .delete(stack.url(&format!("{path}/members/{}", ana.user_id)))
-        .bearer_auth(&ben.access_token)
-        .send()
-        .await
-        .unwrap();
+        .delete(
+            &format!("{path}/members/{}", ana.user_id),
+            &ben.access_token,
+        )
+        .await;
     assert_problem(kick, 403, "permission_denied").await;
     let leave = stack
-        .http
-        .delete(stack.url(&format!("{path}/members/{}", eve.user_id)))
-        .bearer_auth(&eve.access_token)
-        .send()
-        .await
-        .unwrap();
+        .delete(
+            &format!("{path}/members/{}", eve.user_id),
+            &eve.access_token,
+        )
+        .await;
     assert_eq!(leave.status(), 204);
     assert_problem(stack.get(&path, eve_token).await, 404, "not_found").await;
     let removed = stack
-        .http
-        .delete(stack.url(&format!("{path}/members/{}", ben.user_id)))
-        .bearer_auth(&ana.access_token)
-        .send()
-        .await
-        .unwrap();
+        .delete(
+            &format!("{path}/members/{}", ben.user_id),
+            &ana.access_token,
+        )
+        .await;
     assert_eq!(removed.status(), 204);
     assert_problem(
         stack.get(&path, Some(&ben.access_token)).await,

@@ -406,12 +406,8 @@ async fn shared_videos_are_not_edited_and_deletes_are_v1_s(
 
     // Delete is v1's handler under both prefixes.
     let deleted = stack
-        .http
-        .delete(stack.url(&format!("{messages}/{video_message}")))
-        .bearer_auth(&alice.access_token)
-        .send()
-        .await
-        .unwrap();
+        .delete(&format!("{messages}/{video_message}"), &alice.access_token)
+        .await;
     assert_eq!(deleted.status(), 204);
     let v2: Value = stack
         .get(messages, Some(&alice.access_token))

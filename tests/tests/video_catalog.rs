@@ -26,12 +26,8 @@ async fn patch(stack: &Stack, id: &str, body: &Value, who: &Session) -> reqwest:
 
 async fn delete(stack: &Stack, id: &str, who: &Session) -> reqwest::Response {
     stack
-        .http
-        .delete(stack.url(&format!("/api/v1/videos/{id}")))
-        .bearer_auth(&who.access_token)
-        .send()
+        .delete(&format!("/api/v1/videos/{id}"), &who.access_token)
         .await
-        .unwrap()
 }
 
 async fn get(stack: &Stack, id: &str, who: Option<&Session>) -> reqwest::Response {

@@ -328,12 +328,8 @@ async fn an_identical_upload_is_stored_and_transcoded_once() {
     let first_url = first_video["playback"]["mp4_url"].as_str().unwrap();
     assert_eq!(stack.fetch(first_url).await.status(), 200);
     let deleted = stack
-        .http
-        .delete(stack.url(&format!("/api/v1/videos/{first}")))
-        .bearer_auth(&alice.access_token)
-        .send()
-        .await
-        .unwrap();
+        .delete(&format!("/api/v1/videos/{first}"), &alice.access_token)
+        .await;
     assert_eq!(deleted.status(), 204);
     assert_problem(stack.fetch(first_url).await, 404, "not_found").await;
     assert_eq!(
@@ -585,12 +581,8 @@ async fn the_s3_backend_stores_serves_and_deletes() {
     assert_eq!(part.bytes().await.unwrap().as_ref(), &source[10..20]);
 
     let deleted = stack
-        .http
-        .delete(stack.url(&format!("/api/v1/videos/{id}")))
-        .bearer_auth(&alice.access_token)
-        .send()
-        .await
-        .unwrap();
+        .delete(&format!("/api/v1/videos/{id}"), &alice.access_token)
+        .await;
     assert_eq!(deleted.status(), 204);
     assert!(s3.keys().await.is_empty(), "the bucket is empty again");
 }
@@ -614,12 +606,8 @@ async fn an_upload_to_a_deleted_video_brings_nothing_back() {
     assert_eq!(first.status(), 204);
 
     let deleted = stack
-        .http
-        .delete(stack.url(&format!("/api/v1/videos/{id}")))
-        .bearer_auth(&alice.access_token)
-        .send()
-        .await
-        .unwrap();
+        .delete(&format!("/api/v1/videos/{id}"), &alice.access_token)
+        .await;
     assert_eq!(deleted.status(), 204);
     // The upload in flight is gone with its bytes; the token opens nothing new.
     let rest = tus_patch(&stack.http, &location, half, source[half..].to_vec(), None).await;
