@@ -519,6 +519,15 @@ impl Stack {
         request.send().await.expect("the BFF answers")
     }
 
+    /// GETs `path` and reads the answer as JSON, whatever its status.
+    pub async fn get_json(&self, path: &str, token: Option<&str>) -> Value {
+        self.get(path, token)
+            .await
+            .json()
+            .await
+            .expect("the answer is JSON")
+    }
+
     /// DELETEs `path` as the holder of `token`.
     pub async fn delete(&self, path: &str, token: &str) -> reqwest::Response {
         self.http

@@ -303,11 +303,8 @@ async fn users_search_is_a_prefix_search_with_a_bounded_limit() {
 
     // `_` is literal, not a wildcard.
     let literal: Value = stack
-        .get("/api/v1/users?query=ann_", Some(&session.access_token))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/v1/users?query=ann_", Some(&session.access_token))
+        .await;
     assert_eq!(literal["users"].as_array().unwrap().len(), 1);
 
     let limited: Value = stack
@@ -389,12 +386,7 @@ async fn contacts_can_be_added_listed_and_removed() {
         .await;
     assert_eq!(again.status(), 200, "adding twice is idempotent");
 
-    let listed: Value = stack
-        .get("/api/v1/contacts", token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = stack.get_json("/api/v1/contacts", token).await;
     assert_eq!(listed["contacts"][0]["user_id"], friend.user_id.as_str());
     assert_eq!(listed["contacts"].as_array().unwrap().len(), 1);
 
@@ -416,12 +408,7 @@ async fn contacts_can_be_added_listed_and_removed() {
     assert_eq!(removed.status(), 204);
     let gone = stack.delete(&path, &me.access_token).await;
     assert_problem(gone, 404, "not_found").await;
-    let listed: Value = stack
-        .get("/api/v1/contacts", token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = stack.get_json("/api/v1/contacts", token).await;
     assert!(listed["contacts"].as_array().unwrap().is_empty());
 }
 

@@ -220,28 +220,17 @@ async fn sends_are_idempotent_ordered_and_paged_by_seq() {
     };
     let token = Some(ben.access_token.as_str());
     let base = format!("/api/v1/conversations/{id}/messages");
-    let all: Value = stack.get(&base, token).await.json().await.unwrap();
+    let all: Value = stack.get_json(&base, token).await;
     assert_eq!(seqs(&all), [1, 2, 3, 4, 5, 6]);
     let after: Value = stack
-        .get(&format!("{base}?after_seq=2&limit=2"), token)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("{base}?after_seq=2&limit=2"), token)
+        .await;
     assert_eq!(seqs(&after), [3, 4]);
     let before: Value = stack
-        .get(&format!("{base}?before_seq=5&limit=2"), token)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("{base}?before_seq=5&limit=2"), token)
+        .await;
     assert_eq!(seqs(&before), [3, 4]);
-    let latest: Value = stack
-        .get(&format!("{base}?limit=2"), token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let latest: Value = stack.get_json(&format!("{base}?limit=2"), token).await;
     assert_eq!(seqs(&latest), [5, 6]);
     for bad in ["limit=0", "limit=500", "after_seq=-1", "before_seq=x"] {
         assert_problem(
@@ -504,11 +493,8 @@ async fn read_positions_never_move_backwards_and_lists_show_unread_by_activity()
     };
     let list = || async {
         let page: Value = stack
-            .get("/api/v1/conversations", Some(&ben.access_token))
-            .await
-            .json()
-            .await
-            .unwrap();
+            .get_json("/api/v1/conversations", Some(&ben.access_token))
+            .await;
         page
     };
     let page = list().await;
@@ -537,19 +523,13 @@ async fn read_positions_never_move_backwards_and_lists_show_unread_by_activity()
     );
     // The sender has read what they sent.
     let ana_page: Value = stack
-        .get("/api/v1/conversations", Some(&ana.access_token))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/v1/conversations", Some(&ana.access_token))
+        .await;
     assert_eq!(ana_page["conversations"][0]["unread"], 0);
 
     let paged: Value = stack
-        .get("/api/v1/conversations?limit=1", Some(&ben.access_token))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/v1/conversations?limit=1", Some(&ben.access_token))
+        .await;
     let token = paged["next_page_token"].as_str().unwrap();
     let second: Value = stack
         .get(

@@ -199,12 +199,7 @@ async fn reactions_are_v2_only(
         twice["reactions"], reacted["reactions"],
         "adding twice changes nothing"
     );
-    let v2_history: Value = stack
-        .get(&messages, Some(&alice.access_token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v2_history: Value = stack.get_json(&messages, Some(&alice.access_token)).await;
     assert_eq!(v2_history["messages"][2]["reactions"][0]["emoji"], "👍");
     assert_eq!(
         v2_history["messages"][1]["content"],
@@ -409,12 +404,7 @@ async fn shared_videos_are_not_edited_and_deletes_are_v1_s(
         .delete(&format!("{messages}/{video_message}"), &alice.access_token)
         .await;
     assert_eq!(deleted.status(), 204);
-    let v2: Value = stack
-        .get(messages, Some(&alice.access_token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v2: Value = stack.get_json(messages, Some(&alice.access_token)).await;
     assert_eq!(v2["messages"][1]["deleted"], true);
     assert_eq!(
         v2["messages"][1]["content"],

@@ -240,11 +240,8 @@ async fn the_v2_fallbacks_carry_v2_messages() {
     assert!(frame["message"].get("text").is_none());
 
     let first: Value = stack
-        .get("/api/v2/poll", Some(&ben.access_token))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/v2/poll", Some(&ben.access_token))
+        .await;
     let cursor = first["cursor"].as_str().unwrap().to_owned();
     say("two").await;
     let polled: Value = stack

@@ -16,12 +16,7 @@ async fn ready_video(stack: &Stack) -> (String, Value, Vec<u8>) {
     let source = video_fixture(2, 320, 240);
     let id = stack.upload_video(&alice, "Origin", source.clone()).await;
     wait_for_video(&mut ws, &id, "ready").await;
-    let got: Value = stack
-        .get(&format!("/api/v1/videos/{id}"), None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let got: Value = stack.get_json(&format!("/api/v1/videos/{id}"), None).await;
     (id, got, source)
 }
 

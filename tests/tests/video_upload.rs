@@ -106,11 +106,8 @@ async fn upload_process_and_play_over_hls() {
     }
 
     let got: Value = stack
-        .get(&format!("/api/v1/videos/{id}"), Some(&alice.access_token))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/v1/videos/{id}"), Some(&alice.access_token))
+        .await;
     assert_eq!(got["status"], "ready");
     let hls = got["playback"]["hls_url"]
         .as_str()
@@ -247,11 +244,8 @@ async fn a_cut_upload_resumes_from_the_offset_the_server_reports() {
     );
     wait_for_video(&mut ws, id, "ready").await;
     let got: Value = stack
-        .get(&format!("/api/v1/videos/{id}"), Some(&alice.access_token))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/v1/videos/{id}"), Some(&alice.access_token))
+        .await;
     let original = stack
         .fetch(got["playback"]["mp4_url"].as_str().unwrap())
         .await
@@ -306,11 +300,8 @@ async fn an_identical_upload_is_stored_and_transcoded_once() {
         "nothing was transcoded again"
     );
     let got: Value = stack
-        .get(&format!("/api/v1/videos/{second}"), None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/v1/videos/{second}"), None)
+        .await;
     let playlist = stack
         .fetch(got["playback"]["hls_url"].as_str().unwrap())
         .await;
@@ -320,11 +311,8 @@ async fn an_identical_upload_is_stored_and_transcoded_once() {
     // serving the deleted one at once, though it had just served it (and remembers what it
     // served for a moment).
     let first_video: Value = stack
-        .get(&format!("/api/v1/videos/{first}"), None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/v1/videos/{first}"), None)
+        .await;
     let first_url = first_video["playback"]["mp4_url"].as_str().unwrap();
     assert_eq!(stack.fetch(first_url).await.status(), 200);
     let deleted = stack
@@ -357,11 +345,8 @@ async fn a_file_that_is_not_a_video_fails_with_a_reason_for_its_owner() {
         "the uploaded file is not a video that can be played"
     );
     let got: Value = stack
-        .get(&format!("/api/v1/videos/{id}"), Some(&alice.access_token))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/v1/videos/{id}"), Some(&alice.access_token))
+        .await;
     assert_eq!(got["status"], "failed");
     assert!(got["failure_reason"].is_string());
     assert!(got["playback"]["hls_url"].is_null());
@@ -559,12 +544,7 @@ async fn the_s3_backend_stores_serves_and_deletes() {
         "{keys:?}"
     );
     assert!(keys.iter().any(|k| k.contains("/seg_")), "{keys:?}");
-    let got: Value = stack
-        .get(&format!("/api/v1/videos/{id}"), None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let got: Value = stack.get_json(&format!("/api/v1/videos/{id}"), None).await;
     let master = stack
         .fetch(got["playback"]["hls_url"].as_str().unwrap())
         .await;
