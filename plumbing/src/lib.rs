@@ -20,6 +20,7 @@ pub mod logging;
 pub mod main_loop;
 pub mod metrics;
 pub mod nats;
+pub mod nats_link;
 pub mod postgres;
 pub mod shutdown;
 pub mod telemetry;
