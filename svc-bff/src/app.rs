@@ -12,8 +12,8 @@ use axum::{
 };
 use tertulia_plumbing::telemetry::Upstream as Channel;
 use tertulia_plumbing::{
-    StartError, client, error::chain, http::RequestIdV7, nats, shutdown::Shutdown,
-    token::TokenVerifier,
+    StartError, client, error::chain, health::Readiness, http::RequestIdV7, nats,
+    shutdown::Shutdown, token::TokenVerifier,
 };
 use tertulia_proto::{
     auth::v1::auth_service_client::AuthServiceClient,
@@ -88,7 +88,7 @@ pub struct AppState {
     /// This gateway's Prometheus series (`GET /metrics`).
     pub metrics: Arc<tertulia_plumbing::metrics::Registry>,
     /// Its own dependencies (NATS), checked by `/readyz` beside the upstream services.
-    pub readiness: tertulia_plumbing::health::Readiness,
+    pub readiness: Readiness,
 }
 
 /// A built, bound svc-bff.
@@ -128,11 +128,19 @@ impl App {
         let catalog_channel = channel(&config.catalog)?;
         let media_channel = channel(&config.media)?;
         let usage = Arc::new(ApiUsage::open(&nats).await.map_err(StartError::Other)?);
-        let readiness = tertulia_plumbing::health::Readiness::default().nats(nats.client.clone());
         let mut metrics = tertulia_plumbing::metrics::Registry::default();
         let http_metrics = tertulia_plumbing::metrics::HttpMetrics::new(&mut metrics);
         usage.register_metrics(&mut metrics);
         let realtime_metrics = crate::realtime::hub::RealtimeMetrics::new(&mut metrics);
+        let hub = DeliveryHub::connect(
+            nats.clone(),
+            &config.nats,
+            &config.realtime,
+            realtime_metrics,
+        )
+        .await
+        .map_err(|e| StartError::Other(chain(&e)))?;
+        let readiness = hub.probe(Readiness::default().nats(nats.client.clone()));
         let state = AppState {
             auth: AuthServiceClient::new(auth_channel.clone()),
             chat: ChatServiceClient::new(chat_channel.clone()),
@@ -157,13 +165,7 @@ impl App {
             ],
             call_deadline: Duration::from_millis(config.auth.timeout_ms),
             trust_forwarded_for: config.http.trust_forwarded_for,
-            hub: DeliveryHub::new(
-                nats.clone(),
-                config.realtime.outbound_queue,
-                config.realtime.frames_per_second,
-                config.realtime.frame_burst,
-                realtime_metrics,
-            ),
+            hub,
             typing: Arc::new(TypingRelay::new(nats)),
             usage,
             admin_token: config.admin_token.clone(),

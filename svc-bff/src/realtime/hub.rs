@@ -1,6 +1,6 @@
 //! The gateway's side of delivery: one core NATS subscription to `deliver.<user_id>` per
-//! connected user, however many devices they have here, dispatched to a bounded queue per
-//! connection. Each event is rendered to a frame once per gateway, then shared by every
+//! connected user, however many devices they have here, on the gateway's delivery
+//! [`Link`], dispatched to a bounded queue per connection. Each event is rendered to a frame once per gateway, then shared by every
 //! recipient and connection here.
 
 use std::{
@@ -13,12 +13,14 @@ use std::{
 };
 
 use axum::extract::ws::Utf8Bytes;
-use futures::StreamExt as _;
 use prost::Message as _;
 use tertulia_plumbing::{
+    config::NatsConfig,
     generations::Generations,
+    health::Readiness,
     metrics::{Counter, EncodeLabelSet, Family, Gauge, Histogram, Registry, exponential_buckets},
     nats::Nats,
+    nats_link::{Inbound, Link, LinkError, Subscription},
     shutdown::Shutdown,
     telemetry,
 };
@@ -27,12 +29,12 @@ use tertulia_proto::{
     events::v1::{Delivery, delivery::Event},
     subjects,
 };
-use tokio::{
-    sync::{Mutex, mpsc},
-    task::JoinHandle,
-};
+use tokio::sync::Mutex;
 
-use super::{Api, frames};
+use super::{
+    Api, RealtimeConfig, frames,
+    queue::{self, Refused},
+};
 use crate::views::{ConversationView, MessageView, MessageViewV2, VideoView, rfc3339};
 
 /// One event for a connection.
@@ -222,20 +224,25 @@ pub struct Queued {
     pub traceparent: Option<Arc<str>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Connection {
-    queue: mpsc::Sender<Queued>,
+    queue: queue::Sender,
     too_slow: Shutdown,
     api: Api,
     transport: &'static str,
 }
 
-type Connections = Arc<StdMutex<HashMap<u64, Connection>>>;
+/// A user's connections on this gateway, by connection id.
+#[derive(Debug, Default)]
+pub struct UserConnections(StdMutex<HashMap<u64, Connection>>);
+
+type Connections = Arc<UserConnections>;
 
 #[derive(Debug)]
 struct UserSlot {
     connections: Connections,
-    dispatch: JoinHandle<()>,
+    /// Dropping it unsubscribes.
+    _subscription: Subscription<UserConnections>,
     frames: Arc<StdMutex<TokenBucket>>,
 }
 
@@ -279,12 +286,12 @@ impl TokenBucket {
 #[derive(Debug)]
 pub struct DeliveryHub {
     nats: Nats,
+    link: Link<UserConnections>,
     users: Mutex<HashMap<String, UserSlot>>,
     queue: usize,
     next_id: AtomicU64,
     frames_per_second: u32,
     frame_burst: u32,
-    renders: Arc<RenderCache>,
     metrics: RealtimeMetrics,
 }
 
@@ -297,7 +304,7 @@ pub struct SubscribeError(String);
 #[derive(Debug)]
 pub struct Registration {
     /// Events for this connection, in arrival order.
-    pub events: mpsc::Receiver<Queued>,
+    pub events: queue::Receiver,
     /// Trips when the queue overflowed: the client reads too slowly.
     pub too_slow: Shutdown,
     frames: Arc<StdMutex<TokenBucket>>,
@@ -329,26 +336,32 @@ impl Drop for Registration {
 }
 
 impl DeliveryHub {
-    /// A hub over `nats` with `queue` events of room per connection and a budget of client
-    /// frames per user.
-    #[must_use]
-    pub fn new(
+    /// A hub whose subscriptions are made on a [`Link`] of its own to the servers of
+    /// `config` (namespaced by `nats`), with the queue and frame budget of `realtime`.
+    pub async fn connect(
         nats: Nats,
-        queue: usize,
-        frames_per_second: u32,
-        frame_burst: u32,
+        config: &NatsConfig,
+        realtime: &RealtimeConfig,
         metrics: RealtimeMetrics,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+    ) -> Result<Arc<Self>, LinkError> {
+        let renders = Arc::new(RenderCache::default());
+        let handler = {
+            let (renders, metrics) = (Arc::clone(&renders), metrics.clone());
+            Box::new(move |connections: &UserConnections, message: Inbound| {
+                dispatch(connections, message, &renders, &metrics);
+            })
+        };
+        let link = Link::connect(config, "svc-bff deliveries", handler).await?;
+        Ok(Arc::new(Self {
             metrics,
             nats,
+            link,
             users: Mutex::new(HashMap::new()),
-            queue: queue.max(1),
+            queue: realtime.outbound_queue.max(1),
             next_id: AtomicU64::new(1),
-            frames_per_second,
-            frame_burst,
-            renders: Arc::new(RenderCache::default()),
-        })
+            frames_per_second: realtime.frames_per_second,
+            frame_burst: realtime.frame_burst,
+        }))
     }
 
     /// Registers a connection of `user_id`. When this returns, the user's subscription is
@@ -360,7 +373,7 @@ impl DeliveryHub {
         api: Api,
         transport: &'static str,
     ) -> Result<Registration, SubscribeError> {
-        let (queue, events) = mpsc::channel(self.queue);
+        let (queue, events) = queue::bounded(self.queue);
         let too_slow = Shutdown::new();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let connection = Connection {
@@ -375,25 +388,15 @@ impl DeliveryHub {
             Arc::clone(&slot.frames)
         } else {
             let subject = self.nats.subject(&subjects::deliver(user_id));
-            let subscriber = self
-                .nats
-                .client
-                .subscribe(subject)
+            let connections: Connections = Arc::default();
+            lock(&connections).insert(id, connection);
+            // Returns once the server has the subscription.
+            let subscription = self
+                .link
+                .subscribe(&subject, Arc::clone(&connections))
                 .await
                 .map_err(|e| SubscribeError(e.to_string()))?;
-            self.nats
-                .sync()
-                .await
-                .map_err(|e| SubscribeError(e.to_string()))?;
-            let connections: Connections =
-                Arc::new(StdMutex::new(HashMap::from([(id, connection)])));
             tracing::debug!(message = "Subscribed to deliveries.", user_id);
-            let dispatch = tokio::spawn(dispatch(
-                subscriber,
-                Arc::clone(&connections),
-                Arc::clone(&self.renders),
-                self.metrics.clone(),
-            ));
             let frames = Arc::new(StdMutex::new(TokenBucket::new(
                 self.frames_per_second,
                 self.frame_burst,
@@ -402,7 +405,7 @@ impl DeliveryHub {
                 user_id.to_owned(),
                 UserSlot {
                     connections,
-                    dispatch,
+                    _subscription: subscription,
                     frames: Arc::clone(&frames),
                 },
             );
@@ -442,11 +445,10 @@ impl DeliveryHub {
             connections.remove(&id);
             connections.is_empty()
         };
-        if empty && let Some(slot) = users.remove(user_id) {
+        if empty && users.remove(user_id).is_some() {
+            // Dropping the slot unsubscribed.
             tracing::debug!(message = "Unsubscribed from deliveries.", user_id);
             self.metrics.users.dec();
-            // Dropping the subscriber unsubscribes.
-            slot.dispatch.abort();
         }
     }
 
@@ -456,14 +458,26 @@ impl DeliveryHub {
         &self.metrics
     }
 
+    /// `readiness` with a probe that fails while the delivery link is reconnecting
+    /// (deliveries cannot arrive then).
+    #[must_use]
+    pub fn probe(self: &Arc<Self>, readiness: Readiness) -> Readiness {
+        let hub = Arc::clone(self);
+        readiness.with("nats deliveries", move || {
+            let up = hub.link.is_connected();
+            async move { up.then_some(()).ok_or_else(|| "reconnecting".to_owned()) }
+        })
+    }
+
     /// Users with at least one connection here.
     pub async fn connected_users(&self) -> usize {
         self.users.lock().await.len()
     }
 }
 
-fn lock(connections: &Connections) -> std::sync::MutexGuard<'_, HashMap<u64, Connection>> {
+fn lock(connections: &UserConnections) -> std::sync::MutexGuard<'_, HashMap<u64, Connection>> {
     connections
+        .0
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -527,54 +541,51 @@ fn event_id(delivery: &Delivery) -> Option<String> {
     Some(id.clone()).filter(|id| !id.is_empty())
 }
 
-/// Offers each delivery to every connection of the user. A full queue means the client is
-/// not keeping up: it is told to go (1013) rather than buffered forever.
-async fn dispatch(
-    mut subscriber: async_nats::Subscriber,
-    connections: Connections,
-    cache: Arc<RenderCache>,
-    metrics: RealtimeMetrics,
+/// Offers a delivery to every connection of its user. A full queue means the client is not
+/// keeping up: it is told to go (1013) rather than buffered forever.
+fn dispatch(
+    connections: &UserConnections,
+    message: Inbound,
+    cache: &RenderCache,
+    metrics: &RealtimeMetrics,
 ) {
-    while let Some(message) = subscriber.next().await {
-        let span = telemetry::consumer_span(
-            subjects::DELIVER_TEMPLATE,
-            message.subject.as_str(),
-            "gateway",
-            telemetry::nats_traceparent(message.headers.as_ref()),
-        );
-        let traceparent: Option<Arc<str>> = telemetry::traceparent(&span).map(Arc::from);
-        let _entered = span.enter();
-        let Ok(delivery) = Delivery::decode(message.payload) else {
-            tracing::warn!(message = "Undecodable delivery dropped.", subject = %message.subject);
-            continue;
+    let span = telemetry::consumer_span(
+        subjects::DELIVER_TEMPLATE,
+        &message.subject,
+        "gateway",
+        telemetry::nats_traceparent(message.headers.as_ref()),
+    );
+    let traceparent: Option<Arc<str>> = telemetry::traceparent(&span).map(Arc::from);
+    let _entered = span.enter();
+    let Ok(delivery) = Delivery::decode(message.payload) else {
+        tracing::warn!(message = "Undecodable delivery dropped.", subject = %message.subject);
+        return;
+    };
+    // Rendered at most once per version, and only for versions connected here.
+    let mut rendered: [Option<Option<Arc<LiveEvent>>>; Api::ALL.len()] = Default::default();
+    for connection in lock(connections).values() {
+        let event = rendered[connection.api.index()]
+            .get_or_insert_with(|| cache.render(&delivery, connection.api));
+        let Some(event) = event else { continue };
+        let queued = Queued {
+            event: Arc::clone(event),
+            traceparent: traceparent.clone(),
         };
-        // Rendered at most once per version, and only for versions connected here.
-        let mut rendered: [Option<Option<Arc<LiveEvent>>>; Api::ALL.len()] = Default::default();
-        for connection in lock(&connections).values() {
-            let event = rendered[connection.api.index()]
-                .get_or_insert_with(|| cache.render(&delivery, connection.api));
-            let Some(event) = event else { continue };
-            let queued = Queued {
-                event: Arc::clone(event),
-                traceparent: traceparent.clone(),
-            };
-            match connection.queue.try_send(queued) {
-                Ok(()) => {
-                    let queued = connection.queue.max_capacity() - connection.queue.capacity();
-                    #[expect(
-                        clippy::cast_precision_loss,
-                        reason = "queues hold far fewer than 2^52"
-                    )]
-                    metrics.queue_depth.observe(queued as f64);
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    if !connection.too_slow.is_cancelled() {
-                        metrics.slow_consumer(connection.transport, "queue_full");
-                    }
-                    connection.too_slow.cancel();
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+        match connection.queue.try_send(queued) {
+            Ok(queued) => {
+                #[expect(
+                    clippy::cast_precision_loss,
+                    reason = "queues hold far fewer than 2^52"
+                )]
+                metrics.queue_depth.observe(queued as f64);
             }
+            Err(Refused::Full) => {
+                if !connection.too_slow.is_cancelled() {
+                    metrics.slow_consumer(connection.transport, "queue_full");
+                }
+                connection.too_slow.cancel();
+            }
+            Err(Refused::Closed) => {}
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod feed;
 pub mod frames;
 pub mod hub;
 pub mod poll;
+pub mod queue;
 pub mod sse;
 pub mod typing;
 pub mod ws;

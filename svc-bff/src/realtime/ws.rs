@@ -18,10 +18,7 @@ use axum::{
 use futures::SinkExt as _;
 use tertulia_plumbing::client::with_deadline;
 use tertulia_proto::presence::v1 as presence_pb;
-use tokio::{
-    sync::mpsc,
-    time::{Instant as TokioInstant, interval_at, timeout},
-};
+use tokio::time::{Instant as TokioInstant, interval_at, timeout};
 use tracing::Instrument as _;
 
 use super::{
@@ -29,6 +26,7 @@ use super::{
     feed::Feed,
     frames::{self, ClientFrame},
     hub::{Queued, Registration},
+    queue,
 };
 use crate::versions::Notice;
 use crate::{
@@ -269,7 +267,7 @@ impl Session {
     async fn deliver(
         &mut self,
         feed: &mut Feed,
-        events: &mut mpsc::Receiver<Queued>,
+        events: &mut queue::Receiver,
         first: Queued,
     ) -> Result<(), Ending> {
         let mut frames = Vec::new();
@@ -298,7 +296,7 @@ impl Session {
                 spans.push(span);
             }
             if taken < DELIVERY_BATCH && frames.len() < DELIVERY_BATCH {
-                next = events.try_recv().ok();
+                next = events.try_recv();
             }
         }
         let written = self.send_all(frames).await;
