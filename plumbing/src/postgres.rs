@@ -75,9 +75,26 @@ impl DbError {
     }
 }
 
+/// How a pool's prepared statements are planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plans {
+    /// PostgreSQL's default: a plan for each execution's values until a generic plan looks
+    /// as good. For statements whose best plan depends on the values (search).
+    ByValue,
+    /// One generic plan per statement, made once: for short statements whose plan is the
+    /// same whatever the values. PostgreSQL's default keeps re-planning statements over
+    /// arrays (`unnest($1)`), whose estimates it can only make from the values.
+    Generic,
+}
+
 /// Builds a pool whose connections use `config.schema` as `search_path`, creating the schema
-/// when missing.
+/// when missing; statements are planned by value.
 pub async fn connect(config: &PostgresConfig) -> Result<Pool, DbError> {
+    connect_planned(config, Plans::ByValue).await
+}
+
+/// [`connect`], with statements planned as `plans` says.
+pub async fn connect_planned(config: &PostgresConfig, plans: Plans) -> Result<Pool, DbError> {
     validate_schema_name(&config.schema)?;
     let mut pg: tokio_postgres::Config = config
         .url
@@ -86,7 +103,11 @@ pub async fn connect(config: &PostgresConfig) -> Result<Pool, DbError> {
         .map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
     // No JIT: every statement here is short, and compiling one costs tens of milliseconds
     // (PostgreSQL's default turns it on for any plan its estimates call expensive).
-    pg.options(format!("-c search_path={} -c jit=off", config.schema));
+    let mut options = format!("-c search_path={} -c jit=off", config.schema);
+    if plans == Plans::Generic {
+        options.push_str(" -c plan_cache_mode=force_generic_plan");
+    }
+    pg.options(options);
     pg.connect_timeout(CONNECT_TIMEOUT);
     let manager = Manager::from_config(
         pg,

@@ -4,7 +4,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use tertulia_plumbing::{
-    StartError, grpc::GrpcServer, metrics::ConsumerMetrics, nats, postgres, shutdown::Shutdown,
+    StartError, config::PostgresConfig, grpc::GrpcServer, metrics::ConsumerMetrics, nats, postgres,
+    shutdown::Shutdown,
 };
 use tertulia_proto::{
     chat::{
@@ -20,7 +21,7 @@ use crate::{
     events::{FANOUT_CONSUMER, FanOut, OutboxRelay, RelayMetrics},
     grpc::ChatGrpc,
     grpc_v2::ChatV2Grpc,
-    store::{ChatStore, MIGRATIONS},
+    store::{self, ChatStore, MIGRATIONS},
 };
 
 /// How often published outbox rows older than an hour are deleted.
@@ -53,7 +54,12 @@ impl App {
             config.stream_replicas,
         )
         .await?;
-        let store = ChatStore::new(pool);
+        let batches = PostgresConfig {
+            max_connections: store::BATCH_CONNECTIONS,
+            ..config.database.clone()
+        };
+        let batches = postgres::connect_planned(&batches, postgres::Plans::Generic).await?;
+        let store = ChatStore::new(pool, batches);
         let mut registry = tertulia_plumbing::metrics::Registry::default();
         let relay_metrics = RelayMetrics::new(&mut registry);
         let consumer_metrics = ConsumerMetrics::new(&mut registry);

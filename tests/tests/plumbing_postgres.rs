@@ -94,3 +94,31 @@ async fn bad_configuration_is_a_clear_error() {
     let err = postgres::connect(&config).await.unwrap_err();
     assert!(err.is_unavailable(), "{err}");
 }
+
+#[tokio::test]
+async fn pools_plan_by_value_or_generically_as_asked_and_never_compile() {
+    let config = fresh_database();
+    let _schema = Schema(config.schema.clone());
+    for (plans, expected) in [
+        (postgres::Plans::ByValue, "auto"),
+        (postgres::Plans::Generic, "force_generic_plan"),
+    ] {
+        let pool = postgres::connect_planned(&config, plans).await.unwrap();
+        let client = pool.get().await.unwrap();
+        let row = client
+            .query_one(
+                "SELECT current_setting('plan_cache_mode'), current_setting('jit')",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                row.get::<_, String>(0).as_str(),
+                row.get::<_, String>(1).as_str()
+            ),
+            (expected, "off"),
+            "{plans:?}"
+        );
+    }
+}

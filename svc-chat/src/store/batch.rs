@@ -27,6 +27,11 @@ use crate::{domain::Message, events};
 const MAX_BATCH: usize = 128;
 /// Batches in flight at once (each holds a database connection).
 const CONCURRENT_BATCHES: usize = 4;
+/// Connections the group commit needs: one per batch in flight. Its statements are keyed by
+/// the arrays of a batch and have one good plan whatever the values, so its pool plans them
+/// once per connection ([`Plans::Generic`](tertulia_plumbing::postgres::Plans)); PostgreSQL's
+/// default would plan them again at every batch, estimating from the arrays.
+pub const BATCH_CONNECTIONS: usize = CONCURRENT_BATCHES;
 /// Sends waiting for a batch before their senders wait too.
 pub(super) const QUEUE: usize = 4096;
 

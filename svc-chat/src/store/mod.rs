@@ -3,6 +3,8 @@
 
 mod batch;
 
+pub use batch::BATCH_CONNECTIONS;
+
 use deadpool_postgres::Transaction;
 use tertulia_plumbing::postgres::{DbError, Migration, PgPool};
 use time::OffsetDateTime;
@@ -281,11 +283,12 @@ async fn lock_group(
 
 impl ChatStore {
     /// A store over `pool` (already migrated). Starts the group commit of sends on the
-    /// current Tokio runtime; it ends when the last clone of the store is dropped.
+    /// current Tokio runtime, on the connections of `batches` (see [`BATCH_CONNECTIONS`]);
+    /// it ends when the last clone of the store is dropped.
     #[must_use]
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: PgPool, batches: PgPool) -> Self {
         let (sends, queue) = mpsc::channel(batch::QUEUE);
-        tokio::spawn(batch::run(pool.clone(), queue));
+        tokio::spawn(batch::run(batches, queue));
         Self { pool, sends }
     }
 
