@@ -111,7 +111,7 @@ record() {
     log "$name reported a failure (see $OUT/$name.log)"
 }
 record media scripts/bench_media.py "$OUT" "http://127.0.0.1:$BFF_PORT" "$RUN/media/blobs" \
-  --duration "$MEDIA_STEP" --upload-mib 1024
+  --duration "$MEDIA_STEP" --pairs 3 --upload-mib 1024
 record catalog scripts/bench_catalog.py "$OUT" "http://127.0.0.1:$BFF_PORT" "$TERTULIA_DATABASE_URL" \
   --videos "$VIDEOS" --duration "$MEDIA_STEP" --depths "$DEPTHS"
 

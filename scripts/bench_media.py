@@ -163,6 +163,7 @@ def main():
     ap.add_argument("blob_root")
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--upload-mib", type=int, default=1024)
+    ap.add_argument("--pairs", type=int, default=3)
     a = ap.parse_args()
     blob_root = os.path.abspath(a.blob_root)
     scratch = os.path.join(a.out, "media-scratch")
@@ -181,11 +182,21 @@ def main():
     ours = video["playback"]["mp4_url"]
     nginx_url = f"http://127.0.0.1:{NGINX_PORT}/originals/{blob_file(blob_root, clip)}"
     nginx = start_nginx(a.out, blob_root)
+    # This machine's throughput drifts by tens of percent from one run to the next, so the
+    # two servers take turns: `pairs` runs of each, back to back, and the ratio is the
+    # median of the pairs' ratios.
+    result["pairs"] = a.pairs
     try:
-        for name, url in (("tertulia", ours), ("nginx", nginx_url)):
-            log(f"{name}: whole-file reads, then random 1 MiB ranges ({a.duration} s each)")
-            result[f"full_{name}"] = wrk(url, a.duration)
-            result[f"range_{name}"] = wrk(url, a.duration, size)
+        for kind, ranges in (("full", None), ("range", size)):
+            runs = {"tertulia": [], "nginx": []}
+            for n in range(a.pairs):
+                log(f"{kind} reads, pair {n + 1} of {a.pairs} ({a.duration} s each)")
+                for name, url in (("tertulia", ours), ("nginx", nginx_url)):
+                    runs[name].append(wrk(url, a.duration, ranges))
+            ratios = [t["mib_per_s"] / n["mib_per_s"] for t, n in zip(runs["tertulia"], runs["nginx"])]
+            result[f"{kind}_ratios"] = ratios
+            for name, rs in runs.items():
+                result[f"{kind}_{name}"] = sorted(rs, key=lambda r: r["mib_per_s"])[len(rs) // 2]
     finally:
         nginx.send_signal(signal.SIGQUIT)
         nginx.wait(timeout=10)

@@ -228,12 +228,18 @@ def media(folder):
     p("local blob store) against nginx (Debian's package, `sendfile on`, 2 workers) serving the")
     p(f"same file from the same folder; wrk with 2 threads and 16 connections for {m['duration_s']} s")
     p(f"each, on the same 2 cores. The object is a {m['object_bytes'] / 1024 / 1024:.1f} MiB original.")
+    pairs = m.get("pairs", 1)
+    p(f"Throughput here drifts by tens of percent between runs, so the two take turns: {pairs}")
+    p("runs of each, back to back; the ratio is the median of the pairs' ratios (all of them in")
+    p("brackets) and the other columns are each server's median run.")
     p()
     p("| reads | Tertulia MiB/s | nginx MiB/s | Tertulia ÷ nginx | Tertulia req/s (p50 / p99 ms) | nginx req/s (p50 / p99 ms) |")
     p("| --- | --- | --- | --- | --- | --- |")
     for kind, label in (("full", "whole file"), ("range", "random 1 MiB ranges")):
         t, n = m[f"{kind}_tertulia"], m[f"{kind}_nginx"]
-        p(f"| {label} | {t['mib_per_s']:.0f} | {n['mib_per_s']:.0f} | {ratio(t['mib_per_s'], n['mib_per_s'])} | "
+        ratios = sorted(m.get(f"{kind}_ratios") or [t["mib_per_s"] / n["mib_per_s"]])
+        each = ", ".join(f"{r:.2f}" for r in ratios)
+        p(f"| {label} | {t['mib_per_s']:.0f} | {n['mib_per_s']:.0f} | {ratios[len(ratios) // 2]:.2f}× ({each}) | "
           f"{t['requests_per_s']:.0f} ({ms(t['p50_ms'])} / {ms(t['p99_ms'])}) | {n['requests_per_s']:.0f} ({ms(n['p50_ms'])} / {ms(n['p99_ms'])}) |")
     p()
     p(f"tus upload of {m['upload_mib']} MiB over loopback (creation, then one streamed `PATCH` with")
