@@ -42,9 +42,23 @@ use crate::{
 /// How long in-flight requests may take to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What every handler can reach.
+/// What every handler can reach: a handle on the gateway's [`Shared`] state. Every request
+/// and every open connection holds one, so cloning it only counts a reference (the state
+/// itself is over a kilobyte).
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The clients, configuration and registries of the gateway.
+#[derive(Debug)]
+pub struct Shared {
     /// svc-auth.
     pub auth: AuthServiceClient<Channel>,
     /// svc-chat.
@@ -141,7 +155,7 @@ impl App {
         .await
         .map_err(|e| StartError::Other(chain(&e)))?;
         let readiness = hub.probe(Readiness::default().nats(nats.client.clone()));
-        let state = AppState {
+        let state = AppState(Arc::new(Shared {
             auth: AuthServiceClient::new(auth_channel.clone()),
             chat: ChatServiceClient::new(chat_channel.clone()),
             chat_v2: tertulia_proto::chat::v2::chat_service_client::ChatServiceClient::new(
@@ -174,7 +188,7 @@ impl App {
             realtime: config.realtime.clone(),
             shutdown: Shutdown::new(),
             sessions: tokio_util::task::TaskTracker::new(),
-        };
+        }));
         let sessions = state.shutdown.clone();
         let session_tasks = state.sessions.clone();
         let usage = Arc::clone(&state.usage);

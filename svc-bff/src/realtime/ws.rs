@@ -6,7 +6,7 @@
 //! live traffic and client frames until the client leaves, goes idle, floods (1008), sends an
 //! oversized frame (1009), reads too slowly (1013), or the gateway shuts down (1012).
 
-use std::{sync::Arc, time::Instant};
+use std::time::Instant;
 
 use axum::{
     extract::{
@@ -90,9 +90,7 @@ pub async fn upgrade(
         .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| {
             let sessions = state.sessions.clone();
-            // Shared, not copied: the state is over a kilobyte, and a task keeps what it holds
-            // for the connection's whole life.
-            sessions.track_future(Session::run(Arc::new(state), api, socket, notice))
+            sessions.track_future(Session::run(state, api, socket, notice))
         })
 }
 
@@ -103,7 +101,7 @@ struct Ending {
 }
 
 struct Session {
-    state: Arc<AppState>,
+    state: AppState,
     api: Api,
     socket: WebSocket,
     config: RealtimeConfig,
@@ -114,7 +112,7 @@ struct Session {
 }
 
 impl Session {
-    async fn run(state: Arc<AppState>, api: Api, socket: WebSocket, notice: Option<Notice>) {
+    async fn run(state: AppState, api: Api, socket: WebSocket, notice: Option<Notice>) {
         let config = state.realtime.clone();
         let mut session = Self {
             api,
@@ -544,16 +542,16 @@ async fn heartbeat(state: &AppState, user_id: &str, session_id: &str) {
 /// A session marked online for as long as this value lives; dropping it reports the
 /// disconnect (in the background, so closing never waits on svc-presence).
 struct OnlineSession {
-    state: Arc<AppState>,
+    state: AppState,
     user_id: String,
     session_id: String,
 }
 
 impl OnlineSession {
-    async fn start(state: &Arc<AppState>, user_id: &str, session_id: &str) -> Self {
+    async fn start(state: &AppState, user_id: &str, session_id: &str) -> Self {
         heartbeat(state, user_id, session_id).await;
         Self {
-            state: Arc::clone(state),
+            state: state.clone(),
             user_id: user_id.to_owned(),
             session_id: session_id.to_owned(),
         }
