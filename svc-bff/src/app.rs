@@ -103,7 +103,14 @@ pub struct Shared {
     pub metrics: Arc<tertulia_plumbing::metrics::Registry>,
     /// Its own dependencies (NATS), checked by `/readyz` beside the upstream services.
     pub readiness: Readiness,
+    /// Permits for the presence disconnects in flight: when thousands of connections close
+    /// at once (a restart, a network blip), their disconnects queue here rather than
+    /// exceed svc-presence's in-flight limit and be shed.
+    pub presence_disconnects: tokio::sync::Semaphore,
 }
+
+/// Presence disconnects in flight at once, per gateway.
+const PRESENCE_DISCONNECTS: usize = 64;
 
 /// A built, bound svc-bff.
 pub struct App {
@@ -188,6 +195,7 @@ impl App {
             realtime: config.realtime.clone(),
             shutdown: Shutdown::new(),
             sessions: tokio_util::task::TaskTracker::new(),
+            presence_disconnects: tokio::sync::Semaphore::new(PRESENCE_DISCONNECTS),
         }));
         let sessions = state.shutdown.clone();
         let session_tasks = state.sessions.clone();

@@ -566,6 +566,10 @@ impl Drop for OnlineSession {
             session_id: std::mem::take(&mut self.session_id),
         };
         tokio::spawn(async move {
+            // Never closed: the semaphore lives as long as the state.
+            let Ok(_permit) = state.presence_disconnects.acquire().await else {
+                return;
+            };
             if let Err(status) = state
                 .presence
                 .clone()
