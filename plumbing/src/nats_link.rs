@@ -508,8 +508,12 @@ impl<T> Task<T> {
                     self.on_commands(command, &mut out);
                 }
                 _ = keepalive.tick() => {
-                    let out_standing = self.pongs.iter().filter(|p| matches!(p, Pong::Keepalive)).count();
-                    if out_standing >= MAX_PINGS_OUT {
+                    let unanswered = self
+                        .pongs
+                        .iter()
+                        .filter(|p| matches!(p, Pong::Keepalive))
+                        .count();
+                    if unanswered >= MAX_PINGS_OUT {
                         return Ended::Lost("no PONG to keepalive PINGs".to_owned());
                     }
                     self.pongs.push_back(Pong::Keepalive);
@@ -600,7 +604,11 @@ impl<T> Task<T> {
                         Err(waiting) => confirms = waiting,
                     },
                     Err(reason) => {
-                        tracing::debug!(message = "NATS link: server unavailable.", server = ?server, reason);
+                        tracing::debug!(
+                            message = "NATS link: server unavailable.",
+                            server = ?server,
+                            reason
+                        );
                     }
                 }
             }

@@ -1,7 +1,7 @@
 //! The gateway's side of delivery: one core NATS subscription to `deliver.<user_id>` per
 //! connected user, however many devices they have here, on the gateway's delivery
-//! [`Link`], dispatched to a bounded queue per connection. Each event is rendered to a frame once per gateway, then shared by every
-//! recipient and connection here.
+//! [`Link`], dispatched to a bounded queue per connection. Each event is rendered to a
+//! frame once per gateway, then shared by every recipient and connection here.
 
 use std::{
     collections::HashMap,
