@@ -135,6 +135,43 @@ pub fn auth_config(
     }
 }
 
+/// How a test's svc-presence runs.
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceTuning {
+    /// Seconds a session stays online after its last heartbeat.
+    pub ttl_s: u64,
+    /// Calls it serves at once; it sheds the rest (`UNAVAILABLE`).
+    pub max_in_flight: usize,
+}
+
+impl PresenceTuning {
+    /// svc-presence's configuration, with svc-auth and svc-chat at these addresses.
+    fn config(
+        self,
+        nats: &NatsConfig,
+        auth: SocketAddr,
+        chat: SocketAddr,
+    ) -> svc_presence::PresenceConfig {
+        svc_presence::PresenceConfig {
+            grpc: GrpcServerConfig {
+                max_in_flight: self.max_in_flight,
+                ..GrpcServerConfig::on(loopback())
+            },
+            nats: nats.clone(),
+            auth: UpstreamConfig::at(format!("http://{auth}")),
+            chat: UpstreamConfig::at(format!("http://{chat}")),
+            session_ttl_s: self.ttl_s,
+            kv_replicas: 1,
+        }
+    }
+}
+
+/// svc-presence as most tests run it.
+pub const PRESENCE: PresenceTuning = PresenceTuning {
+    ttl_s: 60,
+    max_in_flight: 1024,
+};
+
 /// svc-auth, svc-chat, svc-presence and svc-bff running in-process, with an HTTP client pointed at the
 /// BFF. svc-auth uses schema `<schema>`, svc-chat `<schema>_chat`, both dropped at the end.
 pub struct Stack {
@@ -244,7 +281,7 @@ impl Stack {
             adjust_bff,
             |_| {},
             fresh_nats(),
-            60,
+            PRESENCE,
             None,
             1,
         ))
@@ -258,7 +295,7 @@ impl Stack {
             |_| {},
             adjust,
             fresh_nats(),
-            60,
+            PRESENCE,
             None,
             1,
         ))
@@ -267,12 +304,21 @@ impl Stack {
 
     /// Boots the stack with sessions expiring `ttl_s` seconds after their last heartbeat.
     pub async fn start_with_presence_ttl(ttl_s: u64) -> Self {
+        Box::pin(Self::start_with_presence(PresenceTuning {
+            ttl_s,
+            ..PRESENCE
+        }))
+        .await
+    }
+
+    /// Boots the stack with svc-presence tuned as `presence` says.
+    pub async fn start_with_presence(presence: PresenceTuning) -> Self {
         Box::pin(Self::start_full(
             |_| {},
             |_| {},
             |_| {},
             fresh_nats(),
-            ttl_s,
+            presence,
             None,
             1,
         ))
@@ -285,7 +331,16 @@ impl Stack {
             url: url.to_owned(),
             ..fresh_nats()
         };
-        Box::pin(Self::start_full(|_| {}, |_| {}, |_| {}, nats, 60, None, 1)).await
+        Box::pin(Self::start_full(
+            |_| {},
+            |_| {},
+            |_| {},
+            nats,
+            PRESENCE,
+            None,
+            1,
+        ))
+        .await
     }
 
     /// Boots the stack on a NATS cluster (`urls`, comma-separated) with every stream
@@ -300,7 +355,7 @@ impl Stack {
             |_| {},
             |_| {},
             nats,
-            60,
+            PRESENCE,
             None,
             replicas,
         ))
@@ -315,7 +370,7 @@ impl Stack {
             |_| {},
             |_| {},
             fresh_nats(),
-            60,
+            PRESENCE,
             Some(url.to_owned()),
             1,
         ))
@@ -327,7 +382,7 @@ impl Stack {
         adjust_bff: impl FnOnce(&mut svc_bff::config::BffConfig),
         adjust_media: impl FnOnce(&mut svc_media::MediaConfig),
         nats: NatsConfig,
-        presence_ttl_s: u64,
+        presence: PresenceTuning,
         chat_database_url: Option<String>,
         replicas: usize,
     ) -> Self {
@@ -368,15 +423,7 @@ impl Stack {
         let chat_shutdown = shutdown.child_token();
         let chat_task = Some(tokio::spawn(chat_app.run(chat_shutdown.clone())));
 
-        let presence_config = svc_presence::PresenceConfig {
-            grpc: GrpcServerConfig::on(loopback()),
-            nats: nats.clone(),
-            auth: UpstreamConfig::at(format!("http://{auth}")),
-            chat: UpstreamConfig::at(format!("http://{chat}")),
-            session_ttl_s: presence_ttl_s,
-            kv_replicas: 1,
-        };
-        let presence_app = svc_presence::App::build(presence_config)
+        let presence_app = svc_presence::App::build(presence.config(&nats, auth, chat))
             .await
             .expect("svc-presence starts");
         let presence = presence_app.grpc_addr();

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use tertulia_proto::presence::v1::{
     HeartbeatRequest, presence_service_client::PresenceServiceClient,
 };
-use tertulia_tests::{Session, Stack, assert_problem, grpc_channel};
+use tertulia_tests::{PRESENCE, PresenceTuning, Session, Stack, assert_problem, grpc_channel};
 
 async fn presence_of(stack: &Stack, asker: &Session, user: &Session) -> Value {
     let answer = stack
@@ -74,6 +74,42 @@ async fn users_of_a_gateway_that_died_go_offline_on_their_own() {
     assert_eq!(presence_frame(&mut ana_ws, &ben).await["status"], "online");
     assert_eq!(presence_frame(&mut ana_ws, &ben).await["status"], "offline");
     assert_eq!(presence_of(&stack, &ana, &ben).await["status"], "offline");
+}
+
+#[tokio::test]
+async fn a_crowd_leaving_at_once_goes_offline_even_when_presence_sheds_calls() {
+    // svc-presence serves two calls at a time and sheds the rest; sessions would outlive the
+    // test if a disconnect were lost (the TTL is the default minute).
+    let stack = Stack::start_with_presence(PresenceTuning {
+        max_in_flight: 2,
+        ..PRESENCE
+    })
+    .await;
+    let ana = stack.signed_up("ana").await;
+    let mut crowd = Vec::new();
+    for n in 0..24 {
+        crowd.push(stack.signed_up(&format!("guest{n}")).await);
+    }
+    stack.group(&ana, &crowd.iter().collect::<Vec<_>>()).await;
+    let mut ana_ws = stack.ws(&ana, &json!({})).await;
+    let mut sockets = Vec::new();
+    for guest in &crowd {
+        sockets.push(stack.ws(guest, &json!({})).await);
+        assert_eq!(presence_frame(&mut ana_ws, guest).await["status"], "online");
+    }
+
+    // All 24 close at once: their disconnects reach svc-presence together.
+    drop(sockets);
+    let mut gone = std::collections::HashSet::new();
+    while gone.len() < crowd.len() {
+        let frame = ana_ws.frame_of("presence").await;
+        if frame["status"] == "offline" {
+            gone.insert(frame["user_id"].as_str().unwrap().to_owned());
+        }
+    }
+    for guest in &crowd {
+        assert_eq!(presence_of(&stack, &ana, guest).await["status"], "offline");
+    }
 }
 
 #[tokio::test]

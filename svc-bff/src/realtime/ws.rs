@@ -539,6 +539,15 @@ async fn heartbeat(state: &AppState, user_id: &str, session_id: &str) {
     }
 }
 
+/// Pauses before a shed presence disconnect is tried again (each between half and one and
+/// a half times this); after the last, the session expires with its TTL instead.
+const DISCONNECT_RETRIES: [std::time::Duration; 4] = [
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_millis(300),
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(3),
+];
+
 /// A session marked online for as long as this value lives; dropping it reports the
 /// disconnect (in the background, so closing never waits on svc-presence).
 struct OnlineSession {
@@ -570,13 +579,23 @@ impl Drop for OnlineSession {
             let Ok(_permit) = state.presence_disconnects.acquire().await else {
                 return;
             };
-            if let Err(status) = state
-                .presence
-                .clone()
-                .disconnect(with_deadline(request, state.call_deadline))
-                .await
-            {
-                tracing::warn!(message = "Presence disconnect failed.", error = %status);
+            // svc-presence sheds calls beyond its in-flight limit (other gateways may be
+            // closing connections too): a shed call is tried again after a pause.
+            let mut presence = state.presence.clone();
+            for pause in DISCONNECT_RETRIES.iter().map(Some).chain([None]) {
+                let call = presence.disconnect(with_deadline(request.clone(), state.call_deadline));
+                match (call.await, pause) {
+                    (Ok(_), _) => return,
+                    (Err(status), Some(pause)) if status.code() == tonic::Code::Unavailable => {
+                        // Spread out, so that the calls shed together do not come back
+                        // together.
+                        tokio::time::sleep(pause.mul_f64(0.5 + rand::random::<f64>())).await;
+                    }
+                    (Err(status), _) => {
+                        tracing::warn!(message = "Presence disconnect failed.", error = %status);
+                        return;
+                    }
+                }
             }
         });
     }
