@@ -327,20 +327,7 @@ impl Stack {
 
     /// Boots the stack against the NATS server at `url` (a [`TestNats`] of the test's own).
     pub async fn start_on_nats(url: &str) -> Self {
-        let nats = NatsConfig {
-            url: url.to_owned(),
-            ..fresh_nats()
-        };
-        Box::pin(Self::start_full(
-            |_| {},
-            |_| {},
-            |_| {},
-            nats,
-            PRESENCE,
-            None,
-            1,
-        ))
-        .await
+        Box::pin(Self::start_on_cluster(url, 1)).await
     }
 
     /// Boots the stack on a NATS cluster (`urls`, comma-separated) with every stream
