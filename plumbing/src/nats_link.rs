@@ -275,23 +275,13 @@ impl<T: Send + Sync + 'static> Link<T> {
                 reason: "no server",
             });
         }
-        let mut last = String::new();
-        let mut first = None;
-        for (index, server) in servers.iter().enumerate() {
-            match open(server, name).await {
-                Ok(connection) => {
-                    first = Some((index, connection));
-                    break;
-                }
-                Err(error) => last = format!("{server:?}: {error}"),
-            }
-        }
-        let Some((index, connection)) = first else {
-            return Err(LinkError::Connect {
-                url: config.url.clone(),
-                reason: last,
-            });
-        };
+        let (index, connection) =
+            open_first(&servers, 0, name)
+                .await
+                .map_err(|reason| LinkError::Connect {
+                    url: config.url.clone(),
+                    reason,
+                })?;
         let table: Table<T> = Arc::default();
         let (commands, receiver) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(true));
@@ -417,6 +407,23 @@ async fn open(server: &Server, name: &str) -> Result<Connection, String> {
     timeout(CONNECT_TIMEOUT, attempt)
         .await
         .unwrap_or_else(|_| Err("timed out".to_owned()))
+}
+
+/// The first server that accepts a connection, trying them in turn from index `from`
+/// (wrapping around): its index and the connection, or why the last one failed.
+async fn open_first(
+    servers: &[Server],
+    from: usize,
+    name: &str,
+) -> Result<(usize, Connection), String> {
+    let mut last = String::new();
+    for index in (from..from + servers.len()).map(|i| i % servers.len()) {
+        match open(&servers[index], name).await {
+            Ok(connection) => return Ok((index, connection)),
+            Err(error) => last = format!("{:?}: {error}", servers[index]),
+        }
+    }
+    Err(last)
 }
 
 async fn next_frame(reader: &mut OwnedReadHalf, buffer: &mut BytesMut) -> Result<Frame, String> {
@@ -592,24 +599,22 @@ impl<T> Task<T> {
             .collect();
         let mut round = 0;
         loop {
-            for _ in 0..self.servers.len() {
-                self.current = (self.current + 1) % self.servers.len();
-                let server = self.servers[self.current].clone();
-                match open(&server, &self.name).await {
-                    Ok(mut connection) => match self.resubscribe(&mut connection, confirms).await {
+            match open_first(&self.servers, self.current + 1, &self.name).await {
+                Ok((index, mut connection)) => {
+                    self.current = index;
+                    match self.resubscribe(&mut connection, confirms).await {
                         Ok(()) => {
-                            tracing::info!(message = "NATS link reconnected.", server = ?server);
+                            tracing::info!(
+                                message = "NATS link reconnected.",
+                                server = ?self.servers[index]
+                            );
                             return Some(connection);
                         }
                         Err(waiting) => confirms = waiting,
-                    },
-                    Err(reason) => {
-                        tracing::debug!(
-                            message = "NATS link: server unavailable.",
-                            server = ?server,
-                            reason
-                        );
                     }
+                }
+                Err(reason) => {
+                    tracing::debug!(message = "NATS link: no server available.", reason);
                 }
             }
             let pause = BACKOFF[round.min(BACKOFF.len() - 1)];
@@ -676,14 +681,22 @@ fn parse(buffer: &mut BytesMut) -> Result<Option<Frame>, String> {
     let line =
         std::str::from_utf8(&buffer[..end]).map_err(|_| "protocol line not UTF-8".to_owned())?;
     let (op, args) = line.split_once(' ').unwrap_or((line, ""));
-    let frame = match op.to_ascii_uppercase().as_str() {
-        "MSG" | "HMSG" => return parse_message(buffer, end, op.len() == 4),
-        "PING" => Frame::Ping,
-        "PONG" => Frame::Pong,
-        "+OK" => Frame::Ok,
-        "-ERR" => Frame::Err(args.trim().trim_matches('\'').to_owned()),
-        "INFO" => Frame::Info,
-        _ => return Err(format!("unexpected protocol line {line:?}")),
+    // Operations are case-insensitive; servers send them in capitals.
+    let is = |name: &str| op.eq_ignore_ascii_case(name);
+    let frame = if is("MSG") || is("HMSG") {
+        return parse_message(buffer, end, op.len() == 4);
+    } else if is("PING") {
+        Frame::Ping
+    } else if is("PONG") {
+        Frame::Pong
+    } else if is("+OK") {
+        Frame::Ok
+    } else if is("-ERR") {
+        Frame::Err(args.trim().trim_matches('\'').to_owned())
+    } else if is("INFO") {
+        Frame::Info
+    } else {
+        return Err(format!("unexpected protocol line {line:?}"));
     };
     buffer.advance(end + 2);
     Ok(Some(frame))
@@ -703,7 +716,14 @@ fn parse_message(
         )
     };
     let line = std::str::from_utf8(&buffer[..end]).map_err(|_| invalid())?;
-    let args: Vec<&str> = line.split_ascii_whitespace().skip(1).collect();
+    // subject, sid, an optional reply, then one or two sizes: at most five.
+    let mut words = [""; 5];
+    let mut count = 0;
+    for word in line.split_ascii_whitespace().skip(1) {
+        *words.get_mut(count).ok_or_else(invalid)? = word;
+        count += 1;
+    }
+    let args = &words[..count];
     let sizes = usize::from(with_headers) + 1;
     if args.len() != 2 + sizes && args.len() != 3 + sizes {
         return Err(invalid());
@@ -805,6 +825,10 @@ mod tests {
         assert!(matches!(frames[5], Frame::Ok));
         assert!(matches!(&frames[6], Frame::Err(e) if e == "Unknown Protocol Operation"));
         assert!(matches!(frames[7], Frame::Info));
+        assert!(
+            matches!(self::frames(b"ping\r\n")[..], [Frame::Ping]),
+            "operations are case-insensitive"
+        );
     }
 
     #[test]
@@ -830,6 +854,7 @@ mod tests {
             b"HMSG a.b 1 9 3\r\nabc\r\n",
             b"WHAT\r\n",
             b"MSG a.b 1 99999999999\r\n",
+            b"MSG a.b 1 reply 2 3 4\r\nxx\r\n",
         ] {
             let mut buffer = BytesMut::from(raw);
             assert!(

@@ -139,6 +139,38 @@ async fn the_link_comes_back_after_the_server_restarts() {
 }
 
 #[tokio::test]
+async fn the_link_moves_to_the_next_server_of_the_list() {
+    let mut first = TestNats::start().await;
+    let second = TestNats::start().await;
+    let config = NatsConfig {
+        url: format!("{},{}", first.url, second.url),
+        namespace: String::new(),
+    };
+    let (handler, mut seen) = recorder();
+    let link = Link::connect(&config, "link-test", handler).await.unwrap();
+    let _kept = link
+        .subscribe("deliver.ann", Arc::new("ann".into()))
+        .await
+        .unwrap();
+
+    // The first server is gone for good: a subscription made now is confirmed by the
+    // second, which has every subscription by then.
+    first.kill().await;
+    let _new = link
+        .subscribe("deliver.bob", Arc::new("bob".into()))
+        .await
+        .expect("confirmed by the second server");
+    assert!(link.is_connected());
+    let publisher = async_nats::connect(&second.url).await.unwrap();
+    publisher
+        .publish("deliver.ann", "moved".into())
+        .await
+        .unwrap();
+    let (target, _, payload, _) = next(&mut seen).await;
+    assert_eq!((target.as_str(), &payload[..]), ("ann", &b"moved"[..]));
+}
+
+#[tokio::test]
 async fn bad_servers_and_subjects_are_clear_errors() {
     let (handler, _seen) = recorder();
     let unreachable = NatsConfig {
