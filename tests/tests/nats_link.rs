@@ -9,7 +9,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use tertulia_plumbing::{
     config::NatsConfig,
-    nats_link::{Handler, Inbound, Link, LinkError},
+    nats_link::{Handler, Inbound, Link, LinkError, Subscription},
 };
 use tertulia_tests::{TestNats, fresh_nats};
 use tokio::sync::mpsc;
@@ -101,19 +101,31 @@ async fn messages_reach_their_subscription_until_it_is_dropped() {
     assert_eq!(link.subscriptions(), 1);
 }
 
-#[tokio::test]
-async fn the_link_comes_back_after_the_server_restarts() {
-    let mut server = TestNats::start().await;
+/// A link to the servers of `url` (no namespace) with `ann` subscribed to `deliver.ann`.
+async fn linked_with_ann(
+    url: String,
+) -> (
+    Link<String>,
+    mpsc::UnboundedReceiver<Seen>,
+    Subscription<String>,
+) {
     let config = NatsConfig {
-        url: server.url.clone(),
+        url,
         namespace: String::new(),
     };
-    let (handler, mut seen) = recorder();
+    let (handler, seen) = recorder();
     let link = Link::connect(&config, "link-test", handler).await.unwrap();
-    let _kept = link
+    let ann = link
         .subscribe("deliver.ann", Arc::new("ann".into()))
         .await
         .unwrap();
+    (link, seen, ann)
+}
+
+#[tokio::test]
+async fn the_link_comes_back_after_the_server_restarts() {
+    let mut server = TestNats::start().await;
+    let (link, mut seen, _kept) = linked_with_ann(server.url.clone()).await;
 
     server.kill().await;
     server.restart().await;
@@ -142,16 +154,7 @@ async fn the_link_comes_back_after_the_server_restarts() {
 async fn the_link_moves_to_the_next_server_of_the_list() {
     let mut first = TestNats::start().await;
     let second = TestNats::start().await;
-    let config = NatsConfig {
-        url: format!("{},{}", first.url, second.url),
-        namespace: String::new(),
-    };
-    let (handler, mut seen) = recorder();
-    let link = Link::connect(&config, "link-test", handler).await.unwrap();
-    let _kept = link
-        .subscribe("deliver.ann", Arc::new("ann".into()))
-        .await
-        .unwrap();
+    let (link, mut seen, _kept) = linked_with_ann(format!("{},{}", first.url, second.url)).await;
 
     // The first server is gone for good: a subscription made now is confirmed by the
     // second, which has every subscription by then.
