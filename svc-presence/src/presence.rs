@@ -80,11 +80,15 @@ impl Presence {
             gateway: gateway.to_owned(),
             expires_ms: now_ms().saturating_add(ttl_ms),
         };
+        let session = session.to_owned();
         let change = self
             .store
-            .modify(user, |record| {
-                record.sessions.insert(session.to_owned(), entry.clone());
-            })
+            .modify(
+                user,
+                Box::new(move |record| {
+                    record.sessions.insert(session.clone(), entry.clone());
+                }),
+            )
             .await?;
         self.store.seen(user).await?;
         if change.live_before == 0 {
@@ -95,11 +99,15 @@ impl Presence {
 
     /// A gateway says `session` of `user` ended.
     pub async fn disconnect(&self, user: &str, session: &str) -> Result<(), StoreError> {
+        let session = session.to_owned();
         let change = self
             .store
-            .modify(user, |record| {
-                record.sessions.remove(session);
-            })
+            .modify(
+                user,
+                Box::new(move |record| {
+                    record.sessions.remove(&session);
+                }),
+            )
             .await?;
         self.store.seen(user).await?;
         if change.live_before > 0 && change.live_after == 0 {
@@ -126,7 +134,7 @@ impl Presence {
     /// one of them see the transition and push it.
     pub async fn sweep(&self) -> Result<(), StoreError> {
         for user in self.store.recorded_users().await? {
-            let change = self.store.modify(&user, |_| {}).await?;
+            let change = self.store.modify(&user, Box::new(|_| {})).await?;
             if change.recorded_before > 0 && change.live_before == 0 && change.live_after == 0 {
                 self.push(&user, false).await;
             }

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 use tertulia_proto::presence::v1::{
-    HeartbeatRequest, presence_service_client::PresenceServiceClient,
+    DisconnectRequest, HeartbeatRequest, presence_service_client::PresenceServiceClient,
 };
 use tertulia_tests::{PRESENCE, PresenceTuning, Session, Stack, assert_problem, grpc_channel};
 
@@ -110,6 +110,50 @@ async fn a_crowd_leaving_at_once_goes_offline_even_when_presence_sheds_calls() {
     for guest in &crowd {
         assert_eq!(presence_of(&stack, &ana, guest).await["status"], "offline");
     }
+}
+
+#[tokio::test]
+async fn many_devices_of_one_user_coming_and_going_at_once_are_all_counted() {
+    let stack = Stack::start().await;
+    let ana = stack.signed_up("ana").await;
+    let ben = stack.signed_up("ben").await;
+    stack.group(&ana, &[&ben]).await;
+    let mut ana_ws = stack.ws(&ana, &json!({})).await;
+    let presence = PresenceServiceClient::new(grpc_channel(stack.presence).await);
+    let heartbeat = |n: usize| {
+        let mut presence = presence.clone();
+        let request = HeartbeatRequest {
+            user_id: ben.user_id.clone(),
+            session_id: format!("device-{n}"),
+            gateway_id: "gateway".into(),
+        };
+        async move { presence.heartbeat(request).await }
+    };
+    let disconnect = |n: usize| {
+        let mut presence = presence.clone();
+        let request = DisconnectRequest {
+            user_id: ben.user_id.clone(),
+            session_id: format!("device-{n}"),
+        };
+        async move { presence.disconnect(request).await }
+    };
+    // Forty devices of one user (one record in the store) report at once: every call is
+    // answered, none is lost to the others.
+    for answer in futures::future::join_all((0..40).map(heartbeat)).await {
+        answer.expect("a heartbeat among forty at once");
+    }
+    assert_eq!(presence_frame(&mut ana_ws, &ben).await["status"], "online");
+    for answer in futures::future::join_all((0..39).map(disconnect)).await {
+        answer.expect("a disconnect among thirty-nine at once");
+    }
+    assert_eq!(
+        presence_of(&stack, &ana, &ben).await["status"],
+        "online",
+        "one device is left"
+    );
+    disconnect(39).await.unwrap();
+    assert_eq!(presence_frame(&mut ana_ws, &ben).await["status"], "offline");
+    assert_eq!(presence_of(&stack, &ana, &ben).await["status"], "offline");
 }
 
 #[tokio::test]
