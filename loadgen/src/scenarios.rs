@@ -336,6 +336,13 @@ async fn run_step(room: &Rooms, o: &Options, rate: f64, numbers: std::ops::Range
         for (code, n) in std::mem::take(&mut seen.errors) {
             *errors.entry(code).or_insert(0) += n;
         }
+        // A connection the server closed (a slow consumer, say) misses what came after: the
+        // report names why, beside the count of what is missing.
+        if let Some(reason) = seen.closed.take() {
+            *errors
+                .entry(format!("closed by the server: {reason}"))
+                .or_insert(0) += 1;
+        }
     }
     let delivered: u64 = numbers
         .clone()
