@@ -278,6 +278,20 @@ pub(crate) async fn throughput(ep: &Endpoint, o: &Options) -> Result<ThroughputR
     })
 }
 
+/// How many messages of a step are due `elapsed` into it at `rate`: message `i` is due at
+/// `i / rate`, so those up to and including the current interval's. (Counting only whole
+/// elapsed intervals sent each message one interval late while stamping it with its
+/// scheduled time, which added 1/rate to every latency: 50 ms at 20 msg/s, 2 ms at 500.)
+fn due(elapsed: Duration, rate: f64) -> usize {
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "positive message counts"
+    )]
+    let whole = (elapsed.as_secs_f64() * rate) as usize;
+    whole + 1
+}
+
 /// Sends messages `numbers` at `rate`, open loop (each at its scheduled time), round-robin
 /// over the conversations and their members; waits for every delivery (or [`DRAIN`]).
 async fn run_step(room: &Rooms, o: &Options, rate: f64, numbers: std::ops::Range<usize>) -> Step {
@@ -289,12 +303,7 @@ async fn run_step(room: &Rooms, o: &Options, rate: f64, numbers: std::ops::Range
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     while next < numbers.end {
         tick.tick().await;
-        #[expect(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            reason = "positive message counts"
-        )]
-        let due = numbers.start + (start.elapsed().as_secs_f64() * rate) as usize;
+        let due = numbers.start + due(start.elapsed(), rate);
         while next < due.min(numbers.end) {
             let i = next - numbers.start;
             let group = i % groups;
@@ -486,4 +495,18 @@ pub(crate) async fn storm(ep: &Endpoint, o: &Options) -> Result<StormReport, Err
         missing,
         duplicates,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_goes_out_at_its_scheduled_time() {
+        let ms = Duration::from_millis;
+        assert_eq!(due(Duration::ZERO, 20.0), 1, "the first at once");
+        assert_eq!(due(ms(49), 20.0), 1);
+        assert_eq!(due(ms(50), 20.0), 2, "the second 50 ms in, at 20 a second");
+        assert_eq!(due(ms(1000), 500.0), 501);
+    }
 }
