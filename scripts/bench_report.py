@@ -66,6 +66,22 @@ def ms(v):
     return f"{v:.2f}"
 
 
+def shortfall_lines(folder):
+    """One line per throughput step that missed deliveries or saw errors, naming them."""
+    lines = []
+    for size in (2, 10, 100):
+        for label, suffix in (("Tertulia", "tertulia"), ("relay", "relay")):
+            r = load(folder, f"throughput-{size}-{suffix}")
+            for s in (r or {}).get("steps", []):
+                if not s["missing"] and not s["errors"]:
+                    continue
+                seen = "; ".join(f"{why} × {n}" for why, n in sorted(s["errors"].items()))
+                lines.append(f"groups of {size}, {label}, {s['target_rate']:.0f} msg/s: "
+                             f"{s['missing']} of {s['deliveries_expected']} deliveries missing"
+                             + (f"; {seen}" if seen else ""))
+    return lines
+
+
 def main():
     folder, mode = sys.argv[1], sys.argv[2]
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -181,6 +197,13 @@ def main():
             d = s["delivery"]
             p(f"| {size} | {label} | {s['target_rate']:.0f} | {per_s:.0f} | {ms(d['p50_ms'])} / {ms(d['p99_ms'])} | {s['deliveries']}/{s['deliveries_expected']} | {cpu_per} |")
     p()
+    shortfalls = shortfall_lines(folder)
+    if shortfalls:
+        p("**Runs short of every delivery** (and what the generator saw):")
+        p()
+        for line in shortfalls:
+            p(f"- {line}")
+        p()
     for size in (2, 100):
         for suffix in ("tertulia", "relay"):
             if command(folder, f"throughput-{size}-{suffix}"):
