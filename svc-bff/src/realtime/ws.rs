@@ -575,16 +575,19 @@ impl Drop for OnlineSession {
             session_id: std::mem::take(&mut self.session_id),
         };
         tokio::spawn(async move {
-            // Never closed: the semaphore lives as long as the state.
-            let Ok(_permit) = state.presence_disconnects.acquire().await else {
-                return;
-            };
             // svc-presence sheds calls beyond its in-flight limit (other gateways may be
             // closing connections too): a shed call is tried again after a pause.
             let mut presence = state.presence.clone();
             for pause in DISCONNECT_RETRIES.iter().map(Some).chain([None]) {
+                // A permit per call, not held through the pause: the limit is on calls in
+                // flight. (Never closed: the semaphore lives as long as the state.)
+                let Ok(permit) = state.presence_disconnects.acquire().await else {
+                    return;
+                };
                 let call = presence.disconnect(with_deadline(request.clone(), state.call_deadline));
-                match (call.await, pause) {
+                let answer = call.await;
+                drop(permit);
+                match (answer, pause) {
                     (Ok(_), _) => return,
                     (Err(status), Some(pause)) if status.code() == tonic::Code::Unavailable => {
                         // Spread out, so that the calls shed together do not come back
