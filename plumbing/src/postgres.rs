@@ -130,6 +130,134 @@ pub async fn connect_planned(config: &PostgresConfig, plans: Plans) -> Result<Po
     Ok(pool)
 }
 
+/// A transaction whose `BEGIN` travels with its first statements and whose `COMMIT` with
+/// its last, so a transaction of reads then writes costs two round trips instead of four.
+///
+/// PostgreSQL runs what one connection sends in order, and `tokio-postgres` sends a
+/// statement when its future is first polled; so `BEGIN` polled before the first
+/// statements, and `COMMIT` after the last, wrap them as a transaction. A statement that
+/// fails aborts the transaction, and the `COMMIT` behind it then rolls back.
+///
+/// Unless [`commit_with`](Self::commit_with) succeeded or [`rollback`](Self::rollback) was
+/// called, dropping it closes the connection instead of handing it back to the pool (the
+/// server rolls back what the connection had begun), so no connection goes back to the pool
+/// inside a transaction, whatever went wrong.
+pub struct PipelinedTransaction {
+    /// `None` once the connection is back in the pool.
+    client: Option<deadpool_postgres::Object>,
+    /// What starts it.
+    begin: &'static str,
+    /// The commit succeeded: the connection may go back to the pool.
+    committed: std::sync::atomic::AtomicBool,
+}
+
+/// When a commit counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Once its WAL is on disk: what was answered survives a crash of the server.
+    Flushed,
+    /// Before its WAL is on disk (`synchronous_commit = off`): a crash of the server may
+    /// lose the last fraction of a second of such commits, never anyone else's. Only for
+    /// writes that are done again when lost, such as marking outbox rows published.
+    Deferred,
+}
+
+impl PipelinedTransaction {
+    /// A transaction on `client`, not yet begun: prepare statements with
+    /// [`client`](Self::client), then [`begin_with`](Self::begin_with).
+    #[must_use]
+    pub fn new(client: deadpool_postgres::Object, durability: Durability) -> Self {
+        Self {
+            client: Some(client),
+            begin: match durability {
+                Durability::Flushed => "BEGIN",
+                Durability::Deferred => "BEGIN; SET LOCAL synchronous_commit TO off",
+            },
+            committed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The connection, for preparing statements and for the futures of those it runs.
+    ///
+    /// # Panics
+    ///
+    /// Never: the connection is only taken by [`rollback`](Self::rollback) and `drop`, which
+    /// consume the transaction.
+    pub fn client(&self) -> &deadpool_postgres::Object {
+        self.client
+            .as_ref()
+            .expect("a transaction holds its connection until it is over")
+    }
+
+    /// Sends `BEGIN` (and the durability's setting) and, behind it, `first`: the
+    /// transaction's first statements.
+    ///
+    /// # Errors
+    ///
+    /// `BEGIN` or one of `first`'s statements failed; drop the transaction.
+    pub async fn begin_with<T>(
+        &self,
+        first: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, tokio_postgres::Error> {
+        let ((), value) = futures::try_join!(self.client().batch_execute(self.begin), first)?;
+        Ok(value)
+    }
+
+    /// Sends `last`, the transaction's last statements, and `COMMIT` behind them; once the
+    /// commit succeeded, dropping the transaction hands the connection back to the pool.
+    ///
+    /// `last` must send all of its statements when first polled: statements already
+    /// prepared, not a block that prepares one (whose statement would go after the `COMMIT`).
+    ///
+    /// # Errors
+    ///
+    /// One of `last`'s statements or the commit failed: nothing of the transaction is
+    /// stored, or, when the connection was lost during the commit, it may be.
+    pub async fn commit_with<T>(
+        &self,
+        last: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, tokio_postgres::Error> {
+        let (value, ()) = futures::try_join!(last, self.client().batch_execute("COMMIT"))?;
+        self.committed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(value)
+    }
+
+    /// Rolls back, without waiting: the connection goes back to the pool at once, and
+    /// whatever it is asked next goes after the `ROLLBACK`.
+    pub fn rollback(mut self) {
+        if let Some(client) = self.client.take() {
+            // Polled once, the request is sent; its answer is not needed.
+            drop(futures::FutureExt::now_or_never(
+                client.batch_execute("ROLLBACK"),
+            ));
+        }
+    }
+}
+
+impl Drop for PipelinedTransaction {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take()
+            && !self.committed.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            // Out of the pool, the connection closes and the server rolls back.
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
+impl std::fmt::Debug for PipelinedTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelinedTransaction")
+            .field("begin", &self.begin)
+            .field(
+                "committed",
+                &self.committed.load(std::sync::atomic::Ordering::Relaxed),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
 /// Applies the migrations not yet recorded in the schema, in order, in one transaction under
 /// an advisory lock, so several instances starting together migrate once.
 pub async fn migrate(pool: &Pool, migrations: &[Migration]) -> Result<(), DbError> {

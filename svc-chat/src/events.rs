@@ -13,7 +13,7 @@ use prost::Message as _;
 use tertulia_plumbing::{
     metrics::{Counter, Gauge, Histogram, Registry, latency, sample_until},
     nats::{DurableConsumer, Handled, Nats},
-    postgres::DbError,
+    postgres::{DbError, Durability, PipelinedTransaction},
     shutdown::Shutdown,
     telemetry,
     wire::timestamp,
@@ -323,32 +323,44 @@ impl OutboxRelay {
 
     /// Publishes one batch; returns how many rows it published.
     pub async fn relay_once(&self) -> Result<usize, RelayError> {
-        let mut client = self.store.pool().get().await.map_err(DbError::from)?;
-        let tx = client.transaction().await.map_err(DbError::from)?;
+        let client = self.store.relay_pool().get().await.map_err(DbError::from)?;
+        // A mark lost in a crash of the database publishes its rows again: JetStream drops
+        // them as duplicates (by `Nats-Msg-Id`) within its window, and past it members
+        // dedupe by seq as for any redelivery. So the commit need not wait for the disk.
+        let tx = PipelinedTransaction::new(client, Durability::Deferred);
         let rows = ChatStore::claim_outbox(&tx, RELAY_BATCH)
             .await
             .map_err(DbError::from)?;
         if rows.is_empty() {
+            tx.rollback();
             return Ok(0);
         }
-        // Publish all, then await all acks: one round trip of latency for the batch.
-        let mut acks = Vec::with_capacity(rows.len());
-        for row in &rows {
-            acks.push(self.publish(row).await?);
-        }
-        for ack in acks {
-            ack.await.map_err(|e| RelayError::Publish(e.to_string()))?;
+        if let Err(error) = self.publish_all(&rows).await {
+            // The claim ends; the rows wait for the next round.
+            tx.rollback();
+            return Err(error);
         }
         let ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
-        ChatStore::mark_published(&tx, &ids)
+        ChatStore::commit_published(&tx, &ids)
             .await
             .map_err(DbError::from)?;
-        tx.commit().await.map_err(DbError::from)?;
         for row in &rows {
             self.metrics.lag.observe(row.age_s.max(0.0));
         }
         self.metrics.relayed.inc_by(rows.len() as u64);
         Ok(rows.len())
+    }
+
+    /// Publishes all, then awaits all acks: one round trip of latency for the batch.
+    async fn publish_all(&self, rows: &[OutboxRow]) -> Result<(), RelayError> {
+        let mut acks = Vec::with_capacity(rows.len());
+        for row in rows {
+            acks.push(self.publish(row).await?);
+        }
+        for ack in acks {
+            ack.await.map_err(|e| RelayError::Publish(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Publishes one row in a producer span that continues the trace of the call that

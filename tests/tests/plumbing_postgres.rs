@@ -1,6 +1,6 @@
 //! The PostgreSQL plumbing against the real server: schemas, migrations, error classes.
 
-use tertulia_plumbing::postgres::{self, DbError, Migration};
+use tertulia_plumbing::postgres::{self, DbError, Durability, Migration, PipelinedTransaction};
 use tertulia_tests::{drop_schema, fresh_database};
 
 const MIGRATIONS: &[Migration] = &[
@@ -121,4 +121,168 @@ async fn pools_plan_by_value_or_generically_as_asked_and_never_compile() {
             "{plans:?}"
         );
     }
+}
+
+/// A pool of at most `size` connections over a fresh schema with a table `things`.
+async fn things_pool(size: usize) -> (postgres::PgPool, Schema) {
+    let mut config = fresh_database();
+    config.max_connections = size;
+    let schema = Schema(config.schema.clone());
+    let pool = postgres::connect(&config).await.unwrap();
+    postgres::migrate(&pool, &MIGRATIONS[..1]).await.unwrap();
+    (pool, schema)
+}
+
+async fn backend(client: &tokio_postgres::Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn things(pool: &postgres::PgPool) -> Vec<i32> {
+    pool.get()
+        .await
+        .unwrap()
+        .query("SELECT id FROM things ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn setting(client: &tokio_postgres::Client, name: &str) -> String {
+    client
+        .query_one("SELECT current_setting($1)", &[&name])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A transaction on the only connection of `pool`, and that connection's backend.
+async fn transaction_on(pool: &postgres::PgPool) -> (PipelinedTransaction, i32) {
+    let first = backend(&pool.get().await.unwrap()).await;
+    let tx = PipelinedTransaction::new(pool.get().await.unwrap(), Durability::Flushed);
+    (tx, first)
+}
+
+#[tokio::test]
+async fn a_pipelined_transaction_commits_its_statements_together_and_returns_its_connection() {
+    let (pool, _schema) = things_pool(1).await;
+    let (tx, first) = transaction_on(&pool).await;
+    let client = tx.client();
+    let insert = client
+        .prepare_cached("INSERT INTO things (id) VALUES ($1)")
+        .await
+        .unwrap();
+    let count: i64 = tx
+        .begin_with(client.query_one("SELECT count(*) FROM things", &[]))
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0);
+    tx.commit_with(async {
+        futures::try_join!(
+            client.execute(&insert, &[&1i32]),
+            client.execute(&insert, &[&2i32])
+        )
+    })
+    .await
+    .unwrap();
+    drop(tx);
+    assert_eq!(things(&pool).await, [1, 2]);
+    // Back in the pool of one, outside any transaction.
+    let again = pool.get().await.unwrap();
+    assert_eq!(backend(&again).await, first);
+    assert_eq!(setting(&again, "synchronous_commit").await, "on");
+}
+
+#[tokio::test]
+async fn a_failed_pipelined_transaction_stores_nothing_and_its_connection_is_closed() {
+    let (pool, _schema) = things_pool(1).await;
+    let (tx, first) = transaction_on(&pool).await;
+    let client = tx.client();
+    let insert = client
+        .prepare_cached("INSERT INTO things (id) VALUES ($1)")
+        .await
+        .unwrap();
+    tx.begin_with(client.execute(&insert, &[&1i32]))
+        .await
+        .unwrap();
+    // The second statement fails (the same key): the commit behind it rolls back.
+    let error = tx
+        .commit_with(async {
+            futures::try_join!(
+                client.execute(&insert, &[&2i32]),
+                client.execute(&insert, &[&2i32])
+            )
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.code(),
+        Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION),
+        "{error}"
+    );
+    drop(tx);
+    assert_eq!(things(&pool).await, Vec::<i32>::new());
+    // The pool of one made a new connection: the failed one was not handed back.
+    assert_ne!(backend(&pool.get().await.unwrap()).await, first);
+
+    // Dropped before its commit (a caller that went away): nothing stored either.
+    let tx = PipelinedTransaction::new(pool.get().await.unwrap(), Durability::Flushed);
+    tx.begin_with(
+        tx.client()
+            .execute("INSERT INTO things (id) VALUES (3)", &[]),
+    )
+    .await
+    .unwrap();
+    drop(tx);
+    assert_eq!(things(&pool).await, Vec::<i32>::new());
+}
+
+#[tokio::test]
+async fn a_rolled_back_pipelined_transaction_hands_its_connection_back_at_once() {
+    let (pool, _schema) = things_pool(2).await;
+    let tx = PipelinedTransaction::new(pool.get().await.unwrap(), Durability::Deferred);
+    let client = tx.client();
+    let first = backend(client).await;
+    let inside: String = tx
+        .begin_with(async {
+            client
+                .execute("INSERT INTO things (id) VALUES (1)", &[])
+                .await?;
+            client
+                .query_one("SELECT current_setting('synchronous_commit')", &[])
+                .await
+        })
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(inside, "off", "deferred durability is the transaction's");
+    tx.rollback();
+    let again = pool.get().await.unwrap();
+    assert_eq!(
+        backend(&again).await,
+        first,
+        "the same connection, back in the pool"
+    );
+    // Outside any transaction: what it writes now is seen at once by another connection.
+    again
+        .execute("INSERT INTO things (id) VALUES (2)", &[])
+        .await
+        .unwrap();
+    let other = pool.get().await.unwrap();
+    assert_ne!(backend(&other).await, first);
+    let seen: Vec<i32> = other
+        .query("SELECT id FROM things ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seen, [2], "the rolled-back row is gone");
+    assert_eq!(setting(&again, "synchronous_commit").await, "on");
 }

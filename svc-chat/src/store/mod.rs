@@ -6,7 +6,7 @@ mod batch;
 pub use batch::BATCH_CONNECTIONS;
 
 use deadpool_postgres::Transaction;
-use tertulia_plumbing::postgres::{DbError, Migration, PgPool};
+use tertulia_plumbing::postgres::{DbError, Migration, PgPool, PipelinedTransaction};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Row;
@@ -96,6 +96,8 @@ pub enum Membership {
 #[derive(Debug, Clone)]
 pub struct ChatStore {
     pool: PgPool,
+    /// Short statements planned once ([`BATCH_CONNECTIONS`]), for the outbox relay.
+    relay: PgPool,
     /// The queue of the group commit of sends.
     sends: mpsc::Sender<batch::Queued>,
 }
@@ -288,14 +290,19 @@ impl ChatStore {
     #[must_use]
     pub fn new(pool: PgPool, batches: PgPool) -> Self {
         let (sends, queue) = mpsc::channel(batch::QUEUE);
-        tokio::spawn(batch::run(batches, queue));
-        Self { pool, sends }
+        tokio::spawn(batch::run(batches.clone(), queue));
+        Self {
+            pool,
+            relay: batches,
+            sends,
+        }
     }
 
-    /// The pool, for the outbox relay's own transactions.
+    /// The pool of the outbox relay's transactions (the group commit's, which keeps a
+    /// connection for it).
     #[must_use]
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    pub fn relay_pool(&self) -> &PgPool {
+        &self.relay
     }
 
     /// Creates a group of `actor` and `others`.
@@ -505,8 +512,8 @@ impl ChatStore {
     /// original finds it.
     ///
     /// Sends are group-committed (see [`batch`]): concurrent ones share a transaction of
-    /// four round trips (`BEGIN`; the lock of their conversations with, pipelined behind
-    /// it, the idempotency check and the member lists; one write per table; `COMMIT`),
+    /// two round trips (`BEGIN`, the lock of their conversations and, pipelined behind it,
+    /// the idempotency check and the member lists; one write per table and `COMMIT`),
     /// whatever the batch and group sizes. The answer comes after the commit.
     pub async fn send(
         &self,
@@ -732,13 +739,14 @@ impl ChatStore {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// Claims up to `limit` unpublished outbox rows, oldest first, skipping rows another
-    /// relay holds.
+    /// Begins a transaction and claims in it up to `limit` unpublished outbox rows, oldest
+    /// first, skipping rows another relay holds.
     pub async fn claim_outbox(
-        tx: &Transaction<'_>,
+        tx: &PipelinedTransaction,
         limit: i64,
     ) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
         let statement = tx
+            .client()
             .prepare_cached(
                 "SELECT event_id, subject, payload,
                         extract(epoch FROM clock_timestamp() - created_at)::float8,
@@ -750,7 +758,9 @@ impl ChatStore {
                  FOR UPDATE SKIP LOCKED",
             )
             .await?;
-        let rows = tx.query(&statement, &[&limit]).await?;
+        let rows = tx
+            .begin_with(tx.client().query(&statement, &[&limit]))
+            .await?;
         Ok(rows
             .iter()
             .map(|r| OutboxRow {
@@ -763,15 +773,17 @@ impl ChatStore {
             .collect())
     }
 
-    /// Marks rows published (after JetStream acknowledged them).
-    pub async fn mark_published(
-        tx: &Transaction<'_>,
+    /// Marks claimed rows published and commits the claim.
+    pub async fn commit_published(
+        tx: &PipelinedTransaction,
         ids: &[Uuid],
     ) -> Result<(), tokio_postgres::Error> {
         let statement = tx
+            .client()
             .prepare_cached("UPDATE outbox SET published_at = now() WHERE event_id = ANY($1)")
             .await?;
-        tx.execute(&statement, &[&ids]).await?;
+        tx.commit_with(tx.client().execute(&statement, &[&ids]))
+            .await?;
         Ok(())
     }
 
