@@ -67,7 +67,8 @@ def ms(v):
 
 
 def shortfall_lines(folder):
-    """One line per throughput step that missed deliveries or saw errors, naming them."""
+    """One line per throughput step that missed deliveries or saw errors or closed
+    connections, naming them."""
     lines = []
     for size in (2, 10, 100):
         for label, suffix in (("Tertulia", "tertulia"), ("relay", "relay")):
@@ -103,8 +104,9 @@ def main():
     p("send → `ack`, delivery latency send → each member connection's `message` frame, measured")
     p("from the scheduled send time. \"Delivered\" counts deliveries that arrived within 15 s of")
     p("the step's last send: anything short of every member's connection is a failure the")
-    p("generator names (a message acknowledged by Tertulia is stored; one that misses the window")
-    p("is late, and a reconnecting client would read it back). The baseline (`bench/relay/relay.mjs`) is an in-memory relay on Node.js")
+    p("generator names. A connection the gateway closes as a slow consumer (1013) dials again")
+    p("with `resume` and sends again what was not answered, as an app does; what it catches up")
+    p("counts, late. The baseline (`bench/relay/relay.mjs`) is an in-memory relay on Node.js")
     p("`ws` speaking the same frames with no persistence, broker or authentication: what a")
     p("message costs when it is stored nowhere. Gateway CPU is the gateway process's (or the")
     p("relay's) user + system time during the step; Tertulia's other processes (svc-chat,")
@@ -199,7 +201,8 @@ def main():
     p()
     shortfalls = shortfall_lines(folder)
     if shortfalls:
-        p("**Runs short of every delivery** (and what the generator saw):")
+        p("**Runs short of every delivery, or with errors or closed connections** (and what the")
+        p("generator saw):")
         p()
         for line in shortfalls:
             p(f"- {line}")

@@ -4,7 +4,7 @@
 
 use std::{
     borrow::Cow,
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{
         Arc, Mutex,
@@ -287,79 +287,247 @@ fn number(client_msg_id: &str) -> Option<usize> {
 /// What a client saw, shared by its successive connections.
 pub(crate) type Record = Arc<Mutex<Seen>>;
 
-/// A connection in use: frames go out through `outbox`; the reader records into the client's
-/// [`Record`].
+/// How a connection dials again when the server closes it as a slow consumer (1013), as an
+/// app does: the same user from the same address, resuming from what it has.
+#[derive(Debug, Clone)]
+pub(crate) struct Redial {
+    pub(crate) ep: Endpoint,
+    pub(crate) source: IpAddr,
+    pub(crate) user: User,
+    /// The first `hello`'s `resume`: conversations to catch up on even if nothing of them
+    /// has arrived yet.
+    pub(crate) resume: Value,
+}
+
+/// Close code of a connection the server closed because it read too slowly.
+const SLOW_CONSUMER: u16 = 1013;
+/// Tries of a redial before the client gives up.
+const REDIALS: u32 = 5;
+
+/// What goes out on a connection.
+enum Out {
+    /// A `send` frame of message number `n`, kept until answered.
+    Send(usize, String),
+    Close,
+}
+
+/// A connection in use: frames go out through `outbox`; what arrives is recorded into the
+/// client's [`Record`]. Closed by the server as a slow consumer, it dials again with `resume`
+/// and sends again what was not answered (the server knows a send again by its
+/// `client_msg_id`).
 pub(crate) struct Live {
-    outbox: mpsc::UnboundedSender<Ws>,
-    reader: JoinHandle<()>,
-    writer: JoinHandle<()>,
+    outbox: mpsc::UnboundedSender<Out>,
+    task: JoinHandle<()>,
 }
 
 impl Live {
-    pub(crate) fn start(socket: Socket, seen: Record, ledger: Option<Arc<Ledger>>) -> Self {
-        let (mut sink, mut stream) = socket.split();
-        let (outbox, mut queue) = mpsc::unbounded_channel::<Ws>();
-        let writer = tokio::spawn(async move {
-            while let Some(frame) = queue.recv().await {
-                let close = matches!(frame, Ws::Close(_));
-                if sink.send(frame).await.is_err() || close {
-                    break;
-                }
-            }
-        });
-        let reader = tokio::spawn(async move {
-            while let Some(Ok(frame)) = stream.next().await {
-                let mut seen = seen.lock().expect("a reader never panics holding it");
-                match frame {
-                    Ws::Text(text) => record(&mut seen, &text, ledger.as_deref()),
-                    Ws::Close(close) => {
-                        seen.closed = close.map(|c| format!("{} {}", u16::from(c.code), c.reason));
-                        break;
-                    }
-                    _ => {}
-                }
-            }
-        });
-        Self {
-            outbox,
-            reader,
-            writer,
-        }
+    pub(crate) fn start(
+        socket: Socket,
+        seen: Record,
+        ledger: Option<Arc<Ledger>>,
+        redial: Redial,
+    ) -> Self {
+        let (outbox, queue) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(socket, queue, seen, ledger, redial));
+        Self { outbox, task }
     }
 
-    /// Whether the connection has ended (the server closed it, or it broke).
+    /// Whether the connection has ended (closed, broken, or closed by the server and not
+    /// dialled again).
     pub(crate) fn is_finished(&self) -> bool {
-        self.reader.is_finished()
+        self.task.is_finished()
     }
 
-    /// Sends a JSON frame.
-    pub(crate) fn send(&self, frame: String) -> bool {
-        self.outbox.send(Ws::text(frame)).is_ok()
+    /// Sends message number `n` into `conversation_id`.
+    pub(crate) fn send(&self, conversation_id: &str, n: usize) -> bool {
+        self.outbox
+            .send(Out::Send(n, send_frame(conversation_id, n)))
+            .is_ok()
     }
 
     /// Closes politely and waits (10 s at most) for the server's close.
     pub(crate) async fn close(self) {
-        let _ = self.outbox.send(Ws::Close(None));
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.reader).await;
-        self.writer.abort();
+        let _ = self.outbox.send(Out::Close);
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
     }
 
     /// Drops the connection without a close frame, as a network drop does.
     pub(crate) fn drop_abruptly(self) {
-        self.writer.abort();
-        self.reader.abort();
+        self.task.abort();
     }
 }
 
-fn record(seen: &mut Seen, text: &str, ledger: Option<&Ledger>) {
+/// How one connection ended.
+enum Ended {
+    /// By the client, or the client went away.
+    Closed,
+    /// By the server, with this close code.
+    Server(u16),
+    /// It broke.
+    Broken,
+}
+
+/// Runs a client's connections: one, and another each time the server closes one as a slow
+/// consumer.
+async fn run(
+    mut socket: Socket,
+    mut queue: mpsc::UnboundedReceiver<Out>,
+    seen: Record,
+    ledger: Option<Arc<Ledger>>,
+    redial: Redial,
+) {
+    // Sends not yet answered, in order: sent again on the next connection.
+    let mut unanswered: BTreeMap<usize, String> = BTreeMap::new();
+    loop {
+        let ended = serve(
+            socket,
+            &mut queue,
+            &seen,
+            ledger.as_deref(),
+            &mut unanswered,
+        )
+        .await;
+        if !matches!(ended, Ended::Server(SLOW_CONSUMER)) {
+            return;
+        }
+        let Some(again) = dial_again(&redial, &seen).await else {
+            return;
+        };
+        socket = again;
+        let mut seen = seen.lock().expect("a client never panics holding it");
+        if let Some(reason) = seen.closed.take() {
+            *seen
+                .errors
+                .entry(format!("closed by the server, resumed: {reason}"))
+                .or_default() += 1;
+        }
+    }
+}
+
+/// Dials again, resuming from what arrived; `None` after [`REDIALS`] failures (recorded).
+async fn dial_again(redial: &Redial, seen: &Record) -> Option<Socket> {
+    let mut resume = redial.resume.clone();
+    if let (Some(resume), Value::Object(seen)) = (
+        resume.as_object_mut(),
+        seen.lock()
+            .expect("a client never panics holding it")
+            .resume(),
+    ) {
+        resume.extend(seen);
+    }
+    let mut failure = String::new();
+    for attempt in 0..REDIALS {
+        if attempt > 0 {
+            // A back-off after a failure, not a wait for readiness.
+            tokio::time::sleep(Duration::from_millis(100) * 2u32.pow(attempt)).await;
+        }
+        match redial
+            .ep
+            .connect(redial.source, &redial.user, &resume)
+            .await
+        {
+            Ok(socket) => return Some(socket),
+            Err(error) => failure = error.to_string(),
+        }
+    }
+    let mut seen = seen.lock().expect("a client never panics holding it");
+    *seen
+        .errors
+        .entry(format!("could not dial again: {failure}"))
+        .or_default() += 1;
+    None
+}
+
+/// One connection: sends what is queued (first what an earlier connection left
+/// unanswered) and records what arrives, until it ends.
+async fn serve(
+    socket: Socket,
+    queue: &mut mpsc::UnboundedReceiver<Out>,
+    seen: &Record,
+    ledger: Option<&Ledger>,
+    unanswered: &mut BTreeMap<usize, String>,
+) -> Ended {
+    let (mut sink, mut stream) = socket.split();
+    for frame in unanswered.values() {
+        if sink.send(Ws::text(frame.clone())).await.is_err() {
+            return Ended::Broken;
+        }
+    }
+    loop {
+        tokio::select! {
+            out = queue.recv() => match out {
+                Some(Out::Send(n, frame)) => {
+                    unanswered.insert(n, frame.clone());
+                    if sink.send(Ws::text(frame)).await.is_err() {
+                        return Ended::Broken;
+                    }
+                }
+                Some(Out::Close) | None => {
+                    let _ = sink.send(Ws::Close(None)).await;
+                    // What arrives until the server's close still counts.
+                    while let Some(Ok(frame)) = stream.next().await {
+                        if !receive(frame, seen, ledger, unanswered) {
+                            break;
+                        }
+                    }
+                    return Ended::Closed;
+                }
+            },
+            frame = stream.next() => match frame {
+                Some(Ok(Ws::Close(close))) => {
+                    let code = close.as_ref().map_or(1005, |c| u16::from(c.code));
+                    receive(Ws::Close(close), seen, ledger, unanswered);
+                    return Ended::Server(code);
+                }
+                Some(Ok(frame)) => {
+                    receive(frame, seen, ledger, unanswered);
+                }
+                None | Some(Err(_)) => return Ended::Broken,
+            },
+        }
+    }
+}
+
+/// Records an arriving frame; false for the server's close.
+fn receive(
+    frame: Ws,
+    seen: &Record,
+    ledger: Option<&Ledger>,
+    unanswered: &mut BTreeMap<usize, String>,
+) -> bool {
+    let mut seen = seen.lock().expect("a client never panics holding it");
+    match frame {
+        Ws::Text(text) => {
+            if let Some(n) = record(&mut seen, &text, ledger) {
+                unanswered.remove(&n);
+            }
+            true
+        }
+        Ws::Close(close) => {
+            seen.closed = close.map(|c| format!("{} {}", u16::from(c.code), c.reason));
+            false
+        }
+        _ => true,
+    }
+}
+
+/// Records a text frame; the number of the message it answers, for an `ack` or an `error`.
+fn record(seen: &mut Seen, text: &str, ledger: Option<&Ledger>) -> Option<usize> {
     let Ok(frame) = serde_json::from_str::<Frame<'_>>(text) else {
         *seen.errors.entry("unreadable frame".into()).or_default() += 1;
-        return;
+        return None;
     };
+    let answered = frame.client_msg_id.as_deref().and_then(number);
     let now = Instant::now();
     match frame.kind.as_ref() {
         "message" => {
-            let Some(message) = frame.message else { return };
+            let message = frame.message?;
             let fresh = seen
                 .seqs
                 .entry(message.conversation_id.into_owned())
@@ -367,7 +535,7 @@ fn record(seen: &mut Seen, text: &str, ledger: Option<&Ledger>) {
                 .insert(message.seq);
             if !fresh {
                 seen.duplicates += 1;
-                return;
+                return None;
             }
             if let (Some(ledger), Some(n)) = (ledger, number(&message.client_msg_id))
                 && let Some(latency) = ledger.since_sent(n, now)
@@ -375,27 +543,29 @@ fn record(seen: &mut Seen, text: &str, ledger: Option<&Ledger>) {
                 seen.deliveries.push(latency);
                 ledger.delivered[n].fetch_add(1, Ordering::Relaxed);
             }
+            None
         }
         "ack" => {
-            if let (Some(ledger), Some(n)) =
-                (ledger, frame.client_msg_id.as_deref().and_then(number))
+            if let (Some(ledger), Some(n)) = (ledger, answered)
                 && let Some(latency) = ledger.since_sent(n, now)
             {
                 seen.acks.push(latency);
             }
+            answered
         }
         "error" => {
             let code = frame
                 .code
                 .map_or_else(|| "error".to_owned(), Cow::into_owned);
             *seen.errors.entry(code).or_default() += 1;
+            answered
         }
-        _ => {}
+        _ => None,
     }
 }
 
 /// A `send` frame of message number `n`.
-pub(crate) fn send_frame(conversation_id: &str, n: usize) -> String {
+fn send_frame(conversation_id: &str, n: usize) -> String {
     json!({
         "type": "send",
         "conversation_id": conversation_id,
@@ -403,4 +573,114 @@ pub(crate) fn send_frame(conversation_id: &str, n: usize) -> String {
         "content": {"type": "text", "text": format!("load message {n}")},
     })
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
+
+    use super::*;
+
+    type Server = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+    async fn next_json(ws: &mut Server) -> Value {
+        loop {
+            match ws.next().await.expect("a frame").expect("a good frame") {
+                Ws::Text(text) => return serde_json::from_str(&text).expect("JSON"),
+                Ws::Close(_) => return json!({"type": "close"}),
+                _ => {}
+            }
+        }
+    }
+
+    async fn say(ws: &mut Server, frame: Value) {
+        ws.send(Ws::text(frame.to_string())).await.expect("sent");
+    }
+
+    fn message(seq: u64, n: usize) -> Value {
+        json!({"type": "message", "conversation_id": "c1",
+               "message": {"conversation_id": "c1", "seq": seq, "client_msg_id": format!("m{n}")}})
+    }
+
+    /// A server that closes the first connection as a slow consumer before answering a send,
+    /// and checks that the second resumes and sends it again.
+    async fn serve_twice(listener: TcpListener) {
+        let mut ws = tokio_tungstenite::accept_async(listener.accept().await.unwrap().0)
+            .await
+            .unwrap();
+        assert_eq!(next_json(&mut ws).await["type"], "hello");
+        say(&mut ws, json!({"type": "ready"})).await;
+        say(&mut ws, message(1, 0)).await;
+        assert_eq!(next_json(&mut ws).await["client_msg_id"], "m1");
+        ws.close(Some(CloseFrame {
+            code: CloseCode::Again,
+            reason: "client reads too slowly".into(),
+        }))
+        .await
+        .unwrap();
+
+        let mut ws = tokio_tungstenite::accept_async(listener.accept().await.unwrap().0)
+            .await
+            .unwrap();
+        let hello = next_json(&mut ws).await;
+        assert_eq!(
+            hello["resume"],
+            json!({"c1": 1}),
+            "resumes from what arrived"
+        );
+        say(&mut ws, json!({"type": "ready"})).await;
+        assert_eq!(
+            next_json(&mut ws).await["client_msg_id"],
+            "m1",
+            "the unanswered send, again"
+        );
+        say(&mut ws, json!({"type": "ack", "client_msg_id": "m1"})).await;
+        say(&mut ws, message(2, 1)).await;
+        assert_eq!(next_json(&mut ws).await["type"], "close");
+    }
+
+    #[tokio::test]
+    async fn a_slow_consumer_closed_by_the_server_dials_again_resumes_and_sends_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(serve_twice(listener));
+        let ep = Endpoint::new(&url, Target::Relay, 1).unwrap();
+        let user = User {
+            id: "u".into(),
+            token: "t".into(),
+        };
+        let resume = json!({"c1": 0});
+        let socket = ep.connect(ep.sources[0], &user, &resume).await.unwrap();
+        let seen = Record::default();
+        let ledger = Ledger::new(2);
+        let redial = Redial {
+            ep: ep.clone(),
+            source: ep.sources[0],
+            user,
+            resume,
+        };
+        let live = Live::start(socket, Arc::clone(&seen), Some(Arc::clone(&ledger)), redial);
+        ledger.sent(1, Instant::now());
+        assert!(live.send("c1", 1));
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while ledger.delivered(1) < 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("message 1 delivered on the second connection");
+        live.close().await;
+        server.await.expect("the server saw what it expected");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.seqs["c1"], HashSet::from([1, 2]));
+        assert_eq!(seen.acks.clone().summary().count, 1);
+        assert_eq!(
+            seen.errors
+                .get("closed by the server, resumed: 1013 client reads too slowly"),
+            Some(&1),
+            "{:?}",
+            seen.errors
+        );
+    }
 }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::{
     Options,
-    client::{Endpoint, Error, Ledger, Live, Record, User, send_frame},
+    client::{Endpoint, Error, Ledger, Live, Record, Redial, User},
     stats::{Samples, Summary, rss_kib},
 };
 
@@ -61,10 +61,16 @@ async fn connect_all(
             let source = ep.sources[i % ep.sources.len()];
             let record = Arc::clone(&records[i]);
             let ledger = ledger.cloned();
+            let redial = Redial {
+                ep: ep.clone(),
+                source,
+                user: (*user).clone(),
+                resume: resume.clone(),
+            };
             async move {
                 ep.connect(source, user, resume)
                     .await
-                    .map(|socket| Live::start(socket, record, ledger))
+                    .map(|socket| Live::start(socket, record, ledger, redial))
                     .map_err(|e| e.to_string())
             }
         })
@@ -312,7 +318,7 @@ async fn run_step(room: &Rooms, o: &Options, rate: f64, numbers: std::ops::Range
             let scheduled = start + Duration::from_secs_f64(i as f64 / rate);
             room.ledger.sent(next, scheduled);
             if let Some(conn) = &room.conns[group * room.size + member] {
-                conn.send(send_frame(&room.conversations[group], next));
+                conn.send(&room.conversations[group], next);
             }
             next += 1;
         }
@@ -443,7 +449,7 @@ pub(crate) async fn storm(ep: &Endpoint, o: &Options) -> Result<StormReport, Err
             let n = round * groups + g;
             ledger.sent(n, Instant::now());
             if let Some(sender) = sender {
-                sender.send(send_frame(&conversations[g], n));
+                sender.send(&conversations[g], n);
             }
         }
     }
