@@ -97,6 +97,25 @@ impl std::fmt::Debug for Waiting {
     }
 }
 
+/// The writer of one user's queue. Should it end before the queue is empty (a change that
+/// panics, a runtime shutting down), dropping it forgets the queue: its callers are told the
+/// write was abandoned, and the user's next change starts a writer of its own instead of
+/// queueing behind one that is gone.
+struct Writer<'a> {
+    store: &'a PresenceStore,
+    user: &'a str,
+    /// The queue was found empty and removed.
+    done: bool,
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.store.lock_waiting().remove(self.user);
+        }
+    }
+}
+
 impl PresenceStore {
     /// Creates or opens the buckets.
     pub async fn open(nats: &Nats, ttl: Duration, replicas: usize) -> Result<Self, StoreError> {
@@ -166,6 +185,11 @@ impl PresenceStore {
     /// Writes `user`'s waiting changes, a batch at a time, until none are left (the entry
     /// stays in the map while a write is under way, so later changes queue behind it).
     async fn write_waiting(&self, user: &str) {
+        let mut queue = Writer {
+            store: self,
+            user,
+            done: false,
+        };
         loop {
             let batch = {
                 let mut waiting = self.lock_waiting();
@@ -173,6 +197,7 @@ impl PresenceStore {
                     Some(queued) if !queued.is_empty() => std::mem::take(queued),
                     _ => {
                         waiting.remove(user);
+                        queue.done = true;
                         return;
                     }
                 }

@@ -1,6 +1,8 @@
 //! Presence: online while connected, offline with last seen after, pushed to conversation
 //! peers; a gateway that dies without a word takes its users offline within the TTL.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use tertulia_proto::presence::v1::{
     DisconnectRequest, HeartbeatRequest, presence_service_client::PresenceServiceClient,
@@ -180,4 +182,38 @@ async fn presence_queries_are_validated() {
     let body: Value = unknown.json().await.unwrap();
     assert_eq!(body["presence"][0]["status"], "offline");
     assert!(body["presence"][0].get("last_seen").is_none());
+}
+
+/// Deletes a test's buckets when it ends, passed or not.
+struct Buckets(tertulia_plumbing::config::NatsConfig);
+
+impl Drop for Buckets {
+    fn drop(&mut self) {
+        tertulia_tests::drop_streams(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn a_change_that_panics_fails_its_callers_and_strands_no_one_behind_it() {
+    let config = tertulia_tests::fresh_nats();
+    let _buckets = Buckets(config.clone());
+    let nats = tertulia_plumbing::nats::connect(&config, "presence-test")
+        .await
+        .unwrap();
+    let store = svc_presence::store::PresenceStore::open(&nats, Duration::from_secs(30), 1)
+        .await
+        .unwrap();
+    let failed = store
+        .modify("ana", Box::new(|_| panic!("a change that panics")))
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+    // The next change of the same user is written by a writer of its own, not queued behind
+    // the one that is gone.
+    let next = tokio::time::timeout(
+        Duration::from_secs(10),
+        store.modify("ana", Box::new(|_| {})),
+    )
+    .await
+    .expect("the next change is not stranded");
+    next.unwrap();
 }
