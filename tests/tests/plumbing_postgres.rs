@@ -161,6 +161,13 @@ async fn setting(client: &tokio_postgres::Client, name: &str) -> String {
         .get(0)
 }
 
+async fn insert_thing(client: &tokio_postgres::Client) -> tokio_postgres::Statement {
+    client
+        .prepare("INSERT INTO things (id) VALUES ($1)")
+        .await
+        .unwrap()
+}
+
 /// A transaction on the only connection of `pool`, and that connection's backend.
 async fn transaction_on(pool: &postgres::PgPool) -> (PipelinedTransaction, i32) {
     let first = backend(&pool.get().await.unwrap()).await;
@@ -173,10 +180,7 @@ async fn a_pipelined_transaction_commits_its_statements_together_and_returns_its
     let (pool, _schema) = things_pool(1).await;
     let (tx, first) = transaction_on(&pool).await;
     let client = tx.client();
-    let insert = client
-        .prepare_cached("INSERT INTO things (id) VALUES ($1)")
-        .await
-        .unwrap();
+    let insert = insert_thing(client).await;
     let count: i64 = tx
         .begin_with(client.query_one("SELECT count(*) FROM things", &[]))
         .await
@@ -204,10 +208,7 @@ async fn a_failed_pipelined_transaction_stores_nothing_and_its_connection_is_clo
     let (pool, _schema) = things_pool(1).await;
     let (tx, first) = transaction_on(&pool).await;
     let client = tx.client();
-    let insert = client
-        .prepare_cached("INSERT INTO things (id) VALUES ($1)")
-        .await
-        .unwrap();
+    let insert = insert_thing(client).await;
     tx.begin_with(client.execute(&insert, &[&1i32]))
         .await
         .unwrap();
