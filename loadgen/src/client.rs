@@ -17,7 +17,7 @@ use futures::{SinkExt as _, StreamExt as _};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::{net::TcpSocket, sync::mpsc, task::JoinHandle};
-use tokio_tungstenite::tungstenite::Message as Ws;
+use tokio_tungstenite::tungstenite::{Message as Ws, Utf8Bytes};
 
 use crate::stats::Samples;
 
@@ -306,8 +306,8 @@ const REDIALS: u32 = 5;
 
 /// What goes out on a connection.
 enum Out {
-    /// A `send` frame of message number `n`, kept until answered.
-    Send(usize, String),
+    /// A `send` frame of message number `n`, kept until answered (shared, not copied).
+    Send(usize, Utf8Bytes),
     Close,
 }
 
@@ -341,7 +341,7 @@ impl Live {
     /// Sends message number `n` into `conversation_id`.
     pub(crate) fn send(&self, conversation_id: &str, n: usize) -> bool {
         self.outbox
-            .send(Out::Send(n, send_frame(conversation_id, n)))
+            .send(Out::Send(n, send_frame(conversation_id, n).into()))
             .is_ok()
     }
 
@@ -383,7 +383,7 @@ async fn run(
     redial: Redial,
 ) {
     // Sends not yet answered, in order: sent again on the next connection.
-    let mut unanswered: BTreeMap<usize, String> = BTreeMap::new();
+    let mut unanswered: BTreeMap<usize, Utf8Bytes> = BTreeMap::new();
     loop {
         let ended = serve(
             socket,
@@ -451,11 +451,11 @@ async fn serve(
     queue: &mut mpsc::UnboundedReceiver<Out>,
     seen: &Record,
     ledger: Option<&Ledger>,
-    unanswered: &mut BTreeMap<usize, String>,
+    unanswered: &mut BTreeMap<usize, Utf8Bytes>,
 ) -> Ended {
     let (mut sink, mut stream) = socket.split();
     for frame in unanswered.values() {
-        if sink.send(Ws::text(frame.clone())).await.is_err() {
+        if sink.send(Ws::Text(frame.clone())).await.is_err() {
             return Ended::Broken;
         }
     }
@@ -464,7 +464,7 @@ async fn serve(
             out = queue.recv() => match out {
                 Some(Out::Send(n, frame)) => {
                     unanswered.insert(n, frame.clone());
-                    if sink.send(Ws::text(frame)).await.is_err() {
+                    if sink.send(Ws::Text(frame)).await.is_err() {
                         return Ended::Broken;
                     }
                 }
@@ -499,7 +499,7 @@ fn receive(
     frame: Ws,
     seen: &Record,
     ledger: Option<&Ledger>,
-    unanswered: &mut BTreeMap<usize, String>,
+    unanswered: &mut BTreeMap<usize, Utf8Bytes>,
 ) -> bool {
     let mut seen = seen.lock().expect("a client never panics holding it");
     match frame {
