@@ -378,18 +378,32 @@ async fn the_reconciler_removes_orphans_and_never_a_referenced_blob() {
     );
 }
 
-#[tokio::test]
-async fn the_postgres_store_passes_the_contract() {
+/// A PostgreSQL store in a fresh, migrated schema, and the schema's name.
+async fn postgres_store() -> (svc_catalog::store::postgres::PostgresVideos, String) {
     let database = fresh_database();
-    let schema = database.schema.clone();
     let pool = tertulia_plumbing::postgres::connect(&database)
         .await
         .unwrap();
     tertulia_plumbing::postgres::migrate(&pool, svc_catalog::store::postgres::MIGRATIONS)
         .await
         .unwrap();
-    let store = svc_catalog::store::postgres::PostgresVideos::new(pool);
+    (
+        svc_catalog::store::postgres::PostgresVideos::new(pool),
+        database.schema,
+    )
+}
+
+#[tokio::test]
+async fn the_postgres_store_passes_the_contract() {
+    let (store, schema) = postgres_store().await;
     svc_catalog::store::contract::run(&store).await;
+    drop_schema(&schema);
+}
+
+#[tokio::test]
+async fn the_postgres_store_reads_words_phrases_exclusions_and_alternatives() {
+    let (store, schema) = postgres_store().await;
+    svc_catalog::store::contract::query_syntax(&store).await;
     drop_schema(&schema);
 }
 

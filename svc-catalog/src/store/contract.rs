@@ -59,6 +59,7 @@ pub async fn run(store: &dyn VideoStore) {
     pagination(store).await;
     relevance_and_tags(store).await;
     relevance_ranks_the_newest_matches(store).await;
+    search_follows_changes(store).await;
     tombstones(store, &bobs_ready, &cats).await;
 }
 
@@ -411,21 +412,7 @@ async fn relevance_and_tags(store: &dyn VideoStore) {
         hits.windows(2).all(|w| w[0].relevance >= w[1].relevance) && hits[3].relevance > 0.0,
         "scores are positive and descending: {hits:?}"
     );
-    let mut paged = Vec::new();
-    let mut after = None;
-    loop {
-        let page = store
-            .search(&Search {
-                after,
-                limit: 1,
-                ..ranked.clone()
-            })
-            .await
-            .expect("page");
-        let Some(last) = page.last() else { break };
-        after = Some(last.cursor(Order::Relevance));
-        paged.extend(ids(&page));
-    }
+    let paged = pages_of_one(store, &ranked).await;
     assert_eq!(paged, ids(&hits), "pages of one in relevance order");
 
     let tagged = |tags: &[&str]| Search {
@@ -446,6 +433,214 @@ async fn relevance_and_tags(store: &dyn VideoStore) {
         search(store, tagged(&["lesson", "nothing"]))
             .await
             .is_empty()
+    );
+}
+
+/// Every result of `search`, fetched one per page, each page resuming after the last.
+async fn pages_of_one(store: &dyn VideoStore, search: &Search) -> Vec<Uuid> {
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .search(&Search {
+                after,
+                limit: 1,
+                ..search.clone()
+            })
+            .await
+            .expect("page");
+        let Some(last) = page.last() else { break };
+        after = Some(last.cursor(search.order));
+        paged.extend(ids(&page));
+    }
+    paged
+}
+
+/// Changes `video` with `change` and stores it at its next revision.
+async fn edit(store: &dyn VideoStore, video: &mut Video, change: impl FnOnce(&mut Video)) {
+    let revision = video.revision;
+    change(video);
+    video.revision += 1;
+    assert!(store.replace(video, revision).await.expect("replace"));
+}
+
+/// Searches by words, tags and owner together see every change at once: a video made
+/// private leaves others' results (its owner still finds it), an edited title is found by
+/// its new words only, a video that becomes ready joins them; newest-first pages of a search
+/// go by their cursor.
+async fn search_follows_changes(store: &dyn VideoStore) {
+    let (frank, grace) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut oldest = video(frank, "Glacier walk", "ice", &["alps"], Public, Ready);
+    let hidden = video(frank, "Glacier camp", "", &["alps"], Private, Ready);
+    let mut soon = video(frank, "Glacier climb", "", &["alps"], Public, Processing);
+    let other = video(grace, "Glacier lake", "", &["alps"], Public, Ready);
+    let untagged = video(frank, "Glacier melt", "", &[], Public, Ready);
+    for v in [&oldest, &hidden, &soon, &other, &untagged] {
+        store.insert(v).await.expect("insert");
+    }
+    let find = |text: &str, tags: &[&str], owner_id, viewer, order| Search {
+        viewer,
+        text: Some(text.into()),
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        owner_id,
+        order,
+        ..Search::default()
+    };
+    let newest = Order::Newest;
+    assert_eq!(
+        search(store, find("glacier", &["alps"], None, Some(grace), newest)).await,
+        [other.id, oldest.id],
+        "word and tag, by someone else"
+    );
+    assert_eq!(
+        search(
+            store,
+            find("glacier", &["alps"], Some(frank), Some(grace), newest)
+        )
+        .await,
+        [oldest.id],
+        "word, tag and owner"
+    );
+    assert_eq!(
+        search(store, find("glacier", &["alps"], None, Some(frank), newest)).await,
+        [other.id, soon.id, hidden.id, oldest.id],
+        "the owner also finds their videos that others cannot list"
+    );
+    assert_eq!(
+        search(
+            store,
+            find("glacier", &["alps"], Some(frank), Some(frank), newest)
+        )
+        .await,
+        [soon.id, hidden.id, oldest.id],
+        "the owner's own, by themselves"
+    );
+    assert_eq!(
+        search(
+            store,
+            find("glacier", &[], Some(grace), Some(frank), newest)
+        )
+        .await,
+        [other.id],
+        "someone else's, seen by the owner of the others"
+    );
+
+    // Made private: gone for others, still there for the owner.
+    edit(store, &mut oldest, |v| v.visibility = Private).await;
+    assert_eq!(
+        search(store, find("glacier", &["alps"], None, None, newest)).await,
+        [other.id],
+        "made private"
+    );
+    assert_eq!(
+        search(store, find("ice", &[], None, Some(frank), Order::Relevance)).await,
+        [oldest.id],
+        "the owner still finds it"
+    );
+
+    // Public again with a new title: found by its new words only.
+    edit(store, &mut oldest, |v| {
+        v.visibility = Public;
+        v.title = "Moraine walk".into();
+        v.tags = vec!["alps".into(), "hiking".into()];
+    })
+    .await;
+    assert_eq!(
+        search(store, find("glacier", &["alps"], None, None, newest)).await,
+        [other.id],
+        "the old title's words"
+    );
+    assert_eq!(
+        search(
+            store,
+            find("moraine", &["hiking"], None, None, Order::Relevance)
+        )
+        .await,
+        [oldest.id],
+        "the new title's words and a new tag"
+    );
+
+    // Ready: listed.
+    edit(store, &mut soon, |v| v.status = Ready).await;
+    assert_eq!(
+        search(store, find("glacier", &["alps"], None, None, newest)).await,
+        [other.id, soon.id],
+        "became ready"
+    );
+
+    // Newest-first pages of a word search resume after their cursor.
+    let paged = pages_of_one(store, &find("glacier", &[], None, Some(frank), newest)).await;
+    assert_eq!(
+        paged,
+        [untagged.id, other.id, soon.id, hidden.id],
+        "pages of one"
+    );
+}
+
+/// The query syntax of the PostgreSQL store (`websearch_to_tsquery`): every word must match,
+/// `"quoted words"` are a phrase, `-word` excludes, `or` gives alternatives, and a query of
+/// stop words only finds nothing. MongoDB's `$text` reads plain words as alternatives, so
+/// its adapter is not held to this part. Needs an empty store.
+pub async fn query_syntax(store: &dyn VideoStore) {
+    let (heidi, ivan) = (Uuid::now_v7(), Uuid::now_v7());
+    let red_fox = video(
+        heidi,
+        "Red fox",
+        "a fox in the snow",
+        &["wild"],
+        Public,
+        Ready,
+    );
+    let fox_red = video(heidi, "Fox, red", "", &["wild"], Public, Ready);
+    let grey_fox = video(heidi, "Grey fox", "", &[], Public, Ready);
+    let red_kite = video(ivan, "Red kite", "", &["wild"], Public, Ready);
+    let mine = video(ivan, "Red fox at home", "", &["wild"], Private, Ready);
+    for v in [&red_fox, &fox_red, &grey_fox, &red_kite, &mine] {
+        store.insert(v).await.expect("insert");
+    }
+    let find = |text: &str, viewer| Search {
+        viewer,
+        text: Some(text.into()),
+        ..Search::default()
+    };
+    assert_eq!(
+        search(store, find("red fox", None)).await,
+        [fox_red.id, red_fox.id],
+        "every word"
+    );
+    assert_eq!(
+        search(store, find("foxes REDS", Some(ivan))).await,
+        [mine.id, fox_red.id, red_fox.id],
+        "every word, stemmed, and the viewer's own"
+    );
+    assert_eq!(
+        search(store, find("\"red fox\"", Some(ivan))).await,
+        [mine.id, red_fox.id],
+        "a phrase"
+    );
+    assert_eq!(
+        search(store, find("fox -red", None)).await,
+        [grey_fox.id],
+        "an exclusion"
+    );
+    assert_eq!(
+        search(store, find("kite or grey", None)).await,
+        [red_kite.id, grey_fox.id],
+        "alternatives"
+    );
+    assert!(
+        search(store, find("the and of", None)).await.is_empty(),
+        "stop words only"
+    );
+    let tagged = Search {
+        tags: vec!["wild".into()],
+        order: Order::Relevance,
+        ..find("red fox", Some(ivan))
+    };
+    assert_eq!(
+        search(store, tagged).await,
+        [red_fox.id, mine.id, fox_red.id],
+        "ranked with a tag: the title and description first, then the newest"
     );
 }
 

@@ -1,12 +1,17 @@
 //! The PostgreSQL adapter: one `videos` table of JSONB documents. A generated `tsvector`
-//! column (title weighted over tags over description) with a GIN index serves full-text
-//! search; a GIN index on the tags and a b-tree on `(owner_id, id)` serve the filters; the
-//! primary key serves keyset pagination (UUIDv7 ids sort by creation time).
+//! column (title weighted over tags over description) is what text matches and ranks on. A
+//! search for words that must all match and for tags reads `video_terms`, an inverted index
+//! kept by a trigger (one row per word, tag and owner of each listed video) whose primary key
+//! lists each term's videos newest first; other text queries (phrases, exclusions,
+//! alternatives) take the GIN index on the `tsvector`. A b-tree on `(owner_id, id)` serves
+//! the owner filter and the primary key keyset pagination (UUIDv7 ids sort by creation time).
+
+use std::fmt::Write as _;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use tertulia_plumbing::postgres::{DbError, Migration};
-use tokio_postgres::types::{Json, ToSql};
+use tokio_postgres::types::{Json, ToSql, Type};
 use uuid::Uuid;
 
 use super::{StoreError, VideoStore};
@@ -48,6 +53,69 @@ CREATE INDEX videos_tombstoned ON videos (id) WHERE deleted;
 CREATE STATISTICS videos_listing ON (doc->>'visibility'), (doc->>'status') FROM videos;
 ANALYZE videos;
 ",
+    },
+    Migration {
+        version: 3,
+        name: "search terms",
+        // An inverted index the planner can walk newest first: one row per word (a lexeme of
+        // `search`), tag and owner of every listed video, kept by a trigger in the writing
+        // transaction. The newest videos carrying all of a search's terms are a merge of
+        // backwards index-only scans of the primary key that stops once it has enough,
+        // whether a term is in most videos or in few (see `PostgresVideos::search`).
+        sql: r#"
+CREATE TABLE video_terms (
+    field "char" NOT NULL, -- 'w' a word, 't' a tag, 'o' the owner
+    term text NOT NULL,
+    id uuid NOT NULL,
+    PRIMARY KEY (field, term, id)
+);
+CREATE FUNCTION video_terms_of(v videos) RETURNS TABLE (field "char", term text)
+LANGUAGE sql STABLE AS $$
+    SELECT 'w'::"char", lexeme FROM unnest(tsvector_to_array(v.search)) AS lexeme
+    UNION SELECT 't', tag FROM jsonb_array_elements_text(v.doc->'tags') AS tag
+    UNION SELECT 'o', v.owner_id::text
+$$;
+CREATE FUNCTION index_video_terms() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    was_listed boolean := false;
+    is_listed boolean := false;
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        was_listed := coalesce(NOT OLD.deleted AND OLD.doc->>'visibility' = 'public'
+                               AND OLD.doc->>'status' = 'ready', false);
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        is_listed := coalesce(NOT NEW.deleted AND NEW.doc->>'visibility' = 'public'
+                              AND NEW.doc->>'status' = 'ready', false);
+    END IF;
+    IF TG_OP = 'UPDATE' AND was_listed = is_listed AND (NOT is_listed OR (
+           OLD.search = NEW.search AND OLD.doc->'tags' = NEW.doc->'tags'
+           AND OLD.owner_id = NEW.owner_id)) THEN
+        RETURN NULL;
+    END IF;
+    IF was_listed THEN
+        DELETE FROM video_terms t USING video_terms_of(OLD) o
+         WHERE t.field = o.field AND t.term = o.term AND t.id = OLD.id;
+    END IF;
+    IF is_listed THEN
+        INSERT INTO video_terms (field, term, id)
+        SELECT o.field, o.term, NEW.id FROM video_terms_of(NEW) o;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER videos_terms AFTER INSERT OR UPDATE OR DELETE ON videos
+    FOR EACH ROW EXECUTE FUNCTION index_video_terms();
+INSERT INTO video_terms (field, term, id)
+SELECT o.field, o.term, v.id FROM videos v, video_terms_of(v) o
+ WHERE NOT v.deleted AND v.doc->>'visibility' = 'public' AND v.doc->>'status' = 'ready';
+-- A viewer's own videos that others cannot list, searched beside the terms.
+CREATE INDEX videos_unlisted ON videos (owner_id, id DESC)
+    WHERE (doc->>'visibility' = 'public' AND doc->>'status' = 'ready') IS NOT TRUE
+      AND NOT deleted;
+ANALYZE video_terms;
+"#,
     },
 ];
 
@@ -127,56 +195,42 @@ impl VideoStore for PostgresVideos {
     }
 
     async fn search(&self, search: &Search) -> Result<Vec<Hit>, StoreError> {
-        // The same rule as `Search::admits`, in SQL; `$4` is the query (or NULL).
-        const LISTABLE: &str = "NOT deleted
-               AND (owner_id = $1::uuid
-                    OR (doc->>'visibility' = 'public' AND doc->>'status' = 'ready'))
-               AND ($2::uuid IS NULL OR owner_id = $2)
-               AND doc->'tags' @> $3::jsonb
-               AND ($4::text IS NULL OR search @@ websearch_to_tsquery('english', $4))";
-        let limit = i64::try_from(search.limit).unwrap_or(i64::MAX);
-        let candidates = i64::try_from(search.candidates).unwrap_or(i64::MAX);
-        let tags = Json(&search.tags);
-        let (score, id) = match search.after {
-            Some(Cursor::Relevance { score, id }) => (Some(score), Some(id)),
-            Some(Cursor::Newest(id)) => (None, Some(id)),
-            None => (None, None),
-        };
-        let mut params: Vec<&(dyn ToSql + Sync)> =
-            vec![&search.viewer, &search.owner_id, &tags, &search.text];
-        let sql = match search.order {
-            Order::Newest => {
-                params.extend([&id as &(dyn ToSql + Sync), &limit]);
-                format!(
-                    "SELECT doc, 0::float8 FROM videos
-                     WHERE {LISTABLE} AND ($5::uuid IS NULL OR id < $5)
-                     ORDER BY id DESC LIMIT $6"
-                )
+        let client = self.client().await?;
+        let words = match &search.text {
+            Some(text) => {
+                let row = client
+                    .query_typed(
+                        "SELECT websearch_to_tsquery('english', $1)::text",
+                        &[(text, Type::TEXT)],
+                    )
+                    .await
+                    .map_err(query_failed)?;
+                row.first().and_then(|r| conjunction(r.get(0)))
             }
-            // The newest `candidates` matches (a backwards walk of the primary key that stops
-            // early for a common word; the planner takes the text index for a rare one),
-            // ranked in float8 so a cursor's score compares exactly.
-            Order::Relevance => {
-                params.extend([&score as &(dyn ToSql + Sync), &id, &limit, &candidates]);
-                format!(
-                    "SELECT doc, relevance FROM (
-                         SELECT id, doc,
-                                ts_rank(search, websearch_to_tsquery('english', $4))::float8
-                                    AS relevance
-                         FROM (SELECT id, doc, search FROM videos WHERE {LISTABLE}
-                               ORDER BY id DESC LIMIT $8) newest
-                     ) ranked
-                     WHERE $5::float8 IS NULL OR (relevance, id) < ($5, $6::uuid)
-                     ORDER BY relevance DESC, id DESC LIMIT $7"
-                )
-            }
+            None => Some(Vec::new()),
         };
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &params)
-            .await
-            .map_err(query_failed)?;
+        let terms = words.as_ref().map_or(0, |w| {
+            w.len() + search.tags.len() + usize::from(search.owner_id.is_some())
+        });
+        let rows = match words {
+            Some(words)
+                if (!words.is_empty() || !search.tags.is_empty()) && terms <= MOST_TERMS =>
+            {
+                // One statement per shape (how many terms, which order, a cursor or not),
+                // prepared once per connection: its plan does not depend on the terms.
+                let statement = by_terms(search, &words);
+                let prepared = client
+                    .prepare_cached(&statement.sql)
+                    .await
+                    .map_err(query_failed)?;
+                client.query(&prepared, &statement.params()).await
+            }
+            _ => {
+                let statement = by_documents(search);
+                client.query(&statement.sql, &statement.params()).await
+            }
+        }
+        .map_err(query_failed)?;
         Ok(rows
             .iter()
             .map(|r| Hit {
@@ -207,5 +261,250 @@ impl VideoStore for PostgresVideos {
             .await
             .map_err(query_failed)?;
         Ok(())
+    }
+}
+
+/// Most terms (words, tags and the owner) a search looks up in the index of terms; one with
+/// more reads whole documents instead of joining that many walks.
+const MOST_TERMS: usize = 8;
+
+/// A statement and the values it binds, numbered as they are bound.
+#[derive(Default)]
+struct Statement {
+    sql: String,
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl Statement {
+    /// Binds `value` and returns its placeholder.
+    fn bind(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
+        self.params.push(Box::new(value));
+        format!("${}", self.params.len())
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect()
+    }
+}
+
+/// The lexemes of a query that is nothing but lexemes that must all be present (`'a' & 'b'`,
+/// as `websearch_to_tsquery` prints it), or `None` for anything else: a phrase, an
+/// alternative, an exclusion, or no lexeme at all.
+fn conjunction(query: &str) -> Option<Vec<String>> {
+    let mut lexemes = Vec::new();
+    let mut rest = query;
+    loop {
+        let mut chars = rest.strip_prefix('\'')?.chars();
+        let mut lexeme = String::new();
+        // Inside quotes `''` is a quote and a backslash escapes the next character.
+        loop {
+            match chars.next()? {
+                '\'' if chars.as_str().starts_with('\'') => {
+                    chars.next();
+                    lexeme.push('\'');
+                }
+                '\'' => break,
+                '\\' => lexeme.push(chars.next()?),
+                c => lexeme.push(c),
+            }
+        }
+        if !lexemes.contains(&lexeme) {
+            lexemes.push(lexeme);
+        }
+        rest = chars.as_str();
+        if rest.is_empty() {
+            return Some(lexemes);
+        }
+        rest = rest.strip_prefix(" & ")?;
+    }
+}
+
+/// Keyset cursor values: a relevance score and the id to resume after.
+fn cursor(search: &Search) -> (Option<f64>, Option<Uuid>) {
+    match search.after {
+        Some(Cursor::Relevance { score, id }) => (Some(score), Some(id)),
+        Some(Cursor::Newest(id)) => (None, Some(id)),
+        None => (None, None),
+    }
+}
+
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Ranks the videos of `candidates` (a query of ids) and returns a page of them in the
+/// search's order: `doc` and `relevance`, the relevance cursor applied after ranking.
+fn page(s: &mut Statement, search: &Search, candidates: &str) -> String {
+    let limit = s.bind(count(search.limit));
+    match search.order {
+        Order::Newest => format!(
+            "SELECT v.doc, 0::float8 FROM ({candidates}) c JOIN videos v ON v.id = c.id
+             ORDER BY v.id DESC LIMIT {limit}"
+        ),
+        // Ranked in float8 so a cursor's score compares exactly.
+        Order::Relevance => {
+            let text = s.bind(search.text.clone());
+            let after = match cursor(search) {
+                (Some(score), Some(id)) => {
+                    format!(
+                        "WHERE (relevance, id) < ({}, {})",
+                        s.bind(score),
+                        s.bind(id)
+                    )
+                }
+                _ => String::new(),
+            };
+            format!(
+                "SELECT doc, relevance FROM (
+                     SELECT v.id, v.doc,
+                            ts_rank(v.search, (SELECT websearch_to_tsquery('english', {text})))
+                                ::float8 AS relevance
+                     FROM ({candidates}) c JOIN videos v ON v.id = c.id
+                 ) ranked {after}
+                 ORDER BY relevance DESC, id DESC LIMIT {limit}"
+            )
+        }
+    }
+}
+
+/// How many of the newest matches a statement reads, and the id they must be older than.
+fn window(s: &mut Statement, search: &Search) -> (String, Option<String>) {
+    match search.order {
+        Order::Newest => (
+            s.bind(count(search.limit)),
+            cursor(search).1.map(|id| s.bind(id)),
+        ),
+        Order::Relevance => (s.bind(count(search.candidates)), None),
+    }
+}
+
+/// A search with no word or tag to look up, or a query that is more than words that must all
+/// match: the listing indexes (newest listed, an owner's) or the text index, over whole
+/// documents, with the rule of `Search::admits` in SQL.
+fn by_documents(search: &Search) -> Statement {
+    let mut s = Statement::default();
+    let viewer = s.bind(search.viewer);
+    let owner = s.bind(search.owner_id);
+    let tags = s.bind(Json(search.tags.clone()));
+    let text = s.bind(search.text.clone());
+    let (n, older) = window(&mut s, search);
+    let older = older.map_or(String::new(), |id| format!("AND id < {id}::uuid"));
+    // For a relevance search: the newest `n` matches (a backwards walk of the primary key
+    // that stops early for a common word; the planner takes the text index for a rare one).
+    let candidates = format!(
+        "SELECT id FROM videos
+         WHERE NOT deleted
+           AND (owner_id = {viewer}::uuid
+                OR (doc->>'visibility' = 'public' AND doc->>'status' = 'ready'))
+           AND ({owner}::uuid IS NULL OR owner_id = {owner})
+           AND doc->'tags' @> {tags}::jsonb
+           AND ({text}::text IS NULL OR search @@ websearch_to_tsquery('english', {text}))
+           {older}
+         ORDER BY id DESC LIMIT {n}"
+    );
+    s.sql = page(&mut s, search, &candidates);
+    s
+}
+
+/// A search for videos carrying every one of some terms (the words of a query that are all
+/// required, the tags, the owner): the newest listed ones from the index of terms (a merge
+/// of one backwards walk per term, which stops once it has enough), beside the viewer's own
+/// videos that others cannot list (from their partial index, which holds few per owner).
+fn by_terms(search: &Search, words: &[String]) -> Statement {
+    let mut s = Statement::default();
+    let (n, older) = window(&mut s, search);
+    let mut terms: Vec<(&str, String)> = words.iter().map(|w| ("w", s.bind(w.clone()))).collect();
+    terms.extend(search.tags.iter().map(|t| ("t", s.bind(t.clone()))));
+    if let Some(owner) = search.owner_id {
+        terms.push(("o", s.bind(owner.to_string())));
+    }
+    let older_than = |table: &str| {
+        older
+            .as_ref()
+            .map_or(String::new(), |id| format!("AND {table}.id < {id}::uuid"))
+    };
+    let Some(((field, term), others)) = terms.split_first() else {
+        return by_documents(search);
+    };
+    let mut joins = String::new();
+    for (i, (field, term)) in others.iter().enumerate() {
+        let t = format!("t{}", i + 1);
+        let _ = write!(
+            joins,
+            " JOIN video_terms {t} ON {t}.id = t0.id AND {t}.field = '{field}'
+                AND {t}.term = {term} {}",
+            older_than(&t)
+        );
+    }
+    let listed = format!(
+        "SELECT t0.id FROM video_terms t0{joins}
+         WHERE t0.field = '{field}' AND t0.term = {term} {}
+         ORDER BY t0.id DESC LIMIT {n}",
+        older_than("t0")
+    );
+    let own = match search.viewer {
+        Some(viewer) if search.owner_id.is_none_or(|owner| owner == viewer) => {
+            let viewer = s.bind(viewer);
+            let tags = s.bind(Json(search.tags.clone()));
+            let text = search.text.clone().map_or(String::new(), |text| {
+                format!(
+                    "AND search @@ (SELECT websearch_to_tsquery('english', {}))",
+                    s.bind(text)
+                )
+            });
+            format!(
+                " UNION ALL (SELECT id FROM videos v
+                 WHERE owner_id = {viewer}::uuid AND NOT deleted
+                   AND (doc->>'visibility' = 'public' AND doc->>'status' = 'ready') IS NOT TRUE
+                   AND doc->'tags' @> {tags}::jsonb {text} {}
+                 ORDER BY id DESC LIMIT {n})",
+                older_than("v")
+            )
+        }
+        _ => String::new(),
+    };
+    let candidates = format!("SELECT id FROM (({listed}){own}) u ORDER BY id DESC LIMIT {n}");
+    s.sql = page(&mut s, search, &candidates);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conjunction;
+
+    #[test]
+    fn a_query_of_required_words_is_a_conjunction_of_its_lexemes() {
+        assert_eq!(conjunction("'ocean'"), Some(vec!["ocean".to_owned()]));
+        assert_eq!(
+            conjunction("'castl' & 'firework' & 'castl'"),
+            Some(vec!["castl".to_owned(), "firework".to_owned()])
+        );
+        assert_eq!(
+            conjunction(r"'it''s' & 'a\\b' & 'x & y'"),
+            Some(vec![
+                "it's".to_owned(),
+                r"a\b".to_owned(),
+                "x & y".to_owned()
+            ])
+        );
+    }
+
+    #[test]
+    fn phrases_exclusions_alternatives_and_nothing_are_not() {
+        for query in [
+            "",
+            "'red' <-> 'fox'",
+            "'fox' & !'red'",
+            "'kite' | 'grey'",
+            "'a' & 'b' | 'c'",
+            "'ocean':*",
+            "'unterminated",
+            "'a' &",
+        ] {
+            assert_eq!(conjunction(query), None, "{query}");
+        }
     }
 }
