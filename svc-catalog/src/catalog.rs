@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::{
     domain::{
         Hit, Invalid, MAX_TAGS, MediaEvent, Order, RELEVANCE_CANDIDATES, Search, Video,
-        VideoChanges, page_token,
+        VideoChanges, page_token, without_nul,
     },
     error::CatalogError,
     store::VideoStore,
@@ -133,6 +133,10 @@ impl Catalog {
             let s = s.trim().to_owned();
             (!s.is_empty()).then_some(s)
         };
+        without_nul("query", &request.query)?;
+        for tag in &request.tags {
+            without_nul("a tag", tag)?;
+        }
         let owner_id = match non_empty(request.owner_id) {
             None => None,
             Some(o) => Some(

@@ -251,6 +251,8 @@ async fn v2_search(stack: &Stack, alice: &Session, created: &[String]) {
         "order=relevance".to_owned(),
         "order=best&query=fjord".to_owned(),
         format!("query=fjord&page_token={v1_token}"),
+        "query=fj%00ord".to_owned(),
+        "query=fjord&tags=a%00".to_owned(),
     ] {
         assert_problem(search(bad).await, 400, "invalid_argument").await;
     }
@@ -464,12 +466,18 @@ async fn only_the_owner_edits(
         "invalid_argument",
     )
     .await;
-    assert_problem(
-        patch(stack, private, &json!({"title": ""}), alice).await,
-        400,
-        "invalid_argument",
-    )
-    .await;
+    for bad in [
+        json!({"title": ""}),
+        json!({"title": "a\0b"}),
+        json!({"description": "nul\0"}),
+    ] {
+        assert_problem(
+            patch(stack, private, &bad, alice).await,
+            400,
+            "invalid_argument",
+        )
+        .await;
+    }
     let bad_token = stack
         .http
         .get(stack.url("/api/v1/videos"))

@@ -243,7 +243,20 @@ pub enum MediaEvent {
     },
 }
 
+/// Text that holds a NUL character, which no stored or searched text may (PostgreSQL cannot
+/// store it), is refused as `what`.
+///
+/// # Errors
+/// [`Invalid`] naming `what`.
+pub fn without_nul(what: &str, text: &str) -> Result<(), Invalid> {
+    if text.contains('\0') {
+        return Err(Invalid(format!("{what} must not contain NUL characters")));
+    }
+    Ok(())
+}
+
 fn title(raw: &str) -> Result<String, Invalid> {
+    without_nul("title", raw)?;
     let t = raw.trim();
     let n = t.chars().count();
     if n == 0 || n > MAX_TITLE_CHARS {
@@ -255,6 +268,7 @@ fn title(raw: &str) -> Result<String, Invalid> {
 }
 
 fn description(raw: &str) -> Result<String, Invalid> {
+    without_nul("description", raw)?;
     if raw.chars().count() > MAX_DESCRIPTION_CHARS {
         return Err(Invalid(format!(
             "description must be at most {MAX_DESCRIPTION_CHARS} characters"

@@ -209,26 +209,17 @@ impl VideoStore for PostgresVideos {
             }
             None => Some(Vec::new()),
         };
-        let terms = words.as_ref().map_or(0, |w| {
-            w.len() + search.tags.len() + usize::from(search.owner_id.is_some())
-        });
-        let rows = match words {
-            Some(words)
-                if (!words.is_empty() || !search.tags.is_empty()) && terms <= MOST_TERMS =>
-            {
-                // One statement per shape (how many terms, which order, a cursor or not),
-                // prepared once per connection: its plan does not depend on the terms.
-                let statement = by_terms(search, &words);
-                let prepared = client
-                    .prepare_cached(&statement.sql)
-                    .await
-                    .map_err(query_failed)?;
-                client.query(&prepared, &statement.params()).await
-            }
-            _ => {
-                let statement = by_documents(search);
-                client.query(&statement.sql, &statement.params()).await
-            }
+        // One statement per shape (how many terms, which order, a cursor or not), prepared
+        // once per connection: its plan does not depend on the terms.
+        let rows = if let Some(statement) = words.and_then(|words| by_terms(search, &words)) {
+            let prepared = client
+                .prepare_cached(&statement.sql)
+                .await
+                .map_err(query_failed)?;
+            client.query(&prepared, &statement.params()).await
+        } else {
+            let statement = by_documents(search);
+            client.query(&statement.sql, &statement.params()).await
         }
         .map_err(query_failed)?;
         Ok(rows
@@ -335,15 +326,15 @@ fn count(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Ranks the videos of `candidates` (a query of ids) and returns a page of them in the
-/// search's order: `doc` and `relevance`, the relevance cursor applied after ranking.
+/// A page of `candidates` (a query of the newest matches' `id`, `doc` and `search`) in the
+/// search's order: `doc` and `relevance`, ranked for a relevance search, whose cursor applies
+/// after ranking.
 fn page(s: &mut Statement, search: &Search, candidates: &str) -> String {
     let limit = s.bind(count(search.limit));
     match search.order {
-        Order::Newest => format!(
-            "SELECT v.doc, 0::float8 FROM ({candidates}) c JOIN videos v ON v.id = c.id
-             ORDER BY v.id DESC LIMIT {limit}"
-        ),
+        Order::Newest => {
+            format!("SELECT doc, 0::float8 FROM ({candidates}) c ORDER BY id DESC LIMIT {limit}")
+        }
         // Ranked in float8 so a cursor's score compares exactly.
         Order::Relevance => {
             let text = s.bind(search.text.clone());
@@ -359,10 +350,10 @@ fn page(s: &mut Statement, search: &Search, candidates: &str) -> String {
             };
             format!(
                 "SELECT doc, relevance FROM (
-                     SELECT v.id, v.doc,
-                            ts_rank(v.search, (SELECT websearch_to_tsquery('english', {text})))
+                     SELECT id, doc,
+                            ts_rank(search, (SELECT websearch_to_tsquery('english', {text})))
                                 ::float8 AS relevance
-                     FROM ({candidates}) c JOIN videos v ON v.id = c.id
+                     FROM ({candidates}) c
                  ) ranked {after}
                  ORDER BY relevance DESC, id DESC LIMIT {limit}"
             )
@@ -395,7 +386,7 @@ fn by_documents(search: &Search) -> Statement {
     // For a relevance search: the newest `n` matches (a backwards walk of the primary key
     // that stops early for a common word; the planner takes the text index for a rare one).
     let candidates = format!(
-        "SELECT id FROM videos
+        "SELECT id, doc, search FROM videos
          WHERE NOT deleted
            AND (owner_id = {viewer}::uuid
                 OR (doc->>'visibility' = 'public' AND doc->>'status' = 'ready'))
@@ -413,7 +404,11 @@ fn by_documents(search: &Search) -> Statement {
 /// required, the tags, the owner): the newest listed ones from the index of terms (a merge
 /// of one backwards walk per term, which stops once it has enough), beside the viewer's own
 /// videos that others cannot list (from their partial index, which holds few per owner).
-fn by_terms(search: &Search, words: &[String]) -> Statement {
+/// `None` when there is no word or tag to look up, or more than [`MOST_TERMS`] terms.
+fn by_terms(search: &Search, words: &[String]) -> Option<Statement> {
+    if words.is_empty() && search.tags.is_empty() {
+        return None;
+    }
     let mut s = Statement::default();
     let (n, older) = window(&mut s, search);
     let mut terms: Vec<(&str, String)> = words.iter().map(|w| ("w", s.bind(w.clone()))).collect();
@@ -421,14 +416,15 @@ fn by_terms(search: &Search, words: &[String]) -> Statement {
     if let Some(owner) = search.owner_id {
         terms.push(("o", s.bind(owner.to_string())));
     }
+    if terms.len() > MOST_TERMS {
+        return None;
+    }
     let older_than = |table: &str| {
         older
             .as_ref()
             .map_or(String::new(), |id| format!("AND {table}.id < {id}::uuid"))
     };
-    let Some(((field, term), others)) = terms.split_first() else {
-        return by_documents(search);
-    };
+    let ((field, term), others) = terms.split_first()?;
     let mut joins = String::new();
     for (i, (field, term)) in others.iter().enumerate() {
         let t = format!("t{}", i + 1);
@@ -466,9 +462,13 @@ fn by_terms(search: &Search, words: &[String]) -> Statement {
         }
         _ => String::new(),
     };
-    let candidates = format!("SELECT id FROM (({listed}){own}) u ORDER BY id DESC LIMIT {n}");
+    let candidates = format!(
+        "SELECT v.id, v.doc, v.search
+         FROM (SELECT id FROM (({listed}){own}) u ORDER BY id DESC LIMIT {n}) c
+         JOIN videos v ON v.id = c.id"
+    );
     s.sql = page(&mut s, search, &candidates);
-    s
+    Some(s)
 }
 
 #[cfg(test)]
