@@ -1,7 +1,7 @@
 //! Wiring: pool and migrations, the `CHAT` stream, the outbox relay, the fan-out consumer,
 //! the gRPC server.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tertulia_plumbing::{
     StartError, config::PostgresConfig, grpc::GrpcServer, metrics::ConsumerMetrics, nats, postgres,
@@ -14,11 +14,12 @@ use tertulia_proto::{
     },
     subjects,
 };
+use tokio::sync::{Notify, mpsc};
 
 use crate::{
     config::ChatConfig,
     conversations::Conversations,
-    events::{FANOUT_CONSUMER, FanOut, OutboxRelay, RelayMetrics},
+    events::{self, Committing, FANOUT_CONSUMER, FanOut, OutboxRelay, RelayMetrics},
     grpc::ChatGrpc,
     grpc_v2::ChatV2Grpc,
     store::{self, ChatStore, MIGRATIONS},
@@ -31,6 +32,8 @@ const PURGE_EVERY: Duration = Duration::from_mins(10);
 pub struct App {
     grpc: GrpcServer,
     relay: OutboxRelay,
+    /// What sends hand over to the relay in memory.
+    handed: mpsc::Receiver<Committing>,
     fanout: FanOut,
     store: ChatStore,
     chat: Conversations,
@@ -59,11 +62,13 @@ impl App {
             ..config.database.clone()
         };
         let batches = postgres::connect_planned(&batches, postgres::Plans::Generic).await?;
-        let store = ChatStore::new(pool, batches);
+        let wake = Arc::new(Notify::new());
+        let (handoff, handed) = events::handoff(Arc::clone(&wake));
+        let store = ChatStore::new(pool, batches, handoff);
         let mut registry = tertulia_plumbing::metrics::Registry::default();
         let relay_metrics = RelayMetrics::new(&mut registry);
         let consumer_metrics = ConsumerMetrics::new(&mut registry);
-        let relay = OutboxRelay::new(store.clone(), nats.clone(), relay_metrics.clone());
+        let relay = OutboxRelay::new(store.clone(), nats.clone(), relay_metrics.clone(), wake);
         let chat = Conversations::new(store.clone(), relay.waker(), config.max_text_chars);
         let grpc = GrpcServer::bind(config.grpc)
             .await?
@@ -76,6 +81,7 @@ impl App {
             fanout: FanOut::new(store.clone(), nats.clone()),
             nats,
             relay,
+            handed,
             relay_metrics,
             consumer_metrics,
             store,
@@ -104,6 +110,11 @@ impl App {
     /// Serves until `shutdown` trips, with the relay, the fan-out and the purge running
     /// beside the server.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
+        tokio::spawn(
+            self.relay
+                .clone()
+                .publish_handed(self.handed, shutdown.clone()),
+        );
         tokio::spawn(self.relay.run(shutdown.clone()));
         tokio::spawn(OutboxRelay::sample_pending(
             self.store.clone(),

@@ -59,7 +59,8 @@ fn seq(raw: u64, what: &str) -> Result<i64, ChatError> {
 }
 
 impl Conversations {
-    /// Use cases over `store`; `relay` is woken after every commit that wrote events.
+    /// Use cases over `store`; `relay` is woken after every commit that wrote events (but a
+    /// send's, which hands its event over itself).
     #[must_use]
     pub fn new(store: ChatStore, relay: Arc<Notify>, max_text_chars: usize) -> Self {
         Self {
@@ -241,7 +242,8 @@ impl Conversations {
             .send(actor, conversation, client_msg_id, &content)
             .await?
         {
-            Sent::Created(message) => Ok(self.committed((message, true))),
+            // Its event went to the relay with the commit (`events::Handoff`).
+            Sent::Created(message) => Ok((message, true)),
             Sent::Existing(message) => Ok((message, false)),
             Sent::NotMember => Err(ChatError::NotFound("conversation")),
         }

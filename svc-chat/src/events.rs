@@ -1,12 +1,16 @@
 //! What svc-chat publishes and consumes.
 //!
-//! - Publishes (through the outbox) to the JetStream stream `CHAT`, subjects
+//! - Publishes (through the outbox, and for sends through the in-memory [`Handoff`] beside
+//!   it) to the JetStream stream `CHAT`, subjects
 //!   `chat.v1.conv.<conversation_id>.<event>`, payloads from `tertulia.events.v1`, with
 //!   `Nats-Msg-Id` = event id so a re-publish after a crash is deduplicated by the server.
 //! - Consumes `CHAT` with the durable consumer `fanout` (explicit acks) and publishes one
 //!   `Delivery` per event to each member's core NATS subject `deliver.<user_id>`.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use async_nats::HeaderMap;
 use prost::Message as _;
@@ -23,7 +27,7 @@ use tertulia_proto::{
     events::v1::{self as pb, delivery::Event},
     subjects::{self, chat_event},
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
@@ -43,6 +47,11 @@ const RELAY_BATCH: i64 = 256;
 const RELAY_POLL: Duration = Duration::from_millis(250);
 /// Pause after a failed relay round, so an outage is not a busy loop.
 const RELAY_BACKOFF: Duration = Duration::from_millis(500);
+/// Transactions whose rows may wait in memory for their commit and publish; a transaction
+/// that finds the queue full leaves its rows to the relay's claim.
+const HANDOFF_QUEUE: usize = 1024;
+/// Most handed-over transactions published in one round (one wait for the acks, one mark).
+const HANDOFF_ROUND: usize = 64;
 
 /// An event ready for the outbox.
 #[derive(Debug)]
@@ -219,6 +228,75 @@ pub fn membership(conversation: &Conversation, added: &[Uuid], removed: &[Uuid])
     )
 }
 
+/// The in-memory way from a transaction's commit to the relay, beside the outbox: a
+/// transaction hands its rows over while it still holds its conversations' row locks, just
+/// before `COMMIT`, and confirms once the commit succeeded. A conversation's next transaction
+/// can only take the lock after that commit, so the queue holds a conversation's rows in
+/// commit order, and [`OutboxRelay::publish_handed`] publishes them without claiming them
+/// from the table first. The rows are in the outbox all the same: whatever is not published
+/// this way (a full queue, a failed publish, a crash) is claimed by a later relay round.
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    queue: mpsc::Sender<Committing>,
+    wake: Arc<Notify>,
+}
+
+/// Rows handed over, and the commit they wait for.
+#[derive(Debug)]
+pub struct Committing {
+    rows: Vec<OutboxRow>,
+    /// When the commit succeeded; dropped when it did not, or its outcome is unknown.
+    committed: oneshot::Receiver<Instant>,
+}
+
+/// The handed-over rows' side of a transaction: [`Handed::committed`] once it committed,
+/// dropped otherwise.
+#[derive(Debug)]
+#[must_use = "the rows wait for `committed`"]
+pub struct Handed {
+    committed: Option<oneshot::Sender<Instant>>,
+    wake: Arc<Notify>,
+}
+
+/// A handoff that wakes the relay `wake` for the rows it cannot take, and the queue
+/// [`OutboxRelay::publish_handed`] reads.
+#[must_use]
+pub fn handoff(wake: Arc<Notify>) -> (Handoff, mpsc::Receiver<Committing>) {
+    let (queue, handed) = mpsc::channel(HANDOFF_QUEUE);
+    (Handoff { queue, wake }, handed)
+}
+
+impl Handoff {
+    /// Hands over the rows of a transaction that holds its locks and is about to commit.
+    pub fn hand(&self, rows: Vec<OutboxRow>) -> Handed {
+        let (committed, waiting) = oneshot::channel();
+        let taken = self
+            .queue
+            .try_send(Committing {
+                rows,
+                committed: waiting,
+            })
+            .is_ok();
+        Handed {
+            committed: taken.then_some(committed),
+            wake: Arc::clone(&self.wake),
+        }
+    }
+}
+
+impl Handed {
+    /// The transaction committed: publish its rows (or, when the queue did not take them,
+    /// have the relay claim them now).
+    pub fn committed(self) {
+        let taken = self
+            .committed
+            .is_some_and(|committed| committed.send(Instant::now()).is_ok());
+        if !taken {
+            self.wake.notify_one();
+        }
+    }
+}
+
 /// Publishes committed outbox rows to JetStream and marks them after the server's ack.
 /// Several instances may run at once: each round claims rows with `FOR UPDATE SKIP LOCKED`.
 #[derive(Debug, Clone)]
@@ -268,13 +346,14 @@ impl RelayMetrics {
 }
 
 impl OutboxRelay {
-    /// A relay over `store` publishing to `nats`, measured into `metrics`.
+    /// A relay over `store` publishing to `nats`, measured into `metrics`, whose rounds
+    /// `wake` starts at once.
     #[must_use]
-    pub fn new(store: ChatStore, nats: Nats, metrics: RelayMetrics) -> Self {
+    pub fn new(store: ChatStore, nats: Nats, metrics: RelayMetrics, wake: Arc<Notify>) -> Self {
         Self {
             store,
             nats,
-            wake: Arc::new(Notify::new()),
+            wake,
             metrics,
         }
     }
@@ -349,6 +428,86 @@ impl OutboxRelay {
         }
         self.metrics.relayed.inc_by(rows.len() as u64);
         Ok(rows.len())
+    }
+
+    /// Publishes the rows of `handed` in the order they were handed over, each once its
+    /// transaction committed (one that did not is skipped: its rows are not there, or the
+    /// claim finds them), and marks them published, until `shutdown` trips. What was
+    /// handed over together is published together: one wait for the acks and one mark,
+    /// which runs while the next round publishes.
+    pub async fn publish_handed(self, mut handed: mpsc::Receiver<Committing>, shutdown: Shutdown) {
+        let mut marking: Option<tokio::task::JoinHandle<()>> = None;
+        loop {
+            let first = tokio::select! {
+                () = shutdown.cancelled() => break,
+                next = handed.recv() => match next {
+                    Some(first) => first,
+                    None => break,
+                },
+            };
+            let mut round = vec![first];
+            while round.len() < HANDOFF_ROUND
+                && let Ok(next) = handed.try_recv()
+            {
+                round.push(next);
+            }
+            let published = self.publish_round(round).await;
+            if let Some(previous) = marking.take() {
+                previous.await.ok();
+            }
+            if !published.is_empty() {
+                let store = self.store.clone();
+                marking = Some(tokio::spawn(async move {
+                    if let Err(error) = store.mark_published(&published).await {
+                        // Left pending, the rows are claimed and published again, and
+                        // JetStream drops the copies.
+                        tracing::warn!(message = "Published outbox rows not marked.", error = %error);
+                    }
+                }));
+            }
+        }
+        if let Some(last) = marking {
+            last.await.ok();
+        }
+    }
+
+    /// Publishes the committed transactions of `round`; the ids JetStream acknowledged.
+    async fn publish_round(&self, round: Vec<Committing>) -> Vec<Uuid> {
+        let mut acks = Vec::new();
+        let mut failed = false;
+        for committing in round {
+            let Ok(committed_at) = committing.committed.await else {
+                continue;
+            };
+            for row in &committing.rows {
+                self.metrics
+                    .lag
+                    .observe(committed_at.elapsed().as_secs_f64());
+                match self.publish(row).await {
+                    Ok(ack) => acks.push((row.event_id, ack)),
+                    Err(error) => {
+                        failed = true;
+                        tracing::warn!(message = "Handed-over event not published.", %error);
+                    }
+                }
+            }
+        }
+        let mut published = Vec::with_capacity(acks.len());
+        for (event_id, ack) in acks {
+            match ack.await {
+                Ok(_) => published.push(event_id),
+                Err(error) => {
+                    failed = true;
+                    tracing::warn!(message = "Handed-over event not acknowledged.", %error);
+                }
+            }
+        }
+        self.metrics.relayed.inc_by(published.len() as u64);
+        if failed {
+            // Its claim retries them (after its backoff while the broker is away).
+            self.wake.notify_one();
+        }
+        published
     }
 
     /// Publishes all, then awaits all acks: one round trip of latency for the batch.

@@ -6,7 +6,8 @@
 //! client_msg_id)`, takes the next gap-free `seq` and inserts the message and an outbox row in
 //! one transaction; the commit is the sender's ack. The outbox relay publishes committed rows
 //! to the JetStream stream `CHAT` (`chat.v1.conv.<id>.<event>`, `Nats-Msg-Id` = event id) and
-//! marks them after the publish ack. The fan-out consumer (durable, explicit ack) reads
+//! marks them after the publish ack: a send's rows as its transaction hands them over in
+//! memory at the commit, any other row once claimed from the table. The fan-out consumer (durable, explicit ack) reads
 //! `CHAT` and publishes each event once per member to the core NATS subject
 //! `deliver.<user_id>`, where gateways listen.
 //!

@@ -134,3 +134,102 @@ async fn acknowledged_messages_survive_a_database_crash_and_unacknowledged_ones_
     }
     assert_eq!(seqs, [1, 2, 3]);
 }
+
+/// Outbox rows of a transaction (a read receipt each: any event will do).
+fn rows(conversation: uuid::Uuid) -> Vec<svc_chat::store::OutboxRow> {
+    let event = svc_chat::events::receipt(conversation, uuid::Uuid::now_v7(), 1);
+    vec![svc_chat::store::OutboxRow {
+        event_id: event.event_id,
+        subject: event.subject,
+        payload: event.payload,
+        age_s: 0.0,
+        traceparent: None,
+    }]
+}
+
+#[tokio::test]
+async fn handed_over_events_are_published_in_commit_order_and_only_when_committed() {
+    use svc_chat::events::{OutboxRelay, RelayMetrics, handoff};
+    use tertulia_plumbing::{postgres, shutdown::Shutdown};
+
+    let database = tertulia_tests::fresh_database();
+    let nats_config = tertulia_tests::fresh_nats();
+    let pool = postgres::connect(&database).await.unwrap();
+    postgres::migrate(&pool, svc_chat::store::MIGRATIONS)
+        .await
+        .unwrap();
+    let nats = tertulia_plumbing::nats::connect(&nats_config, "test")
+        .await
+        .unwrap();
+    nats.ensure_event_stream(
+        tertulia_proto::subjects::CHAT_STREAM,
+        tertulia_proto::subjects::CHAT_STREAM_SUBJECTS,
+        1,
+    )
+    .await
+    .unwrap();
+    let mut published = nats.client.subscribe(nats.subject("chat.>")).await.unwrap();
+    nats.sync().await.unwrap();
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (handoff, handed) = handoff(std::sync::Arc::clone(&wake));
+    let store = svc_chat::store::ChatStore::new(pool.clone(), pool.clone(), handoff.clone());
+    let metrics = RelayMetrics::new(&mut tertulia_plumbing::metrics::Registry::default());
+    let relay = OutboxRelay::new(store.clone(), nats.clone(), metrics, wake);
+
+    // Three transactions hand their rows over in lock order; the first and the last commit
+    // (the last one first), the middle one does not. Only committed rows are in the outbox.
+    let conversation = uuid::Uuid::now_v7();
+    let (first, middle, last) = (rows(conversation), rows(conversation), rows(conversation));
+    let client = pool.get().await.unwrap();
+    for row in first.iter().chain(&last) {
+        client
+            .execute(
+                "INSERT INTO outbox (event_id, subject, payload) VALUES ($1, $2, $3)",
+                &[&row.event_id, &row.subject, &row.payload],
+            )
+            .await
+            .unwrap();
+    }
+    let ids = [first[0].event_id, last[0].event_id];
+    let first = handoff.hand(first);
+    let middle = handoff.hand(middle);
+    let last = handoff.hand(last);
+    let shutdown = Shutdown::new();
+    let publishing = tokio::spawn(relay.publish_handed(handed, shutdown.clone()));
+    last.committed();
+    drop(middle);
+    first.committed();
+
+    let mut order = Vec::new();
+    for _ in 0..2 {
+        let message = tokio::time::timeout(FRAME_WAIT, published.next())
+            .await
+            .expect("a committed event is published")
+            .unwrap();
+        let id = message
+            .headers
+            .unwrap()
+            .get("Nats-Msg-Id")
+            .unwrap()
+            .to_string();
+        order.push(id.parse::<uuid::Uuid>().unwrap());
+    }
+    assert_eq!(order, ids, "in the order the transactions held the lock");
+    // Stopping waits for the last mark.
+    shutdown.cancel();
+    publishing.await.unwrap();
+    assert_eq!(store.pending_outbox().await.unwrap(), 0, "both marked");
+    let mut stream = nats
+        .jetstream
+        .get_stream(nats.stream_name(tertulia_proto::subjects::CHAT_STREAM))
+        .await
+        .unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        2,
+        "the transaction that did not commit published nothing"
+    );
+    drop(client);
+    tertulia_tests::drop_schema(&database.schema);
+    tertulia_tests::drop_streams(&nats_config);
+}

@@ -5,6 +5,10 @@
 //! send is a batch of one: two round trips, `BEGIN` with the reads and `COMMIT` with the
 //! writes.
 //!
+//! Just before `COMMIT`, still holding the locks, a batch hands its events to the outbox
+//! relay in memory ([`Handoff`]), and confirms once the commit succeeded: the relay
+//! publishes them without claiming them from the table.
+//!
 //! Nothing is answered before its batch commits. When a batch fails as a whole (a lost
 //! connection, a deadlock), each of its sends is tried again in a transaction of its own, so
 //! one bad send cannot fail the others; a send whose first try did commit is found again by
@@ -21,19 +25,22 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::{MESSAGE_COLUMNS, Sent, message_from};
-use crate::{domain::Message, events};
+use super::{MESSAGE_COLUMNS, OutboxRow, Sent, message_from};
+use crate::{
+    domain::Message,
+    events::{self, Handoff},
+};
 
 /// Most sends one transaction takes.
 const MAX_BATCH: usize = 128;
 /// Batches in flight at once (each holds a database connection).
 const CONCURRENT_BATCHES: usize = 4;
-/// Connections of the pool of short statements: one per batch in flight, and one for the
-/// outbox relay. Their statements have one good plan whatever the values (a batch's are keyed
+/// Connections of the pool of short statements: one per batch in flight, one for the
+/// outbox relay's claim and one for its marks of what was handed over. Their statements have one good plan whatever the values (a batch's are keyed
 /// by its arrays), so the pool plans them once per connection
 /// ([`Plans::Generic`](tertulia_plumbing::postgres::Plans)); PostgreSQL's default would plan
 /// them again at every use, estimating from the values: 0.3 ms of the relay's every round.
-pub const BATCH_CONNECTIONS: usize = CONCURRENT_BATCHES + 1;
+pub const BATCH_CONNECTIONS: usize = CONCURRENT_BATCHES + 2;
 /// Sends waiting for a batch before their senders wait too.
 pub(super) const QUEUE: usize = 4096;
 
@@ -56,8 +63,15 @@ pub(super) struct Queued {
     pub(super) reply: oneshot::Sender<Result<Sent, DbError>>,
 }
 
+/// Where sends are stored, and where their events go once committed.
+#[derive(Debug, Clone)]
+pub(super) struct Committer {
+    pub(super) pool: PgPool,
+    pub(super) handoff: Handoff,
+}
+
 /// Takes queued sends in batches until every sender is gone.
-pub(super) async fn run(pool: PgPool, mut queue: mpsc::Receiver<Queued>) {
+pub(super) async fn run(committer: Committer, mut queue: mpsc::Receiver<Queued>) {
     let slots = Arc::new(Semaphore::new(CONCURRENT_BATCHES));
     while let Some(first) = queue.recv().await {
         // Wait for a free slot before taking more: while all are busy, sends accumulate and
@@ -72,17 +86,17 @@ pub(super) async fn run(pool: PgPool, mut queue: mpsc::Receiver<Queued>) {
                 Err(_) => break,
             }
         }
-        let pool = pool.clone();
+        let committer = committer.clone();
         tokio::spawn(async move {
-            store_batch(&pool, batch).await;
+            store_batch(&committer, batch).await;
             drop(slot);
         });
     }
 }
 
-async fn store_batch(pool: &PgPool, batch: Vec<Queued>) {
+async fn store_batch(committer: &Committer, batch: Vec<Queued>) {
     let sends: Vec<&NewSend> = batch.iter().map(|q| &q.send).collect();
-    match store(pool, &sends).await {
+    match store(committer, &sends).await {
         Ok(results) => {
             for (queued, result) in batch.into_iter().zip(results) {
                 // A caller that went away has its answer in the database.
@@ -92,7 +106,7 @@ async fn store_batch(pool: &PgPool, batch: Vec<Queued>) {
         Err(error) if batch.len() > 1 => {
             tracing::warn!(message = "Send batch failed; storing its sends one by one.", sends = batch.len(), error = %tertulia_plumbing::error::chain(&error));
             futures::future::join_all(batch.into_iter().map(|queued| async move {
-                let result = store_one(pool, &queued.send).await;
+                let result = store_one(committer, &queued.send).await;
                 queued.reply.send(result).ok();
             }))
             .await;
@@ -106,14 +120,15 @@ async fn store_batch(pool: &PgPool, batch: Vec<Queued>) {
 }
 
 /// Stores one send in a transaction of its own.
-pub(super) async fn store_one(pool: &PgPool, send: &NewSend) -> Result<Sent, DbError> {
-    let mut results = store(pool, &[send]).await?;
+pub(super) async fn store_one(committer: &Committer, send: &NewSend) -> Result<Sent, DbError> {
+    let mut results = store(committer, &[send]).await?;
     Ok(results.remove(0))
 }
 
-/// Stores `sends` in one transaction; one answer per send, in order.
-async fn store(pool: &PgPool, sends: &[&NewSend]) -> Result<Vec<Sent>, DbError> {
-    let tx = PipelinedTransaction::new(pool.get().await?, Durability::Flushed);
+/// Stores `sends` in one transaction; one answer per send, in order. Their events are
+/// handed to the relay in memory too, under the conversations' locks.
+async fn store(committer: &Committer, sends: &[&NewSend]) -> Result<Vec<Sent>, DbError> {
+    let tx = PipelinedTransaction::new(committer.pool.get().await?, Durability::Flushed);
     let client = tx.client();
     let mut conversations: Vec<Uuid> = sends.iter().map(|s| s.conversation_id).collect();
     conversations.sort_unstable();
@@ -213,7 +228,9 @@ async fn store(pool: &PgPool, sends: &[&NewSend]) -> Result<Vec<Sent>, DbError> 
         // Every send was stored before, or refused: nothing to commit.
         tx.rollback();
     } else {
+        let handed = committer.handoff.hand(writes.outbox_rows());
         writes.apply(&tx).await?;
+        handed.committed();
     }
     Ok(results)
 }
@@ -232,6 +249,20 @@ struct Writes {
 impl Writes {
     fn is_empty(&self) -> bool {
         self.messages.is_empty()
+    }
+
+    /// The outbox rows, for the handoff.
+    fn outbox_rows(&self) -> Vec<OutboxRow> {
+        self.outbox
+            .iter()
+            .map(|(event, traceparent)| OutboxRow {
+                event_id: event.event_id,
+                subject: event.subject.clone(),
+                payload: event.payload.clone(),
+                age_s: 0.0,
+                traceparent: traceparent.clone(),
+            })
+            .collect()
     }
 
     fn add(&mut self, message: &Message, members: &[Uuid], traceparent: Option<String>) {

@@ -6,7 +6,7 @@ mod batch;
 pub use batch::BATCH_CONNECTIONS;
 
 use deadpool_postgres::Transaction;
-use tertulia_plumbing::postgres::{DbError, Migration, PgPool, PipelinedTransaction};
+use tertulia_plumbing::postgres::{DbError, Durability, Migration, PgPool, PipelinedTransaction};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Row;
@@ -35,6 +35,8 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0003_outbox_traceparent.sql"),
     },
 ];
+
+const MARK_PUBLISHED: &str = "UPDATE outbox SET published_at = now() WHERE event_id = ANY($1)";
 
 /// A committed event waiting to be published.
 #[derive(Debug)]
@@ -100,6 +102,8 @@ pub struct ChatStore {
     relay: PgPool,
     /// The queue of the group commit of sends.
     sends: mpsc::Sender<batch::Queued>,
+    /// Where a send outside the group commit stores, and hands over, its message.
+    committer: batch::Committer,
 }
 
 const MESSAGE_COLUMNS: &str = "message_id, conversation_id, seq, sender_id, client_msg_id, text, \
@@ -286,12 +290,21 @@ async fn lock_group(
 impl ChatStore {
     /// A store over `pool` (already migrated). Starts the group commit of sends on the
     /// current Tokio runtime, on the connections of `batches` (see [`BATCH_CONNECTIONS`]);
-    /// it ends when the last clone of the store is dropped.
+    /// it ends when the last clone of the store is dropped. Sends hand their events to the
+    /// relay through `handoff` as well as writing them to the outbox.
     #[must_use]
-    pub fn new(pool: PgPool, batches: PgPool) -> Self {
+    pub fn new(pool: PgPool, batches: PgPool, handoff: events::Handoff) -> Self {
         let (sends, queue) = mpsc::channel(batch::QUEUE);
-        tokio::spawn(batch::run(batches.clone(), queue));
+        let committer = batch::Committer {
+            pool: batches.clone(),
+            handoff,
+        };
+        tokio::spawn(batch::run(committer.clone(), queue));
         Self {
+            committer: batch::Committer {
+                pool: pool.clone(),
+                ..committer
+            },
             pool,
             relay: batches,
             sends,
@@ -546,7 +559,7 @@ impl ChatStore {
         }
         // Only while the store shuts down: a transaction of its own (a copy that did
         // commit is found by its client_msg_id).
-        batch::store_one(&self.pool, &send).await
+        batch::store_one(&self.committer, &send).await
     }
 
     /// A page of history in ascending `seq`: the oldest `limit` after `after`, or else the
@@ -778,12 +791,23 @@ impl ChatStore {
         tx: &PipelinedTransaction,
         ids: &[Uuid],
     ) -> Result<(), tokio_postgres::Error> {
-        let statement = tx
-            .client()
-            .prepare_cached("UPDATE outbox SET published_at = now() WHERE event_id = ANY($1)")
-            .await?;
+        let statement = tx.client().prepare_cached(MARK_PUBLISHED).await?;
         tx.commit_with(tx.client().execute(&statement, &[&ids]))
             .await?;
+        Ok(())
+    }
+
+    /// Marks rows published that were handed over in memory (not claimed): a transaction of
+    /// its own, one round trip, which does not wait for the disk either.
+    pub async fn mark_published(&self, ids: &[Uuid]) -> Result<(), DbError> {
+        let tx = PipelinedTransaction::new(self.relay.get().await?, Durability::Deferred);
+        let statement = tx.client().prepare_cached(MARK_PUBLISHED).await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
+        // Polled in order: `BEGIN`, the mark and `COMMIT` leave together.
+        futures::try_join!(
+            tx.begin_with(async { Ok(()) }),
+            tx.commit_with(tx.client().execute(&statement, &params)),
+        )?;
         Ok(())
     }
 
