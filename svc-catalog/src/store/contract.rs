@@ -59,6 +59,7 @@ pub async fn run(store: &dyn VideoStore) {
     pagination(store).await;
     relevance_and_tags(store).await;
     relevance_ranks_the_newest_matches(store).await;
+    relevance_follows_edits(store).await;
     search_follows_changes(store).await;
     tombstones(store, &bobs_ready, &cats).await;
 }
@@ -574,6 +575,48 @@ async fn search_follows_changes(store: &dyn VideoStore) {
         paged,
         [untagged.id, other.id, soon.id, hidden.id],
         "pages of one"
+    );
+}
+
+/// Relevance follows edits, and ranks the owner's unlisted videos as listed ones: a word in
+/// a title outranks it in a description, and a word in both outranks it in a title.
+async fn relevance_follows_edits(store: &dyn VideoStore) {
+    let (frank, grace) = (Uuid::now_v7(), Uuid::now_v7());
+    let find = |viewer| Search {
+        viewer: Some(viewer),
+        text: Some("crevasse".into()),
+        order: Order::Relevance,
+        limit: 100,
+        ..Search::default()
+    };
+    let titled = video(grace, "Crevasse", "", &[], Public, Ready);
+    let mut described = video(grace, "Pebbles", "crevasse", &[], Public, Ready);
+    let unlisted = video(grace, "Crevasse", "", &[], Private, Ready);
+    for v in [&titled, &described, &unlisted] {
+        store.insert(v).await.expect("insert");
+    }
+    let ranked = |viewer| async move { store.search(&find(viewer)).await.expect("search") };
+    let hits = ranked(grace).await;
+    assert_eq!(
+        ids(&hits),
+        [unlisted.id, titled.id, described.id],
+        "title matches first, ties newest first"
+    );
+    assert!(
+        hits[0].relevance.total_cmp(&hits[1].relevance).is_eq()
+            && hits[1].relevance > hits[2].relevance,
+        "the same title, the same rank, listed or not: {hits:?}"
+    );
+    edit(store, &mut described, |v| v.title = "Crevasse".into()).await;
+    assert_eq!(
+        ids(&ranked(grace).await),
+        [described.id, unlisted.id, titled.id],
+        "the word now in its title and its description"
+    );
+    assert_eq!(
+        ids(&ranked(frank).await),
+        [described.id, titled.id],
+        "others do not see the unlisted one"
     );
 }
 

@@ -117,6 +117,63 @@ CREATE INDEX videos_unlisted ON videos (owner_id, id DESC)
 ANALYZE video_terms;
 "#,
     },
+    Migration {
+        version: 4,
+        name: "term ranks",
+        // Each word's rank in its video (`ts_rank` of the video's text against that word
+        // alone), in the index entry beside the id: a search ranks its candidates from the
+        // index-only scans that found them and reads the page's videos alone, not every
+        // candidate's row (`by_terms`). The index is rebuilt after the rows are written.
+        sql: r#"
+DROP FUNCTION video_terms_of(videos);
+CREATE FUNCTION video_terms_of(v videos) RETURNS TABLE (field "char", term text, rank real)
+LANGUAGE sql STABLE AS $$
+    SELECT 'w'::"char", lexeme, ts_rank(v.search, (
+               '''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || '''')::tsquery)
+    FROM unnest(tsvector_to_array(v.search)) AS lexeme
+    UNION SELECT 't', tag, 0 FROM jsonb_array_elements_text(v.doc->'tags') AS tag
+    UNION SELECT 'o', v.owner_id::text, 0
+$$;
+CREATE OR REPLACE FUNCTION index_video_terms() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    was_listed boolean := false;
+    is_listed boolean := false;
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        was_listed := coalesce(NOT OLD.deleted AND OLD.doc->>'visibility' = 'public'
+                               AND OLD.doc->>'status' = 'ready', false);
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        is_listed := coalesce(NOT NEW.deleted AND NEW.doc->>'visibility' = 'public'
+                              AND NEW.doc->>'status' = 'ready', false);
+    END IF;
+    IF TG_OP = 'UPDATE' AND was_listed = is_listed AND (NOT is_listed OR (
+           OLD.search = NEW.search AND OLD.doc->'tags' = NEW.doc->'tags'
+           AND OLD.owner_id = NEW.owner_id)) THEN
+        RETURN NULL;
+    END IF;
+    IF was_listed THEN
+        DELETE FROM video_terms t USING video_terms_of(OLD) o
+         WHERE t.field = o.field AND t.term = o.term AND t.id = OLD.id;
+    END IF;
+    IF is_listed THEN
+        INSERT INTO video_terms (field, term, id, rank)
+        SELECT o.field, o.term, NEW.id, o.rank FROM video_terms_of(NEW) o;
+    END IF;
+    RETURN NULL;
+END
+$$;
+ALTER TABLE video_terms DROP CONSTRAINT video_terms_pkey;
+TRUNCATE video_terms;
+ALTER TABLE video_terms ADD COLUMN rank real NOT NULL;
+INSERT INTO video_terms (field, term, id, rank)
+SELECT o.field, o.term, v.id, o.rank FROM videos v, video_terms_of(v) o
+ WHERE NOT v.deleted AND v.doc->>'visibility' = 'public' AND v.doc->>'status' = 'ready';
+ALTER TABLE video_terms ADD PRIMARY KEY (field, term, id) INCLUDE (rank);
+ANALYZE video_terms;
+"#,
+    },
 ];
 
 /// Videos in PostgreSQL.
@@ -338,16 +395,7 @@ fn page(s: &mut Statement, search: &Search, candidates: &str) -> String {
         // Ranked in float8 so a cursor's score compares exactly.
         Order::Relevance => {
             let text = s.bind(search.text.clone());
-            let after = match cursor(search) {
-                (Some(score), Some(id)) => {
-                    format!(
-                        "WHERE (relevance, id) < ({}, {})",
-                        s.bind(score),
-                        s.bind(id)
-                    )
-                }
-                _ => String::new(),
-            };
+            let after = after_score(s, search);
             format!(
                 "SELECT doc, relevance FROM (
                      SELECT id, doc,
@@ -358,6 +406,20 @@ fn page(s: &mut Statement, search: &Search, candidates: &str) -> String {
                  ORDER BY relevance DESC, id DESC LIMIT {limit}"
             )
         }
+    }
+}
+
+/// The cursor of a relevance page, as a condition on the ranked rows' `relevance` and `id`.
+fn after_score(s: &mut Statement, search: &Search) -> String {
+    match cursor(search) {
+        (Some(score), Some(id)) => {
+            format!(
+                "WHERE (relevance, id) < ({}, {})",
+                s.bind(score),
+                s.bind(id)
+            )
+        }
+        _ => String::new(),
     }
 }
 
@@ -435,8 +497,16 @@ fn by_terms(search: &Search, words: &[String]) -> Option<Statement> {
             older_than(&t)
         );
     }
+    // The words come first among the terms. Relevance is the mean of their ranks, which is
+    // `ts_rank` of the video against any of the words (`a | b`).
+    let relevance = if words.is_empty() || search.order == Order::Newest {
+        "0::float8".to_owned()
+    } else {
+        let ranks: Vec<String> = (0..words.len()).map(|i| format!("t{i}.rank")).collect();
+        format!("(({}) / {})::float8", ranks.join(" + "), words.len())
+    };
     let listed = format!(
-        "SELECT t0.id FROM video_terms t0{joins}
+        "SELECT t0.id, {relevance} AS relevance FROM video_terms t0{joins}
          WHERE t0.field = '{field}' AND t0.term = {term} {}
          ORDER BY t0.id DESC LIMIT {n}",
         older_than("t0")
@@ -451,8 +521,19 @@ fn by_terms(search: &Search, words: &[String]) -> Option<Statement> {
                     s.bind(text)
                 )
             });
+            // The ranks of its words as the index of terms would hold them.
+            let relevance = if words.is_empty() || search.order == Order::Newest {
+                "0::float8".to_owned()
+            } else {
+                format!(
+                    "((SELECT sum(o.rank) FROM video_terms_of(v) o
+                       WHERE o.field = 'w' AND o.term = ANY({}::text[])) / {})::float8",
+                    s.bind(words.to_vec()),
+                    words.len()
+                )
+            };
             format!(
-                " UNION ALL (SELECT id FROM videos v
+                " UNION ALL (SELECT id, {relevance} FROM videos v
                  WHERE owner_id = {viewer}::uuid AND NOT deleted
                    AND (doc->>'visibility' = 'public' AND doc->>'status' = 'ready') IS NOT TRUE
                    AND doc->'tags' @> {tags}::jsonb {text} {}
@@ -462,12 +543,26 @@ fn by_terms(search: &Search, words: &[String]) -> Option<Statement> {
         }
         _ => String::new(),
     };
-    let candidates = format!(
-        "SELECT v.id, v.doc, v.search
-         FROM (SELECT id FROM (({listed}){own}) u ORDER BY id DESC LIMIT {n}) c
-         JOIN videos v ON v.id = c.id"
-    );
-    s.sql = page(&mut s, search, &candidates);
+    let candidates =
+        format!("SELECT id, relevance FROM (({listed}){own}) u ORDER BY id DESC LIMIT {n}");
+    // Ranked from the index entries; only the page's videos are read.
+    s.sql = match search.order {
+        Order::Newest => format!(
+            "SELECT v.doc, 0::float8 FROM ({candidates}) p JOIN videos v ON v.id = p.id
+             ORDER BY p.id DESC"
+        ),
+        Order::Relevance => {
+            let limit = s.bind(count(search.limit));
+            let after = after_score(&mut s, search);
+            format!(
+                "SELECT v.doc, p.relevance
+                 FROM (SELECT id, relevance FROM ({candidates}) c {after}
+                       ORDER BY relevance DESC, id DESC LIMIT {limit}) p
+                 JOIN videos v ON v.id = p.id
+                 ORDER BY p.relevance DESC, p.id DESC"
+            )
+        }
+    };
     Some(s)
 }
 
