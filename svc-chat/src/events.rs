@@ -52,6 +52,9 @@ const RELAY_BACKOFF: Duration = Duration::from_millis(500);
 const HANDOFF_QUEUE: usize = 1024;
 /// Most handed-over transactions published in one round (one wait for the acks, one mark).
 const HANDOFF_ROUND: usize = 64;
+/// How long the relay waits for a handed-over transaction's commit before leaving its rows
+/// to the claim, so that one stuck transaction does not hold up those queued behind it.
+const HANDOFF_WAIT: Duration = Duration::from_secs(1);
 
 /// An event ready for the outbox.
 #[derive(Debug)]
@@ -431,8 +434,9 @@ impl OutboxRelay {
     }
 
     /// Publishes the rows of `handed` in the order they were handed over, each once its
-    /// transaction committed (one that did not is skipped: its rows are not there, or the
-    /// claim finds them), and marks them published, until `shutdown` trips. What was
+    /// transaction committed (one that did not, or not within [`HANDOFF_WAIT`], is skipped:
+    /// its rows are not there, or the claim finds them), and marks them published, until
+    /// `shutdown` trips. What was
     /// handed over together is published together: one wait for the acks and one mark,
     /// which runs while the next round publishes.
     pub async fn publish_handed(self, mut handed: mpsc::Receiver<Committing>, shutdown: Shutdown) {
@@ -476,7 +480,9 @@ impl OutboxRelay {
         let mut acks = Vec::new();
         let mut failed = false;
         for committing in round {
-            let Ok(committed_at) = committing.committed.await else {
+            let Ok(Ok(committed_at)) =
+                tokio::time::timeout(HANDOFF_WAIT, committing.committed).await
+            else {
                 continue;
             };
             for row in &committing.rows {

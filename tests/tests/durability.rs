@@ -149,6 +149,7 @@ fn rows(conversation: uuid::Uuid) -> Vec<svc_chat::store::OutboxRow> {
 
 #[tokio::test]
 async fn handed_over_events_are_published_in_commit_order_and_only_when_committed() {
+    // The relay waits a second for the transaction that never ends.
     use svc_chat::events::{OutboxRelay, RelayMetrics, handoff};
     use tertulia_plumbing::{postgres, shutdown::Shutdown};
 
@@ -176,10 +177,16 @@ async fn handed_over_events_are_published_in_commit_order_and_only_when_committe
     let metrics = RelayMetrics::new(&mut tertulia_plumbing::metrics::Registry::default());
     let relay = OutboxRelay::new(store.clone(), nats.clone(), metrics, wake);
 
-    // Three transactions hand their rows over in lock order; the first and the last commit
-    // (the last one first), the middle one does not. Only committed rows are in the outbox.
+    // Four transactions hand their rows over in lock order; the first and the last commit
+    // (the last one first), the second fails and the third never ends. Only committed rows
+    // are in the outbox.
     let conversation = uuid::Uuid::now_v7();
-    let (first, middle, last) = (rows(conversation), rows(conversation), rows(conversation));
+    let (first, failed, stuck, last) = (
+        rows(conversation),
+        rows(uuid::Uuid::now_v7()),
+        rows(uuid::Uuid::now_v7()),
+        rows(conversation),
+    );
     let client = pool.get().await.unwrap();
     for row in first.iter().chain(&last) {
         client
@@ -192,12 +199,13 @@ async fn handed_over_events_are_published_in_commit_order_and_only_when_committe
     }
     let ids = [first[0].event_id, last[0].event_id];
     let first = handoff.hand(first);
-    let middle = handoff.hand(middle);
+    let failed = handoff.hand(failed);
+    let stuck = handoff.hand(stuck);
     let last = handoff.hand(last);
     let shutdown = Shutdown::new();
     let publishing = tokio::spawn(relay.publish_handed(handed, shutdown.clone()));
     last.committed();
-    drop(middle);
+    drop(failed);
     first.committed();
 
     let mut order = Vec::new();
@@ -214,7 +222,11 @@ async fn handed_over_events_are_published_in_commit_order_and_only_when_committe
             .to_string();
         order.push(id.parse::<uuid::Uuid>().unwrap());
     }
-    assert_eq!(order, ids, "in the order the transactions held the lock");
+    assert_eq!(
+        order, ids,
+        "in the order the transactions held the lock, past one that never ends"
+    );
+    drop(stuck);
     // Stopping waits for the last mark.
     shutdown.cancel();
     publishing.await.unwrap();
@@ -227,7 +239,7 @@ async fn handed_over_events_are_published_in_commit_order_and_only_when_committe
     assert_eq!(
         stream.info().await.unwrap().state.messages,
         2,
-        "the transaction that did not commit published nothing"
+        "the transactions that did not commit published nothing"
     );
     drop(client);
     tertulia_tests::drop_schema(&database.schema);
