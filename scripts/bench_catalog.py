@@ -59,8 +59,9 @@ def psql(url, sql):
     return out.stdout.strip()
 
 
-def seed(url, schema, count):
-    """`count` public, ready videos of 1,000 owners, created one second apart (UUIDv7 ids)."""
+def seed(url, schema, count, first=1):
+    """`count` public, ready videos of 1,000 owners, created one second apart (UUIDv7 ids),
+    numbered from `first` (after those a smaller run generated before)."""
     words = "ARRAY[" + ",".join(f"'{w}'" for w in WORDS) + "]"
     tags = "ARRAY[" + ",".join(f"'{w}'" for w in TAGS) + "]"
     # A skewed pick (index ~ n * r^2), so a few words are very common.
@@ -87,7 +88,7 @@ FROM (
             FROM generate_series(1, 12 + i % 9), vocab) AS description,
          (SELECT array_agg(DISTINCT t[1 + floor(array_length(t, 1) * random() ^ 2)::int])
             FROM generate_series(1, 1 + i % 3), vocab) AS tags
-  FROM generate_series(1, {count}) AS i,
+  FROM generate_series({first}, {first + count - 1}) AS i,
        LATERAL (SELECT timestamptz '2024-01-01' + i * interval '1 second' AS created) t
 ) s;
 """
@@ -149,7 +150,7 @@ def main():
     start = time.monotonic()
     if have < a.videos:
         log(f"generating {a.videos - have} videos")
-        seed(a.database_url, a.schema, a.videos - have)
+        seed(a.database_url, a.schema, a.videos - have, first=have + 1)
     seeded_s = time.monotonic() - start
     total = int(psql(a.database_url, f"SELECT count(*) FROM {a.schema}.videos"))
     token = benchlib.sign_up(a.bff, "catalog")
