@@ -138,13 +138,7 @@ async fn acknowledged_messages_survive_a_database_crash_and_unacknowledged_ones_
 /// Outbox rows of a transaction (a read receipt each: any event will do).
 fn rows(conversation: uuid::Uuid) -> Vec<svc_chat::store::OutboxRow> {
     let event = svc_chat::events::receipt(conversation, uuid::Uuid::now_v7(), 1);
-    vec![svc_chat::store::OutboxRow {
-        event_id: event.event_id,
-        subject: event.subject,
-        payload: event.payload,
-        age_s: 0.0,
-        traceparent: None,
-    }]
+    vec![svc_chat::store::OutboxRow::new(event, None)]
 }
 
 #[tokio::test]

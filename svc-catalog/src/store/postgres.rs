@@ -499,11 +499,12 @@ fn by_terms(search: &Search, words: &[String]) -> Option<Statement> {
     }
     // The words come first among the terms. Relevance is the mean of their ranks, which is
     // `ts_rank` of the video against any of the words (`a | b`).
-    let relevance = if words.is_empty() || search.order == Order::Newest {
-        "0::float8".to_owned()
-    } else {
+    let ranked = !words.is_empty() && search.order == Order::Relevance;
+    let relevance = if ranked {
         let ranks: Vec<String> = (0..words.len()).map(|i| format!("t{i}.rank")).collect();
         format!("(({}) / {})::float8", ranks.join(" + "), words.len())
+    } else {
+        "0::float8".to_owned()
     };
     let listed = format!(
         "SELECT t0.id, {relevance} AS relevance FROM video_terms t0{joins}
@@ -522,15 +523,15 @@ fn by_terms(search: &Search, words: &[String]) -> Option<Statement> {
                 )
             });
             // The ranks of its words as the index of terms would hold them.
-            let relevance = if words.is_empty() || search.order == Order::Newest {
-                "0::float8".to_owned()
-            } else {
+            let relevance = if ranked {
                 format!(
                     "((SELECT sum(o.rank) FROM video_terms_of(v) o
                        WHERE o.field = 'w' AND o.term = ANY({}::text[])) / {})::float8",
                     s.bind(words.to_vec()),
                     words.len()
                 )
+            } else {
+                "0::float8".to_owned()
             };
             format!(
                 " UNION ALL (SELECT id, {relevance} FROM videos v

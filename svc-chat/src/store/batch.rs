@@ -36,8 +36,9 @@ const MAX_BATCH: usize = 128;
 /// Batches in flight at once (each holds a database connection).
 const CONCURRENT_BATCHES: usize = 4;
 /// Connections of the pool of short statements: one per batch in flight, one for the
-/// outbox relay's claim and one for its marks of what was handed over. Their statements have one good plan whatever the values (a batch's are keyed
-/// by its arrays), so the pool plans them once per connection
+/// outbox relay's claim and one for its marks of what was handed over. Their statements have
+/// one good plan whatever the values (a batch's are keyed by its arrays), so the pool plans
+/// them once per connection
 /// ([`Plans::Generic`](tertulia_plumbing::postgres::Plans)); PostgreSQL's default would plan
 /// them again at every use, estimating from the values: 0.3 ms of the relay's every round.
 pub const BATCH_CONNECTIONS: usize = CONCURRENT_BATCHES + 2;
@@ -228,7 +229,7 @@ async fn store(committer: &Committer, sends: &[&NewSend]) -> Result<Vec<Sent>, D
         // Every send was stored before, or refused: nothing to commit.
         tx.rollback();
     } else {
-        let handed = committer.handoff.hand(writes.outbox_rows());
+        let handed = committer.handoff.hand(writes.outbox.clone());
         writes.apply(&tx).await?;
         handed.committed();
     }
@@ -243,7 +244,7 @@ struct Writes {
     /// Senders have read what they wrote: newest seq per (conversation, sender).
     read_seq: HashMap<(Uuid, Uuid), i64>,
     messages: Vec<Message>,
-    outbox: Vec<(events::OutboxEvent, Option<String>)>,
+    outbox: Vec<OutboxRow>,
 }
 
 impl Writes {
@@ -251,26 +252,14 @@ impl Writes {
         self.messages.is_empty()
     }
 
-    /// The outbox rows, for the handoff.
-    fn outbox_rows(&self) -> Vec<OutboxRow> {
-        self.outbox
-            .iter()
-            .map(|(event, traceparent)| OutboxRow {
-                event_id: event.event_id,
-                subject: event.subject.clone(),
-                payload: event.payload.clone(),
-                age_s: 0.0,
-                traceparent: traceparent.clone(),
-            })
-            .collect()
-    }
-
     fn add(&mut self, message: &Message, members: &[Uuid], traceparent: Option<String>) {
         self.last_seq.insert(message.conversation_id, message.seq);
         self.read_seq
             .insert((message.conversation_id, message.sender_id), message.seq);
-        self.outbox
-            .push((events::message_created(message, members), traceparent));
+        self.outbox.push(OutboxRow::new(
+            events::message_created(message, members),
+            traceparent,
+        ));
         self.messages.push(message.clone());
     }
 
@@ -312,18 +301,11 @@ impl Writes {
         let texts: Vec<&str> = m.iter().map(|m| m.text.as_str()).collect();
         let videos: Vec<Option<Uuid>> = m.iter().map(|m| m.video_id).collect();
         let sent_at: Vec<OffsetDateTime> = m.iter().map(|m| m.sent_at).collect();
-        let event_ids: Vec<Uuid> = self.outbox.iter().map(|(e, _)| e.event_id).collect();
-        let subjects: Vec<&str> = self
-            .outbox
-            .iter()
-            .map(|(e, _)| e.subject.as_str())
-            .collect();
-        let payloads: Vec<&[u8]> = self
-            .outbox
-            .iter()
-            .map(|(e, _)| e.payload.as_slice())
-            .collect();
-        let traces: Vec<Option<&str>> = self.outbox.iter().map(|(_, t)| t.as_deref()).collect();
+        let o = &self.outbox;
+        let event_ids: Vec<Uuid> = o.iter().map(|r| r.event_id).collect();
+        let subjects: Vec<&str> = o.iter().map(|r| r.subject.as_str()).collect();
+        let payloads: Vec<&[u8]> = o.iter().map(|r| r.payload.as_slice()).collect();
+        let traces: Vec<Option<&str>> = o.iter().map(|r| r.traceparent.as_deref()).collect();
         let insert_params: [&(dyn ToSql + Sync); 8] = [
             &message_conversations,
             &message_seqs,

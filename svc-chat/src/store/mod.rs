@@ -39,7 +39,7 @@ pub const MIGRATIONS: &[Migration] = &[
 const MARK_PUBLISHED: &str = "UPDATE outbox SET published_at = now() WHERE event_id = ANY($1)";
 
 /// A committed event waiting to be published.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct OutboxRow {
     /// Its id, the `Nats-Msg-Id`.
     pub event_id: Uuid,
@@ -47,10 +47,24 @@ pub struct OutboxRow {
     pub subject: String,
     /// Encoded payload.
     pub payload: Vec<u8>,
-    /// Seconds since it was committed, when claimed.
+    /// Seconds since it was committed, when claimed (0 for a row handed over in memory).
     pub age_s: f64,
     /// The trace of the call that committed it, if traces were exported.
     pub traceparent: Option<String>,
+}
+
+impl OutboxRow {
+    /// The row of `event`, written by the call of `traceparent`.
+    #[must_use]
+    pub fn new(event: OutboxEvent, traceparent: Option<String>) -> Self {
+        Self {
+            event_id: event.event_id,
+            subject: event.subject,
+            payload: event.payload,
+            age_s: 0.0,
+            traceparent,
+        }
+    }
 }
 
 /// What a send did.
