@@ -108,9 +108,9 @@ impl App {
     }
 
     /// Serves until `shutdown` trips, with the relay, the fan-out and the purge running
-    /// beside the server.
+    /// beside the server; returns once what the handoff published is marked.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
-        tokio::spawn(
+        let handoff = tokio::spawn(
             self.relay
                 .clone()
                 .publish_handed(self.handed, shutdown.clone()),
@@ -129,7 +129,9 @@ impl App {
         ));
         tokio::spawn(self.fanout.run(shutdown.clone()));
         tokio::spawn(purge_until(self.store, shutdown.clone()));
-        self.grpc.serve(shutdown).await?;
+        let served = self.grpc.serve(shutdown).await;
+        handoff.await.ok();
+        served?;
         Ok(())
     }
 }

@@ -8,7 +8,8 @@
 //!   `Delivery` per event to each member's core NATS subject `deliver.<user_id>`.
 
 use std::{
-    sync::Arc,
+    collections::HashSet,
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -55,6 +56,11 @@ const HANDOFF_ROUND: usize = 64;
 /// How long the relay waits for a handed-over transaction's commit before leaving its rows
 /// to the claim, so that one stuck transaction does not hold up those queued behind it.
 const HANDOFF_WAIT: Duration = Duration::from_secs(1);
+/// How long rows published from the handoff wait for their mark, so that one `UPDATE` marks
+/// the rows of many rounds instead of each round paying a transaction of its own.
+const MARK_DELAY: Duration = Duration::from_millis(100);
+/// Published rows that are marked at once, without waiting for [`MARK_DELAY`].
+const MARK_BATCH: usize = 512;
 
 /// An event ready for the outbox.
 #[derive(Debug)]
@@ -308,6 +314,10 @@ pub struct OutboxRelay {
     nats: Nats,
     wake: Arc<Notify>,
     metrics: RelayMetrics,
+    /// Rows published from the handoff and not marked yet (shared by the clones): a claim
+    /// that takes one marks it without publishing it again.
+    unmarked: Arc<Mutex<HashSet<Uuid>>>,
+    mark_delay: Duration,
 }
 
 /// What the relay measures: `tertulia_outbox_relayed_total`, `tertulia_outbox_lag_seconds`
@@ -358,6 +368,18 @@ impl OutboxRelay {
             nats,
             wake,
             metrics,
+            unmarked: Arc::default(),
+            mark_delay: MARK_DELAY,
+        }
+    }
+
+    /// The relay, marking rows published from the handoff `delay` after the first of them
+    /// (unless [`MARK_BATCH`] of them are waiting sooner).
+    #[must_use]
+    pub fn with_mark_delay(self, delay: Duration) -> Self {
+        Self {
+            mark_delay: delay,
+            ..self
         }
     }
 
@@ -372,6 +394,15 @@ impl OutboxRelay {
             }
         })
         .await;
+    }
+
+    /// Rows published from the handoff whose mark is still to come.
+    #[must_use]
+    pub fn awaiting_mark(&self) -> usize {
+        self.unmarked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Wakes the relay at once (after this instance commits a row).
@@ -403,7 +434,8 @@ impl OutboxRelay {
         }
     }
 
-    /// Publishes one batch; returns how many rows it published.
+    /// Claims one batch of pending rows and publishes those the handoff has not published
+    /// already; marks them all. Returns how many rows it claimed.
     pub async fn relay_once(&self) -> Result<usize, RelayError> {
         let client = self.store.relay_pool().get().await.map_err(DbError::from)?;
         // A mark lost in a crash of the database publishes its rows again: JetStream drops
@@ -417,7 +449,13 @@ impl OutboxRelay {
             tx.rollback();
             return Ok(0);
         }
-        if let Err(error) = self.publish_all(&rows).await {
+        let fresh: Vec<&OutboxRow> = {
+            let unmarked = self.unmarked.lock().unwrap_or_else(PoisonError::into_inner);
+            rows.iter()
+                .filter(|r| !unmarked.contains(&r.event_id))
+                .collect()
+        };
+        if let Err(error) = self.publish_all(&fresh).await {
             // The claim ends; the rows wait for the next round.
             tx.rollback();
             return Err(error);
@@ -426,53 +464,100 @@ impl OutboxRelay {
         ChatStore::commit_published(&tx, &ids)
             .await
             .map_err(DbError::from)?;
-        for row in &rows {
+        for row in &fresh {
             self.metrics.lag.observe(row.age_s.max(0.0));
         }
-        self.metrics.relayed.inc_by(rows.len() as u64);
+        self.metrics.relayed.inc_by(fresh.len() as u64);
         Ok(rows.len())
     }
 
     /// Publishes the rows of `handed` in the order they were handed over, each once its
     /// transaction committed (one that did not, or not within [`HANDOFF_WAIT`], is skipped:
-    /// its rows are not there, or the claim finds them), and marks them published, until
-    /// `shutdown` trips. What was
-    /// handed over together is published together: one wait for the acks and one mark,
-    /// which runs while the next round publishes.
+    /// its rows are not there, or the claim finds them), until `shutdown` trips. What was
+    /// handed over together is published together, with one wait for the acks. Published
+    /// rows are marked [`MARK_DELAY`] after the first of them (or once [`MARK_BATCH`] wait),
+    /// by one `UPDATE` that runs while the next rounds publish; stopping marks what is left.
     pub async fn publish_handed(self, mut handed: mpsc::Receiver<Committing>, shutdown: Shutdown) {
         let mut marking: Option<tokio::task::JoinHandle<()>> = None;
+        let mut unmarked: Vec<Uuid> = Vec::new();
+        let mut due: Option<tokio::time::Instant> = None;
         loop {
+            let mark_due = async {
+                match due {
+                    Some(due) => tokio::time::sleep_until(due).await,
+                    None => std::future::pending().await,
+                }
+            };
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,
                 next = handed.recv() => match next {
-                    Some(first) => first,
+                    Some(first) => Some(first),
                     None => break,
                 },
+                () = mark_due => None,
             };
-            let mut round = vec![first];
-            while round.len() < HANDOFF_ROUND
-                && let Ok(next) = handed.try_recv()
-            {
-                round.push(next);
+            if let Some(first) = first {
+                let mut round = vec![first];
+                while round.len() < HANDOFF_ROUND
+                    && let Ok(next) = handed.try_recv()
+                {
+                    round.push(next);
+                }
+                let round = self.publish_round(round);
+                tokio::pin!(round);
+                // A stop lets the round finish, unless the broker keeps it waiting: then its
+                // rows are left to the next claim.
+                let (published, stopping) = tokio::select! {
+                    published = &mut round => (published, false),
+                    () = shutdown.cancelled() => match tokio::time::timeout(HANDOFF_WAIT, round).await {
+                        Ok(published) => (published, true),
+                        Err(_) => break,
+                    },
+                };
+                self.unmarked
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend(&published);
+                if unmarked.is_empty() && !published.is_empty() {
+                    due = Some(tokio::time::Instant::now() + self.mark_delay);
+                }
+                unmarked.extend(published);
+                if stopping {
+                    break;
+                }
+                if unmarked.len() < MARK_BATCH {
+                    continue;
+                }
             }
-            let published = self.publish_round(round).await;
             if let Some(previous) = marking.take() {
                 previous.await.ok();
             }
-            if !published.is_empty() {
-                let store = self.store.clone();
-                marking = Some(tokio::spawn(async move {
-                    if let Err(error) = store.mark_published(&published).await {
-                        // Left pending, the rows are claimed and published again, and
-                        // JetStream drops the copies.
-                        tracing::warn!(message = "Published outbox rows not marked.", error = %error);
-                    }
-                }));
+            marking = Some(self.mark(std::mem::take(&mut unmarked)));
+            due = None;
+        }
+        if let Some(previous) = marking.take() {
+            previous.await.ok();
+        }
+        if !unmarked.is_empty() {
+            self.mark(unmarked).await.ok();
+        }
+    }
+
+    /// Marks `ids` published, in a task of its own.
+    fn mark(&self, ids: Vec<Uuid>) -> tokio::task::JoinHandle<()> {
+        let store = self.store.clone();
+        let unmarked = Arc::clone(&self.unmarked);
+        tokio::spawn(async move {
+            if let Err(error) = store.mark_published(&ids).await {
+                // Left pending, the rows are claimed and published again, and JetStream
+                // drops the copies.
+                tracing::warn!(message = "Published outbox rows not marked.", error = %error);
             }
-        }
-        if let Some(last) = marking {
-            last.await.ok();
-        }
+            let mut unmarked = unmarked.lock().unwrap_or_else(PoisonError::into_inner);
+            for id in &ids {
+                unmarked.remove(id);
+            }
+        })
     }
 
     /// Publishes the committed transactions of `round`; the ids JetStream acknowledged.
@@ -517,7 +602,7 @@ impl OutboxRelay {
     }
 
     /// Publishes all, then awaits all acks: one round trip of latency for the batch.
-    async fn publish_all(&self, rows: &[OutboxRow]) -> Result<(), RelayError> {
+    async fn publish_all(&self, rows: &[&OutboxRow]) -> Result<(), RelayError> {
         let mut acks = Vec::with_capacity(rows.len());
         for row in rows {
             acks.push(self.publish(row).await?);

@@ -35,10 +35,11 @@ async fn messages_acked_while_the_broker_and_chat_were_down_are_delivered_after(
     broker.kill().await;
     assert_eq!(send(&stack, &ana, &conversation, "m2").await, 201);
     assert_eq!(send(&stack, &ana, &conversation, "m3").await, 201);
-    assert_eq!(stack.chat_store.pending_outbox().await.unwrap(), 2);
 
-    // svc-chat goes down too, with the events still in its outbox.
+    // svc-chat goes down too (marking what it published), with the events still in its
+    // outbox.
     stack.stop_chat().await;
+    assert_eq!(stack.chat_store.pending_outbox().await.unwrap(), 2);
     broker.restart().await;
     let watcher = tertulia_plumbing::nats::connect(&stack.nats, "watcher")
         .await
@@ -141,36 +142,123 @@ fn rows(conversation: uuid::Uuid) -> Vec<svc_chat::store::OutboxRow> {
     vec![svc_chat::store::OutboxRow::new(event, None)]
 }
 
+/// A chat store and its outbox relay over a fresh schema and stream, and a subscription to
+/// everything the relay publishes.
+struct Relaying {
+    database: tertulia_plumbing::config::PostgresConfig,
+    nats_config: tertulia_plumbing::config::NatsConfig,
+    pool: tertulia_plumbing::postgres::PgPool,
+    nats: tertulia_plumbing::nats::Nats,
+    published: async_nats::Subscriber,
+    handoff: svc_chat::events::Handoff,
+    handed: Option<tokio::sync::mpsc::Receiver<svc_chat::events::Committing>>,
+    store: svc_chat::store::ChatStore,
+    relay: svc_chat::events::OutboxRelay,
+}
+
+impl Relaying {
+    async fn start() -> Self {
+        use svc_chat::events::{OutboxRelay, RelayMetrics, handoff};
+        use tertulia_plumbing::postgres;
+
+        let database = tertulia_tests::fresh_database();
+        let nats_config = tertulia_tests::fresh_nats();
+        let pool = postgres::connect(&database).await.unwrap();
+        postgres::migrate(&pool, svc_chat::store::MIGRATIONS)
+            .await
+            .unwrap();
+        let nats = tertulia_plumbing::nats::connect(&nats_config, "test")
+            .await
+            .unwrap();
+        nats.ensure_event_stream(
+            tertulia_proto::subjects::CHAT_STREAM,
+            tertulia_proto::subjects::CHAT_STREAM_SUBJECTS,
+            1,
+        )
+        .await
+        .unwrap();
+        let published = nats.client.subscribe(nats.subject("chat.>")).await.unwrap();
+        nats.sync().await.unwrap();
+        let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (handoff, handed) = handoff(std::sync::Arc::clone(&wake));
+        let store = svc_chat::store::ChatStore::new(pool.clone(), pool.clone(), handoff.clone());
+        let metrics = RelayMetrics::new(&mut tertulia_plumbing::metrics::Registry::default());
+        let relay = OutboxRelay::new(store.clone(), nats.clone(), metrics, wake);
+        Self {
+            database,
+            nats_config,
+            pool,
+            nats,
+            published,
+            handoff,
+            handed: Some(handed),
+            store,
+            relay,
+        }
+    }
+
+    /// Starts `relay` publishing what is handed over, until `shutdown` trips.
+    fn publish_handed(
+        &mut self,
+        relay: svc_chat::events::OutboxRelay,
+        shutdown: &tertulia_plumbing::shutdown::Shutdown,
+    ) -> tokio::task::JoinHandle<()> {
+        let handed = self.handed.take().expect("one publisher");
+        tokio::spawn(relay.publish_handed(handed, shutdown.clone()))
+    }
+
+    /// Commits `rows` to the outbox (as a send's transaction would).
+    async fn commit(&self, rows: &[svc_chat::store::OutboxRow]) {
+        let client = self.pool.get().await.unwrap();
+        for row in rows {
+            client
+                .execute(
+                    "INSERT INTO outbox (event_id, subject, payload) VALUES ($1, $2, $3)",
+                    &[&row.event_id, &row.subject, &row.payload],
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    /// The id of the next event published.
+    async fn next_published(&mut self) -> uuid::Uuid {
+        let message = tokio::time::timeout(FRAME_WAIT, self.published.next())
+            .await
+            .expect("a committed event is published")
+            .unwrap();
+        let id = message
+            .headers
+            .unwrap()
+            .get("Nats-Msg-Id")
+            .unwrap()
+            .to_string();
+        id.parse().unwrap()
+    }
+
+    /// Events the stream holds.
+    async fn stored(&self) -> u64 {
+        let mut stream = self
+            .nats
+            .jetstream
+            .get_stream(self.nats.stream_name(tertulia_proto::subjects::CHAT_STREAM))
+            .await
+            .unwrap();
+        stream.info().await.unwrap().state.messages
+    }
+
+    fn drop_state(&self) {
+        tertulia_tests::drop_schema(&self.database.schema);
+        tertulia_tests::drop_streams(&self.nats_config);
+    }
+}
+
 #[tokio::test]
 async fn handed_over_events_are_published_in_commit_order_and_only_when_committed() {
     // The relay waits a second for the transaction that never ends.
-    use svc_chat::events::{OutboxRelay, RelayMetrics, handoff};
-    use tertulia_plumbing::{postgres, shutdown::Shutdown};
+    use tertulia_plumbing::shutdown::Shutdown;
 
-    let database = tertulia_tests::fresh_database();
-    let nats_config = tertulia_tests::fresh_nats();
-    let pool = postgres::connect(&database).await.unwrap();
-    postgres::migrate(&pool, svc_chat::store::MIGRATIONS)
-        .await
-        .unwrap();
-    let nats = tertulia_plumbing::nats::connect(&nats_config, "test")
-        .await
-        .unwrap();
-    nats.ensure_event_stream(
-        tertulia_proto::subjects::CHAT_STREAM,
-        tertulia_proto::subjects::CHAT_STREAM_SUBJECTS,
-        1,
-    )
-    .await
-    .unwrap();
-    let mut published = nats.client.subscribe(nats.subject("chat.>")).await.unwrap();
-    nats.sync().await.unwrap();
-    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
-    let (handoff, handed) = handoff(std::sync::Arc::clone(&wake));
-    let store = svc_chat::store::ChatStore::new(pool.clone(), pool.clone(), handoff.clone());
-    let metrics = RelayMetrics::new(&mut tertulia_plumbing::metrics::Registry::default());
-    let relay = OutboxRelay::new(store.clone(), nats.clone(), metrics, wake);
-
+    let mut relaying = Relaying::start().await;
     // Four transactions hand their rows over in lock order; the first and the last commit
     // (the last one first), the second fails and the third never ends. Only committed rows
     // are in the outbox.
@@ -181,41 +269,22 @@ async fn handed_over_events_are_published_in_commit_order_and_only_when_committe
         rows(uuid::Uuid::now_v7()),
         rows(conversation),
     );
-    let client = pool.get().await.unwrap();
-    for row in first.iter().chain(&last) {
-        client
-            .execute(
-                "INSERT INTO outbox (event_id, subject, payload) VALUES ($1, $2, $3)",
-                &[&row.event_id, &row.subject, &row.payload],
-            )
-            .await
-            .unwrap();
-    }
+    relaying.commit(&[first[0].clone(), last[0].clone()]).await;
     let ids = [first[0].event_id, last[0].event_id];
-    let first = handoff.hand(first);
-    let failed = handoff.hand(failed);
-    let stuck = handoff.hand(stuck);
-    let last = handoff.hand(last);
+    let first = relaying.handoff.hand(first);
+    let failed = relaying.handoff.hand(failed);
+    let stuck = relaying.handoff.hand(stuck);
+    let last = relaying.handoff.hand(last);
     let shutdown = Shutdown::new();
-    let publishing = tokio::spawn(relay.publish_handed(handed, shutdown.clone()));
+    let publishing = relaying.publish_handed(relaying.relay.clone(), &shutdown);
     last.committed();
     drop(failed);
     first.committed();
 
-    let mut order = Vec::new();
-    for _ in 0..2 {
-        let message = tokio::time::timeout(FRAME_WAIT, published.next())
-            .await
-            .expect("a committed event is published")
-            .unwrap();
-        let id = message
-            .headers
-            .unwrap()
-            .get("Nats-Msg-Id")
-            .unwrap()
-            .to_string();
-        order.push(id.parse::<uuid::Uuid>().unwrap());
-    }
+    let order = [
+        relaying.next_published().await,
+        relaying.next_published().await,
+    ];
     assert_eq!(
         order, ids,
         "in the order the transactions held the lock, past one that never ends"
@@ -224,18 +293,61 @@ async fn handed_over_events_are_published_in_commit_order_and_only_when_committe
     // Stopping waits for the last mark.
     shutdown.cancel();
     publishing.await.unwrap();
-    assert_eq!(store.pending_outbox().await.unwrap(), 0, "both marked");
-    let mut stream = nats
-        .jetstream
-        .get_stream(nats.stream_name(tertulia_proto::subjects::CHAT_STREAM))
-        .await
-        .unwrap();
     assert_eq!(
-        stream.info().await.unwrap().state.messages,
+        relaying.store.pending_outbox().await.unwrap(),
+        0,
+        "both marked"
+    );
+    assert_eq!(
+        relaying.stored().await,
         2,
         "the transactions that did not commit published nothing"
     );
-    drop(client);
-    tertulia_tests::drop_schema(&database.schema);
-    tertulia_tests::drop_streams(&nats_config);
+    relaying.drop_state();
+}
+
+#[tokio::test]
+async fn a_claim_marks_what_the_handoff_published_without_publishing_it_again() {
+    use futures::FutureExt as _;
+    use tertulia_plumbing::shutdown::Shutdown;
+
+    let mut relaying = Relaying::start().await;
+    // The handoff's own mark would come only when it stops.
+    let relay = relaying
+        .relay
+        .clone()
+        .with_mark_delay(std::time::Duration::from_hours(1));
+    let rows = rows(uuid::Uuid::now_v7());
+    relaying.commit(&rows).await;
+    let id = rows[0].event_id;
+    let shutdown = Shutdown::new();
+    let publishing = relaying.publish_handed(relay.clone(), &shutdown);
+    relaying.handoff.hand(rows).committed();
+    assert_eq!(relaying.next_published().await, id);
+    tokio::time::timeout(FRAME_WAIT, async {
+        while relay.awaiting_mark() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the acknowledged row waits for its mark");
+    assert_eq!(relaying.store.pending_outbox().await.unwrap(), 1);
+
+    // The claim (as every 250 ms) takes the row and marks it, without a second publish.
+    assert_eq!(relay.relay_once().await.unwrap(), 1);
+    assert_eq!(relaying.store.pending_outbox().await.unwrap(), 0);
+    relaying.nats.sync().await.unwrap();
+    assert!(
+        relaying.published.next().now_or_never().is_none(),
+        "published once"
+    );
+    shutdown.cancel();
+    publishing.await.unwrap();
+    assert_eq!(
+        relay.awaiting_mark(),
+        0,
+        "the handoff's mark came at the stop"
+    );
+    assert_eq!(relaying.stored().await, 1);
+    relaying.drop_state();
 }

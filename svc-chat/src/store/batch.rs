@@ -1,6 +1,6 @@
 //! Group commit for sends. Sends that arrive while others are being stored queue up, and the
 //! next free batch takes them all (up to [`MAX_BATCH`]) into one transaction: one lock
-//! statement for all their conversations, one statement per table for all their rows, and
+//! statement for all their conversations, one statement that writes all their rows, and
 //! one commit, so one WAL flush is shared by many messages instead of paid by each. A lone
 //! send is a batch of one: two round trips, `BEGIN` with the reads and `COMMIT` with the
 //! writes.
@@ -263,31 +263,32 @@ impl Writes {
         self.messages.push(message.clone());
     }
 
-    /// One statement per table, pipelined, with the commit behind them.
+    /// One statement for all four tables (each write a data-modifying `WITH`), with the
+    /// commit behind it.
     async fn apply(self, tx: &PipelinedTransaction) -> Result<(), DbError> {
         let client = tx.client();
-        let (bump, insert, read, outbox) = tokio::try_join!(
-            client.prepare_cached(
-                "UPDATE conversations c SET last_seq = v.seq, last_activity_at = now()
-                 FROM unnest($1::uuid[], $2::int8[]) AS v(id, seq)
-                 WHERE c.conversation_id = v.id",
-            ),
-            client.prepare_cached(
-                "INSERT INTO messages (conversation_id, seq, message_id, sender_id,
-                                       client_msg_id, text, video_id, sent_at)
-                 SELECT * FROM unnest($1::uuid[], $2::int8[], $3::uuid[], $4::uuid[],
-                                      $5::text[], $6::text[], $7::uuid[], $8::timestamptz[])",
-            ),
-            client.prepare_cached(
-                "UPDATE members m SET read_seq = v.seq
-                 FROM unnest($1::uuid[], $2::uuid[], $3::int8[]) AS v(c, u, seq)
-                 WHERE m.conversation_id = v.c AND m.user_id = v.u",
-            ),
-            client.prepare_cached(
-                "INSERT INTO outbox (event_id, subject, payload, traceparent)
-                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::text[])",
-            ),
-        )?;
+        let write = client
+            .prepare_cached(
+                "WITH bump AS (
+                     UPDATE conversations c SET last_seq = v.seq, last_activity_at = now()
+                     FROM unnest($1::uuid[], $2::int8[]) AS v(id, seq)
+                     WHERE c.conversation_id = v.id
+                 ), insert AS (
+                     INSERT INTO messages (conversation_id, seq, message_id, sender_id,
+                                           client_msg_id, text, video_id, sent_at)
+                     SELECT * FROM unnest($3::uuid[], $4::int8[], $5::uuid[], $6::uuid[],
+                                          $7::text[], $8::text[], $9::uuid[], $10::timestamptz[])
+                 ), read AS (
+                     UPDATE members m SET read_seq = v.seq
+                     FROM unnest($11::uuid[], $12::uuid[], $13::int8[]) AS v(c, u, seq)
+                     WHERE m.conversation_id = v.c AND m.user_id = v.u
+                 ), outbox AS (
+                     INSERT INTO outbox (event_id, subject, payload, traceparent)
+                     SELECT * FROM unnest($14::uuid[], $15::text[], $16::bytea[], $17::text[])
+                 )
+                 SELECT",
+            )
+            .await?;
         let (conversations, seqs): (Vec<Uuid>, Vec<i64>) = self.last_seq.into_iter().unzip();
         let (readers, read_seqs): (Vec<(Uuid, Uuid)>, Vec<i64>) = self.read_seq.into_iter().unzip();
         let (read_conversations, read_users): (Vec<Uuid>, Vec<Uuid>) = readers.into_iter().unzip();
@@ -306,7 +307,9 @@ impl Writes {
         let subjects: Vec<&str> = o.iter().map(|r| r.subject.as_str()).collect();
         let payloads: Vec<&[u8]> = o.iter().map(|r| r.payload.as_slice()).collect();
         let traces: Vec<Option<&str>> = o.iter().map(|r| r.traceparent.as_deref()).collect();
-        let insert_params: [&(dyn ToSql + Sync); 8] = [
+        let params: [&(dyn ToSql + Sync); 17] = [
+            &conversations,
+            &seqs,
             &message_conversations,
             &message_seqs,
             &message_ids,
@@ -315,20 +318,16 @@ impl Writes {
             &texts,
             &videos,
             &sent_at,
+            &read_conversations,
+            &read_users,
+            &read_seqs,
+            &event_ids,
+            &subjects,
+            &payloads,
+            &traces,
         ];
-        let bump_params: [&(dyn ToSql + Sync); 2] = [&conversations, &seqs];
-        let read_params: [&(dyn ToSql + Sync); 3] = [&read_conversations, &read_users, &read_seqs];
-        let outbox_params: [&(dyn ToSql + Sync); 4] = [&event_ids, &subjects, &payloads, &traces];
-        // Prepared above, so each is sent when first polled, ahead of the commit.
-        tx.commit_with(async {
-            tokio::try_join!(
-                client.execute(&bump, &bump_params),
-                client.execute(&insert, &insert_params),
-                client.execute(&read, &read_params),
-                client.execute(&outbox, &outbox_params),
-            )
-        })
-        .await?;
+        // Prepared above, so it is sent when first polled, ahead of the commit.
+        tx.commit_with(client.execute(&write, &params)).await?;
         Ok(())
     }
 }

@@ -36,7 +36,9 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
-const MARK_PUBLISHED: &str = "UPDATE outbox SET published_at = now() WHERE event_id = ANY($1)";
+/// Rows a claim marked are not marked again by the handoff's later mark.
+const MARK_PUBLISHED: &str =
+    "UPDATE outbox SET published_at = now() WHERE event_id = ANY($1) AND published_at IS NULL";
 
 /// A committed event waiting to be published.
 #[derive(Debug, Clone)]
@@ -540,7 +542,7 @@ impl ChatStore {
     ///
     /// Sends are group-committed (see [`batch`]): concurrent ones share a transaction of
     /// two round trips (`BEGIN`, the lock of their conversations and, pipelined behind it,
-    /// the idempotency check and the member lists; one write per table and `COMMIT`),
+    /// the idempotency check and the member lists; one write of every table and `COMMIT`),
     /// whatever the batch and group sizes. The answer comes after the commit.
     pub async fn send(
         &self,
