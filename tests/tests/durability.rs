@@ -351,3 +351,111 @@ async fn a_claim_marks_what_the_handoff_published_without_publishing_it_again() 
     assert_eq!(relaying.stored().await, 1);
     relaying.drop_state();
 }
+
+/// A chat store (one svc-chat instance's) over `pool`, its handoff queue left unread.
+fn chat_store(pool: &tertulia_plumbing::postgres::PgPool) -> svc_chat::store::ChatStore {
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    // Nobody reads the queue: the rows stay in the outbox, which is what this looks at.
+    let (handoff, _) = svc_chat::events::handoff(wake);
+    svc_chat::store::ChatStore::new(pool.clone(), pool.clone(), handoff)
+}
+
+async fn stored(
+    store: &svc_chat::store::ChatStore,
+    actor: uuid::Uuid,
+    conversation: uuid::Uuid,
+    key: &str,
+) -> svc_chat::domain::Message {
+    let content = svc_chat::domain::Content::Text(key.to_owned());
+    match store
+        .send(actor, conversation, key, &content)
+        .await
+        .unwrap()
+    {
+        svc_chat::store::Sent::Created(message) | svc_chat::store::Sent::Existing(message) => {
+            message
+        }
+        svc_chat::store::Sent::NotMember => panic!("{key}: not a member"),
+    }
+}
+
+#[tokio::test]
+async fn sends_written_from_memory_stay_gap_free_and_current_across_instances() {
+    use tertulia_plumbing::postgres;
+    use tertulia_proto::events::v1::MessageCreated;
+
+    let database = tertulia_tests::fresh_database();
+    let pool = postgres::connect(&database).await.unwrap();
+    postgres::migrate(&pool, svc_chat::store::MIGRATIONS)
+        .await
+        .unwrap();
+    // Two instances: each remembers the conversations it stored into.
+    let (a, b) = (chat_store(&pool), chat_store(&pool));
+    let (ana, ben, cid) = (
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+    );
+    let conversation = a.create_group(ana, &[ben], "g").await.unwrap();
+    let id = conversation.conversation_id;
+
+    // Read, then written from memory; the other instance's send makes the first one's
+    // memory stale, and its next send reads again.
+    assert_eq!(stored(&a, ana, id, "m1").await.seq, 1);
+    assert_eq!(stored(&a, ana, id, "m2").await.seq, 2);
+    assert_eq!(stored(&b, ben, id, "m3").await.seq, 3);
+    assert_eq!(stored(&a, ana, id, "m4").await.seq, 4);
+    // A repeated client_msg_id finds the first message.
+    assert_eq!(stored(&a, ana, id, "m2").await.seq, 2);
+
+    // Both at once: every seq once, none missing.
+    let sends = (0..40).map(|i| {
+        let (store, who) = if i % 2 == 0 { (&a, ana) } else { (&b, ben) };
+        let key = format!("c{i}");
+        async move { stored(store, who, id, &key).await.seq }
+    });
+    let mut seqs = futures::future::join_all(sends).await;
+    seqs.sort_unstable();
+    assert_eq!(seqs, (5..45).collect::<Vec<i64>>());
+
+    // A member added through one instance is a recipient of the other's next send, which
+    // had remembered the members before.
+    assert_eq!(stored(&a, ana, id, "before").await.seq, 45);
+    assert_eq!(
+        b.add_member(ben, id, cid).await.unwrap(),
+        svc_chat::store::Membership::Changed
+    );
+    let after = stored(&a, ana, id, "after").await;
+    assert_eq!(after.seq, 46);
+    let client = pool.get().await.unwrap();
+    let payloads = client
+        .query(
+            "SELECT payload FROM outbox WHERE subject LIKE '%.message' ORDER BY created_at",
+            &[],
+        )
+        .await
+        .unwrap();
+    let created: Vec<MessageCreated> = payloads
+        .iter()
+        .map(|r| prost::Message::decode(r.get::<_, &[u8]>(0)).unwrap())
+        .collect();
+    let event = created
+        .iter()
+        .find(|e| e.message.as_ref().unwrap().seq == 46)
+        .expect("the event of the last send");
+    assert!(event.recipient_ids.contains(&cid.to_string()));
+    assert_eq!(created.len(), 46, "one event per message");
+    // What the event says is what history holds.
+    let history = a
+        .history(ana, id, Some(45), None, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(history[0].sent_at, after.sent_at);
+    assert_eq!(
+        event.message.as_ref().unwrap().sent_at,
+        Some(tertulia_plumbing::wire::timestamp(history[0].sent_at))
+    );
+    drop(client);
+    tertulia_tests::drop_schema(&database.schema);
+}

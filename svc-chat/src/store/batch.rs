@@ -1,13 +1,20 @@
 //! Group commit for sends. Sends that arrive while others are being stored queue up, and the
-//! next free batch takes them all (up to [`MAX_BATCH`]) into one transaction: one lock
-//! statement for all their conversations, one statement that writes all their rows, and
-//! one commit, so one WAL flush is shared by many messages instead of paid by each. A lone
-//! send is a batch of one: two round trips, `BEGIN` with the reads and `COMMIT` with the
-//! writes.
+//! next free batch takes them all (up to [`MAX_BATCH`]) into one transaction, so one WAL
+//! flush is shared by many messages instead of paid by each.
 //!
-//! Just before `COMMIT`, still holding the locks, a batch hands its events to the outbox
-//! relay in memory ([`Handoff`]), and confirms once the commit succeeded: the relay
-//! publishes them without claiming them from the table.
+//! A batch whose conversations were all stored into before ([`Remembered`]: their last seq,
+//! members and members' version) is built from memory and written in one round trip: one
+//! statement, its own transaction, that checks under the row locks that what was
+//! remembered is still true and fails as a whole otherwise. These go out on one connection
+//! in the order their seqs were taken, so a conversation's batches commit in that order.
+//! Any other batch (or one whose check failed) reads first, in two round trips: `BEGIN`
+//! with the lock of all its conversations, the idempotency check and the member lists; then
+//! the writes with `COMMIT`. A repeated `client_msg_id` fails the one-round-trip write (the
+//! unique key) and is found by the two-round-trip one.
+//!
+//! Before its commit, a batch hands its events to the outbox relay in memory
+//! ([`Handoff`]), in the order its conversations' seqs were taken, and confirms once the
+//! commit succeeded: the relay publishes them without claiming them from the table.
 //!
 //! Nothing is answered before its batch commits. When a batch fails as a whole (a lost
 //! connection, a deadlock), each of its sends is tried again in a transaction of its own, so
@@ -16,13 +23,16 @@
 
 use std::{
     collections::{HashMap, hash_map::Entry},
-    sync::Arc,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, LazyLock, Mutex, PoisonError},
+    task::Poll,
 };
 
 use tertulia_plumbing::postgres::{DbError, Durability, PgPool, PipelinedTransaction};
 use time::OffsetDateTime;
-use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio_postgres::types::ToSql;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_postgres::{Statement, types::ToSql};
 use uuid::Uuid;
 
 use super::{MESSAGE_COLUMNS, OutboxRow, Sent, message_from};
@@ -35,13 +45,16 @@ use crate::{
 const MAX_BATCH: usize = 128;
 /// Batches in flight at once (each holds a database connection).
 const CONCURRENT_BATCHES: usize = 4;
-/// Connections of the pool of short statements: one per batch in flight, one for the
-/// outbox relay's claim and one for its marks of what was handed over. Their statements have
+/// Conversations remembered at most; past it, the memory starts again empty.
+const REMEMBERED: usize = 100_000;
+/// Connections of the pool of short statements: one per batch in flight, one for the batches
+/// written from memory, one for the outbox relay's claim and one for its marks of what was
+/// handed over. Their statements have
 /// one good plan whatever the values (a batch's are keyed by its arrays), so the pool plans
 /// them once per connection
 /// ([`Plans::Generic`](tertulia_plumbing::postgres::Plans)); PostgreSQL's default would plan
 /// them again at every use, estimating from the values: 0.3 ms of the relay's every round.
-pub const BATCH_CONNECTIONS: usize = CONCURRENT_BATCHES + 2;
+pub const BATCH_CONNECTIONS: usize = CONCURRENT_BATCHES + 3;
 /// Sends waiting for a batch before their senders wait too.
 pub(super) const QUEUE: usize = 4096;
 
@@ -69,11 +82,106 @@ pub(super) struct Queued {
 pub(super) struct Committer {
     pub(super) pool: PgPool,
     pub(super) handoff: Handoff,
+    pub(super) remembered: Remembered,
+}
+
+/// What a conversation was at its last commit by this process (or, for a batch in flight,
+/// will be after it).
+#[derive(Debug, Clone)]
+struct Conversation {
+    last_seq: i64,
+    members_version: i64,
+    /// Sorted by id, as the events name them.
+    members: Arc<[Uuid]>,
+}
+
+/// The conversations this process stored sends into, shared by its batches.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Remembered(Arc<Mutex<HashMap<Uuid, Conversation>>>);
+
+impl Remembered {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Conversation>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set(&self, id: Uuid, conversation: Conversation) {
+        let mut remembered = self.lock();
+        if remembered.len() >= REMEMBERED && !remembered.contains_key(&id) {
+            remembered.clear();
+        }
+        remembered.insert(id, conversation);
+    }
+
+    fn forget(&self, ids: impl IntoIterator<Item = Uuid>) {
+        let mut remembered = self.lock();
+        for id in ids {
+            remembered.remove(&id);
+        }
+    }
+
+    /// `sends` built from memory, their seqs taken: when every conversation is remembered
+    /// and every sender is one of its members (else the batch must read).
+    fn take(&self, sends: &[&NewSend], now: OffsetDateTime) -> Option<Planned> {
+        let mut remembered = self.lock();
+        let mut last_seq = HashMap::new();
+        let mut members = HashMap::new();
+        let mut checks = Vec::new();
+        for send in sends {
+            let id = send.conversation_id;
+            if last_seq.contains_key(&id) {
+                continue;
+            }
+            let conversation = remembered.get(&id)?;
+            last_seq.insert(id, conversation.last_seq);
+            members.insert(id, Arc::clone(&conversation.members));
+            checks.push((id, conversation.last_seq, conversation.members_version));
+        }
+        let (results, writes) = plan(sends, &mut last_seq, &members, now, HashMap::new());
+        if results.iter().any(|r| matches!(r, Sent::NotMember)) {
+            return None;
+        }
+        for (id, _, _) in &checks {
+            if let (Some(conversation), Some(seq)) = (remembered.get_mut(id), last_seq.get(id)) {
+                conversation.last_seq = *seq;
+            }
+        }
+        Some(Planned {
+            results,
+            writes,
+            checks,
+        })
+    }
+}
+
+/// A batch built from memory: its answers, its writes, and for each conversation the last
+/// seq and members' version it was built on.
+struct Planned {
+    results: Vec<Sent>,
+    writes: Writes,
+    checks: Vec<(Uuid, i64, i64)>,
+}
+
+/// The connection that writes batches built from memory, in order, and its statement.
+struct Sequencer {
+    client: Arc<deadpool_postgres::Object>,
+    write: Statement,
+}
+
+impl Sequencer {
+    async fn connect(pool: &PgPool) -> Result<Self, DbError> {
+        let client = pool.get().await?;
+        let write = client.prepare_cached(&WRITE_CHECKED).await?;
+        Ok(Self {
+            client: Arc::new(client),
+            write,
+        })
+    }
 }
 
 /// Takes queued sends in batches until every sender is gone.
 pub(super) async fn run(committer: Committer, mut queue: mpsc::Receiver<Queued>) {
     let slots = Arc::new(Semaphore::new(CONCURRENT_BATCHES));
+    let mut sequencer: Option<Sequencer> = None;
     while let Some(first) = queue.recv().await {
         // Wait for a free slot before taking more: while all are busy, sends accumulate and
         // the next batch is larger.
@@ -87,12 +195,81 @@ pub(super) async fn run(committer: Committer, mut queue: mpsc::Receiver<Queued>)
                 Err(_) => break,
             }
         }
+        let (batch, slot) = match write_remembered(&committer, &mut sequencer, batch, slot).await {
+            Ok(()) => continue,
+            Err(back) => back,
+        };
         let committer = committer.clone();
         tokio::spawn(async move {
             store_batch(&committer, batch).await;
             drop(slot);
         });
     }
+}
+
+/// Writes `batch` from memory in one round trip, when its conversations are remembered: sent
+/// before this returns (so batches reach the database in the order their seqs were taken),
+/// answered by a task of its own. Gives the batch back when it must be read first.
+async fn write_remembered(
+    committer: &Committer,
+    sequencer: &mut Option<Sequencer>,
+    batch: Vec<Queued>,
+    slot: OwnedSemaphorePermit,
+) -> Result<(), (Vec<Queued>, OwnedSemaphorePermit)> {
+    if sequencer.as_ref().is_none_or(|s| s.client.is_closed()) {
+        *sequencer = Sequencer::connect(&committer.pool).await.ok();
+    }
+    let Some(sequencer) = sequencer.as_ref() else {
+        return Err((batch, slot));
+    };
+    // Truncated to what the column keeps, so the event says what history will.
+    let now = OffsetDateTime::now_utc();
+    let now = now
+        .replace_nanosecond(now.nanosecond() / 1000 * 1000)
+        .unwrap_or(now);
+    let planned = {
+        let sends: Vec<&NewSend> = batch.iter().map(|q| &q.send).collect();
+        committer.remembered.take(&sends, now)
+    };
+    let Some(Planned {
+        results,
+        writes,
+        checks,
+    }) = planned
+    else {
+        return Err((batch, slot));
+    };
+    let handed = committer.handoff.hand(writes.outbox.clone());
+    let mut write = writes.write_checked(sequencer, &checks);
+    // The first poll sends it.
+    let sent = match futures::poll!(&mut write) {
+        Poll::Ready(result) => Some(result),
+        Poll::Pending => None,
+    };
+    let committer = committer.clone();
+    tokio::spawn(async move {
+        let result = match sent {
+            Some(result) => result,
+            None => write.await,
+        };
+        if result.is_ok() {
+            handed.committed();
+            for (queued, result) in batch.into_iter().zip(results) {
+                queued.reply.send(Ok(result)).ok();
+            }
+        } else {
+            // What it was built on changed (another instance, a membership change, a batch
+            // before it that failed) or a `client_msg_id` came again: read, and remember
+            // again.
+            drop(handed);
+            committer
+                .remembered
+                .forget(checks.iter().map(|(id, _, _)| *id));
+            store_batch(&committer, batch).await;
+        }
+        drop(slot);
+    });
+    Ok(())
 }
 
 async fn store_batch(committer: &Committer, batch: Vec<Queued>) {
@@ -146,7 +323,7 @@ async fn store(committer: &Committer, sends: &[&NewSend]) -> Result<Vec<Sent>, D
     let (lock, members, earlier) = tokio::try_join!(
         // In one order, so batches that share conversations cannot deadlock.
         client.prepare_cached(
-            "SELECT conversation_id, last_seq, now() FROM conversations
+            "SELECT conversation_id, last_seq, now(), members_version FROM conversations
              WHERE conversation_id = ANY($1) ORDER BY conversation_id FOR UPDATE",
         ),
         client.prepare_cached(
@@ -179,19 +356,59 @@ async fn store(committer: &Committer, sends: &[&NewSend]) -> Result<Vec<Sent>, D
     let mut last_seq: HashMap<Uuid, i64> = locked.iter().map(|r| (r.get(0), r.get(1))).collect();
     let now: Option<OffsetDateTime> = locked.first().map(|r| r.get(2));
     let members: HashMap<Uuid, Vec<Uuid>> = members.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let mut known: HashMap<(Uuid, Uuid, String), Message> = earlier
+    let known: HashMap<(Uuid, Uuid, String), Message> = earlier
         .iter()
         .map(message_from)
         .map(|m| ((m.conversation_id, m.sender_id, m.client_msg_id.clone()), m))
         .collect();
+    let Some(now) = now else {
+        // None of the conversations exists.
+        tx.rollback();
+        return Ok(sends.iter().map(|_| Sent::NotMember).collect());
+    };
+    let (results, writes) = plan(sends, &mut last_seq, &members, now, known);
+    if writes.is_empty() {
+        // Every send was stored before, or refused: nothing to commit.
+        tx.rollback();
+    } else {
+        let handed = committer.handoff.hand(writes.outbox.clone());
+        writes.apply(&tx).await?;
+        handed.committed();
+    }
+    // Remembered as committed, so the next batch into them can be written from memory.
+    for row in &locked {
+        let id: Uuid = row.get(0);
+        if let (Some(seq), Some(members)) = (last_seq.get(&id), members.get(&id)) {
+            committer.remembered.set(
+                id,
+                Conversation {
+                    last_seq: *seq,
+                    members_version: row.get(3),
+                    members: members.as_slice().into(),
+                },
+            );
+        }
+    }
+    Ok(results)
+}
+
+/// The answers to `sends` and the rows they write, from each conversation's `last_seq`
+/// (advanced here) and `members`, at `now`, `known` holding the messages sent before.
+fn plan<M: AsRef<[Uuid]>>(
+    sends: &[&NewSend],
+    last_seq: &mut HashMap<Uuid, i64>,
+    members: &HashMap<Uuid, M>,
+    now: OffsetDateTime,
+    mut known: HashMap<(Uuid, Uuid, String), Message>,
+) -> (Vec<Sent>, Writes) {
     let mut results = Vec::with_capacity(sends.len());
     let mut writes = Writes::default();
     for send in sends {
         let member_ids = members
             .get(&send.conversation_id)
+            .map(AsRef::as_ref)
             .filter(|ids| ids.contains(&send.actor));
-        let (Some(member_ids), Some(seq), Some(now)) =
-            (member_ids, last_seq.get_mut(&send.conversation_id), now)
+        let (Some(member_ids), Some(seq)) = (member_ids, last_seq.get_mut(&send.conversation_id))
         else {
             results.push(Sent::NotMember);
             continue;
@@ -212,7 +429,6 @@ async fn store(committer: &Committer, sends: &[&NewSend]) -> Result<Vec<Sent>, D
                     sender_id: send.actor,
                     client_msg_id: send.client_msg_id.clone(),
                     text: send.text.clone(),
-                    // The transaction's start, as the column's default would have it.
                     sent_at: now,
                     edited_at: None,
                     deleted: false,
@@ -225,15 +441,56 @@ async fn store(committer: &Committer, sends: &[&NewSend]) -> Result<Vec<Sent>, D
         writes.add(&message, member_ids, send.traceparent.clone());
         results.push(Sent::Created(message));
     }
-    if writes.is_empty() {
-        // Every send was stored before, or refused: nothing to commit.
-        tx.rollback();
+    (results, writes)
+}
+
+/// The statement that writes a batch's rows into all four tables (each a data-modifying
+/// `WITH`). `checked`: it also fails unless each conversation's `last_seq` and
+/// `members_version` are still what the batch was built on (`$18`, `$19`, in the order of
+/// `$1`), as read under the row lock.
+fn write_sql(checked: bool) -> String {
+    // A checked write locks its conversations first, in id order as a batch that reads does
+    // (were two batches to lock in other orders, one would fail as a deadlock after a
+    // second, and read).
+    let (lock, from, check, select) = if checked {
+        (
+            "locked AS (
+                 SELECT conversation_id, last_seq, members_version FROM conversations
+                 WHERE conversation_id = ANY($1) ORDER BY conversation_id FOR UPDATE
+             ), ",
+            "unnest($1::uuid[], $2::int8[], $18::int8[], $19::int8[]) AS v(id, seq, was, version)
+             JOIN locked l ON l.conversation_id = v.id",
+            "AND l.last_seq = v.was AND l.members_version = v.version RETURNING 1",
+            "SELECT expect_remembered(count(*) = cardinality($1::uuid[])) FROM bump",
+        )
     } else {
-        let handed = committer.handoff.hand(writes.outbox.clone());
-        writes.apply(&tx).await?;
-        handed.committed();
-    }
-    Ok(results)
+        (
+            "",
+            "unnest($1::uuid[], $2::int8[]) AS v(id, seq)",
+            "",
+            "SELECT",
+        )
+    };
+    format!(
+        "WITH {lock}bump AS (
+             UPDATE conversations c SET last_seq = v.seq, last_activity_at = now()
+             FROM {from}
+             WHERE c.conversation_id = v.id {check}
+         ), insert AS (
+             INSERT INTO messages (conversation_id, seq, message_id, sender_id,
+                                   client_msg_id, text, video_id, sent_at)
+             SELECT * FROM unnest($3::uuid[], $4::int8[], $5::uuid[], $6::uuid[],
+                                  $7::text[], $8::text[], $9::uuid[], $10::timestamptz[])
+         ), read AS (
+             UPDATE members m SET read_seq = v.seq
+             FROM unnest($11::uuid[], $12::uuid[], $13::int8[]) AS v(c, u, seq)
+             WHERE m.conversation_id = v.c AND m.user_id = v.u
+         ), outbox AS (
+             INSERT INTO outbox (event_id, subject, payload, traceparent)
+             SELECT * FROM unnest($14::uuid[], $15::text[], $16::bytea[], $17::text[])
+         )
+         {select}"
+    )
 }
 
 /// The rows a batch writes, column by column.
@@ -263,71 +520,131 @@ impl Writes {
         self.messages.push(message.clone());
     }
 
-    /// One statement for all four tables (each write a data-modifying `WITH`), with the
-    /// commit behind it.
+    /// One statement for all four tables, with the commit behind it.
     async fn apply(self, tx: &PipelinedTransaction) -> Result<(), DbError> {
         let client = tx.client();
-        let write = client
-            .prepare_cached(
-                "WITH bump AS (
-                     UPDATE conversations c SET last_seq = v.seq, last_activity_at = now()
-                     FROM unnest($1::uuid[], $2::int8[]) AS v(id, seq)
-                     WHERE c.conversation_id = v.id
-                 ), insert AS (
-                     INSERT INTO messages (conversation_id, seq, message_id, sender_id,
-                                           client_msg_id, text, video_id, sent_at)
-                     SELECT * FROM unnest($3::uuid[], $4::int8[], $5::uuid[], $6::uuid[],
-                                          $7::text[], $8::text[], $9::uuid[], $10::timestamptz[])
-                 ), read AS (
-                     UPDATE members m SET read_seq = v.seq
-                     FROM unnest($11::uuid[], $12::uuid[], $13::int8[]) AS v(c, u, seq)
-                     WHERE m.conversation_id = v.c AND m.user_id = v.u
-                 ), outbox AS (
-                     INSERT INTO outbox (event_id, subject, payload, traceparent)
-                     SELECT * FROM unnest($14::uuid[], $15::text[], $16::bytea[], $17::text[])
-                 )
-                 SELECT",
-            )
-            .await?;
-        let (conversations, seqs): (Vec<Uuid>, Vec<i64>) = self.last_seq.into_iter().unzip();
-        let (readers, read_seqs): (Vec<(Uuid, Uuid)>, Vec<i64>) = self.read_seq.into_iter().unzip();
-        let (read_conversations, read_users): (Vec<Uuid>, Vec<Uuid>) = readers.into_iter().unzip();
-        let m = &self.messages;
-        let column = |f: fn(&Message) -> Uuid| m.iter().map(f).collect::<Vec<_>>();
-        let message_ids = column(|m| m.message_id);
-        let message_conversations = column(|m| m.conversation_id);
-        let senders = column(|m| m.sender_id);
-        let message_seqs: Vec<i64> = m.iter().map(|m| m.seq).collect();
-        let client_ids: Vec<&str> = m.iter().map(|m| m.client_msg_id.as_str()).collect();
-        let texts: Vec<&str> = m.iter().map(|m| m.text.as_str()).collect();
-        let videos: Vec<Option<Uuid>> = m.iter().map(|m| m.video_id).collect();
-        let sent_at: Vec<OffsetDateTime> = m.iter().map(|m| m.sent_at).collect();
-        let o = &self.outbox;
-        let event_ids: Vec<Uuid> = o.iter().map(|r| r.event_id).collect();
-        let subjects: Vec<&str> = o.iter().map(|r| r.subject.as_str()).collect();
-        let payloads: Vec<&[u8]> = o.iter().map(|r| r.payload.as_slice()).collect();
-        let traces: Vec<Option<&str>> = o.iter().map(|r| r.traceparent.as_deref()).collect();
-        let params: [&(dyn ToSql + Sync); 17] = [
-            &conversations,
-            &seqs,
-            &message_conversations,
-            &message_seqs,
-            &message_ids,
-            &senders,
-            &client_ids,
-            &texts,
-            &videos,
-            &sent_at,
-            &read_conversations,
-            &read_users,
-            &read_seqs,
-            &event_ids,
-            &subjects,
-            &payloads,
-            &traces,
-        ];
+        let write = client.prepare_cached(&WRITE).await?;
+        let columns = Columns::of(self, &[]);
         // Prepared above, so it is sent when first polled, ahead of the commit.
-        tx.commit_with(client.execute(&write, &params)).await?;
+        tx.commit_with(client.execute(&write, &columns.params()))
+            .await?;
         Ok(())
+    }
+
+    /// The checked write of a batch built from memory on `checks` (conversation, last seq,
+    /// members' version), a transaction of its own on the sequencer's connection; sent when
+    /// first polled.
+    fn write_checked(
+        self,
+        sequencer: &Sequencer,
+        checks: &[(Uuid, i64, i64)],
+    ) -> Pin<Box<dyn Future<Output = Result<(), DbError>> + Send>> {
+        let client = Arc::clone(&sequencer.client);
+        let statement = sequencer.write.clone();
+        let columns = Columns::of(self, checks);
+        Box::pin(async move {
+            client.execute(&statement, &columns.params()).await?;
+            Ok(())
+        })
+    }
+}
+
+/// The write of a batch, and the checked one.
+static WRITE: LazyLock<String> = LazyLock::new(|| write_sql(false));
+static WRITE_CHECKED: LazyLock<String> = LazyLock::new(|| write_sql(true));
+
+/// A batch's rows as the write's parameters, column by column; conversations in id order (the
+/// order their rows are locked in).
+struct Columns {
+    conversations: Vec<Uuid>,
+    seqs: Vec<i64>,
+    message_conversations: Vec<Uuid>,
+    message_seqs: Vec<i64>,
+    message_ids: Vec<Uuid>,
+    senders: Vec<Uuid>,
+    client_ids: Vec<String>,
+    texts: Vec<String>,
+    videos: Vec<Option<Uuid>>,
+    sent_at: Vec<OffsetDateTime>,
+    read_conversations: Vec<Uuid>,
+    read_users: Vec<Uuid>,
+    read_seqs: Vec<i64>,
+    event_ids: Vec<Uuid>,
+    subjects: Vec<String>,
+    payloads: Vec<Vec<u8>>,
+    traces: Vec<Option<String>>,
+    /// For a checked write: each conversation's last seq and members' version as built on.
+    was: Vec<i64>,
+    versions: Vec<i64>,
+}
+
+impl Columns {
+    fn of(writes: Writes, checks: &[(Uuid, i64, i64)]) -> Self {
+        let mut bumps: Vec<(Uuid, i64)> = writes.last_seq.into_iter().collect();
+        bumps.sort_unstable();
+        let checked: HashMap<Uuid, (i64, i64)> = checks
+            .iter()
+            .map(|(id, was, v)| (*id, (*was, *v)))
+            .collect();
+        let (was, versions) = bumps
+            .iter()
+            .filter_map(|(id, _)| checked.get(id).copied())
+            .unzip();
+        let (conversations, seqs) = bumps.into_iter().unzip();
+        let (readers, read_seqs): (Vec<(Uuid, Uuid)>, Vec<i64>) =
+            writes.read_seq.into_iter().unzip();
+        let (read_conversations, read_users) = readers.into_iter().unzip();
+        let m = writes.messages;
+        let column = |f: fn(&Message) -> Uuid| m.iter().map(f).collect::<Vec<_>>();
+        let o = writes.outbox;
+        Self {
+            conversations,
+            seqs,
+            message_conversations: column(|m| m.conversation_id),
+            message_seqs: m.iter().map(|m| m.seq).collect(),
+            message_ids: column(|m| m.message_id),
+            senders: column(|m| m.sender_id),
+            client_ids: m.iter().map(|m| m.client_msg_id.clone()).collect(),
+            texts: m.iter().map(|m| m.text.clone()).collect(),
+            videos: m.iter().map(|m| m.video_id).collect(),
+            sent_at: m.iter().map(|m| m.sent_at).collect(),
+            read_conversations,
+            read_users,
+            read_seqs,
+            event_ids: o.iter().map(|r| r.event_id).collect(),
+            subjects: o.iter().map(|r| r.subject.clone()).collect(),
+            traces: o.iter().map(|r| r.traceparent.clone()).collect(),
+            payloads: o.into_iter().map(|r| r.payload).collect(),
+            was,
+            versions,
+        }
+    }
+
+    /// `$1` to `$17`, and `$18`, `$19` for a checked write.
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &self.conversations,
+            &self.seqs,
+            &self.message_conversations,
+            &self.message_seqs,
+            &self.message_ids,
+            &self.senders,
+            &self.client_ids,
+            &self.texts,
+            &self.videos,
+            &self.sent_at,
+            &self.read_conversations,
+            &self.read_users,
+            &self.read_seqs,
+            &self.event_ids,
+            &self.subjects,
+            &self.payloads,
+            &self.traces,
+        ];
+        if !self.was.is_empty() {
+            params.push(&self.was);
+            params.push(&self.versions);
+        }
+        params
     }
 }

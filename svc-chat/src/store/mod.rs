@@ -34,7 +34,17 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "outbox_traceparent",
         sql: include_str!("../../migrations/0003_outbox_traceparent.sql"),
     },
+    Migration {
+        version: 4,
+        name: "members_version",
+        sql: include_str!("../../migrations/0004_members_version.sql"),
+    },
 ];
+
+/// Bumps a conversation's `members_version` (in the transaction of a membership change), so
+/// that a send built from its remembered members fails over to a fresh read.
+const BUMP_MEMBERS_VERSION: &str =
+    "UPDATE conversations SET members_version = members_version + 1 WHERE conversation_id = $1";
 
 /// Rows a claim marked are not marked again by the handoff's later mark.
 const MARK_PUBLISHED: &str =
@@ -314,6 +324,7 @@ impl ChatStore {
         let committer = batch::Committer {
             pool: batches.clone(),
             handoff,
+            remembered: batch::Remembered::default(),
         };
         tokio::spawn(batch::run(committer.clone(), queue));
         Self {
@@ -477,6 +488,8 @@ impl ChatStore {
         if added == 0 {
             return Ok(Membership::Unchanged);
         }
+        tx.execute(BUMP_MEMBERS_VERSION, &[&conversation_id])
+            .await?;
         let view = view_in(&tx, actor, conversation_id)
             .await?
             .expect("the actor is a member");
@@ -510,6 +523,8 @@ impl ChatStore {
         if removed == 0 {
             return Ok(Membership::NotFound);
         }
+        tx.execute(BUMP_MEMBERS_VERSION, &[&conversation_id])
+            .await?;
         // The view of a remaining member (or of the creator's record) for the event.
         let row = tx
             .query_one(
@@ -540,10 +555,12 @@ impl ChatStore {
     /// conversation row lock serialises sends, so `seq` is gap-free and a retry racing its
     /// original finds it.
     ///
-    /// Sends are group-committed (see [`batch`]): concurrent ones share a transaction of
-    /// two round trips (`BEGIN`, the lock of their conversations and, pipelined behind it,
-    /// the idempotency check and the member lists; one write of every table and `COMMIT`),
-    /// whatever the batch and group sizes. The answer comes after the commit.
+    /// Sends are group-committed (see [`batch`]): concurrent ones share a transaction,
+    /// whatever the batch and group sizes. Into conversations this process stored into
+    /// before, it is one round trip (one statement that checks what was remembered and
+    /// writes every table); otherwise two (`BEGIN`, the lock of their conversations and,
+    /// pipelined behind it, the idempotency check and the member lists; the write and
+    /// `COMMIT`). The answer comes after the commit.
     pub async fn send(
         &self,
         actor: Uuid,
