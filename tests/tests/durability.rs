@@ -418,15 +418,21 @@ async fn sends_written_from_memory_stay_gap_free_and_current_across_instances() 
     seqs.sort_unstable();
     assert_eq!(seqs, (5..45).collect::<Vec<i64>>());
 
-    // A member added through one instance is a recipient of the other's next send, which
-    // had remembered the members before.
-    assert_eq!(stored(&a, ana, id, "before").await.seq, 45);
+    // A member added through one instance is a recipient of the other's next send into a
+    // conversation it alone wrote to, whose members it had remembered.
+    let other = a
+        .create_group(ana, &[ben], "h")
+        .await
+        .unwrap()
+        .conversation_id;
+    assert_eq!(stored(&a, ana, other, "x1").await.seq, 1);
+    assert_eq!(stored(&a, ana, other, "x2").await.seq, 2);
     assert_eq!(
-        b.add_member(ben, id, cid).await.unwrap(),
+        b.add_member(ben, other, cid).await.unwrap(),
         svc_chat::store::Membership::Changed
     );
-    let after = stored(&a, ana, id, "after").await;
-    assert_eq!(after.seq, 46);
+    let after = stored(&a, ana, other, "x3").await;
+    assert_eq!(after.seq, 3);
     let client = pool.get().await.unwrap();
     let payloads = client
         .query(
@@ -439,15 +445,15 @@ async fn sends_written_from_memory_stay_gap_free_and_current_across_instances() 
         .iter()
         .map(|r| prost::Message::decode(r.get::<_, &[u8]>(0)).unwrap())
         .collect();
+    assert_eq!(created.len(), 44 + 3, "one event per message");
     let event = created
         .iter()
-        .find(|e| e.message.as_ref().unwrap().seq == 46)
+        .find(|e| e.message.as_ref().unwrap().message_id == after.message_id.to_string())
         .expect("the event of the last send");
     assert!(event.recipient_ids.contains(&cid.to_string()));
-    assert_eq!(created.len(), 46, "one event per message");
     // What the event says is what history holds.
     let history = a
-        .history(ana, id, Some(45), None, 10)
+        .history(ana, other, Some(2), None, 10)
         .await
         .unwrap()
         .unwrap();

@@ -27,12 +27,13 @@ use std::{
     pin::Pin,
     sync::{Arc, LazyLock, Mutex, PoisonError},
     task::Poll,
+    time::{Duration, Instant},
 };
 
 use tertulia_plumbing::postgres::{DbError, Durability, PgPool, PipelinedTransaction};
 use time::OffsetDateTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tokio_postgres::{Statement, types::ToSql};
+use tokio_postgres::{Statement, error::SqlState, types::ToSql};
 use uuid::Uuid;
 
 use super::{MESSAGE_COLUMNS, OutboxRow, Sent, message_from};
@@ -47,6 +48,8 @@ const MAX_BATCH: usize = 128;
 const CONCURRENT_BATCHES: usize = 4;
 /// Conversations remembered at most; past it, the memory starts again empty.
 const REMEMBERED: usize = 100_000;
+/// How long a conversation found stale is not remembered (see [`Memory::shared`]).
+const SHARED_FOR: Duration = Duration::from_secs(10);
 /// Connections of the pool of short statements: one per batch in flight, one for the batches
 /// written from memory, one for the outbox relay's claim and one for its marks of what was
 /// handed over. Their statements have
@@ -97,32 +100,58 @@ struct Conversation {
 
 /// The conversations this process stored sends into, shared by its batches.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Remembered(Arc<Mutex<HashMap<Uuid, Conversation>>>);
+pub(super) struct Remembered(Arc<Mutex<Memory>>);
+
+#[derive(Debug, Default)]
+struct Memory {
+    conversations: HashMap<Uuid, Conversation>,
+    /// Conversations whose remembered state was found stale, and since when: another
+    /// instance stores into them too (the gateways balance sends over the instances), so
+    /// for [`SHARED_FOR`] their batches read rather than fail a check first.
+    shared: HashMap<Uuid, Instant>,
+}
 
 impl Remembered {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Conversation>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Memory> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn set(&self, id: Uuid, conversation: Conversation) {
-        let mut remembered = self.lock();
-        if remembered.len() >= REMEMBERED && !remembered.contains_key(&id) {
-            remembered.clear();
+        let mut memory = self.lock();
+        if memory
+            .shared
+            .get(&id)
+            .is_some_and(|since| since.elapsed() < SHARED_FOR)
+        {
+            return;
         }
-        remembered.insert(id, conversation);
+        if memory.conversations.len() >= REMEMBERED && !memory.conversations.contains_key(&id) {
+            memory.conversations.clear();
+            memory
+                .shared
+                .retain(|_, since| since.elapsed() < SHARED_FOR);
+        }
+        memory.shared.remove(&id);
+        memory.conversations.insert(id, conversation);
     }
 
-    fn forget(&self, ids: impl IntoIterator<Item = Uuid>) {
-        let mut remembered = self.lock();
+    /// Forgets `ids`; `stale`: what was remembered of them was no longer true.
+    fn forget(&self, ids: impl IntoIterator<Item = Uuid>, stale: bool) {
+        let mut memory = self.lock();
+        let now = Instant::now();
         for id in ids {
-            remembered.remove(&id);
+            memory.conversations.remove(&id);
+            if stale {
+                memory.shared.insert(id, now);
+            }
         }
     }
 
     /// `sends` built from memory, their seqs taken: when every conversation is remembered
     /// and every sender is one of its members (else the batch must read).
     fn take(&self, sends: &[&NewSend], now: OffsetDateTime) -> Option<Planned> {
-        let mut remembered = self.lock();
+        let mut memory = self.lock();
+        let remembered = &mut memory.conversations;
         let mut last_seq = HashMap::new();
         let mut members = HashMap::new();
         let mut checks = Vec::new();
@@ -252,20 +281,23 @@ async fn write_remembered(
             Some(result) => result,
             None => write.await,
         };
-        if result.is_ok() {
-            handed.committed();
-            for (queued, result) in batch.into_iter().zip(results) {
-                queued.reply.send(Ok(result)).ok();
+        match result {
+            Ok(_) => {
+                handed.committed();
+                for (queued, result) in batch.into_iter().zip(results) {
+                    queued.reply.send(Ok(result)).ok();
+                }
             }
-        } else {
-            // What it was built on changed (another instance, a membership change, a batch
-            // before it that failed) or a `client_msg_id` came again: read, and remember
-            // again.
-            drop(handed);
-            committer
-                .remembered
-                .forget(checks.iter().map(|(id, _, _)| *id));
-            store_batch(&committer, batch).await;
+            Err(error) => {
+                // What it was built on changed (another instance, a membership change, a
+                // batch before it that failed) or a `client_msg_id` came again: read.
+                drop(handed);
+                let stale = error.code().map(SqlState::code) == Some(REMEMBERED_CHANGED);
+                committer
+                    .remembered
+                    .forget(checks.iter().map(|(id, _, _)| *id), stale);
+                store_batch(&committer, batch).await;
+            }
         }
         drop(slot);
     });
@@ -538,16 +570,16 @@ impl Writes {
         self,
         sequencer: &Sequencer,
         checks: &[(Uuid, i64, i64)],
-    ) -> Pin<Box<dyn Future<Output = Result<(), DbError>> + Send>> {
+    ) -> Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send>> {
         let client = Arc::clone(&sequencer.client);
         let statement = sequencer.write.clone();
         let columns = Columns::of(self, checks);
-        Box::pin(async move {
-            client.execute(&statement, &columns.params()).await?;
-            Ok(())
-        })
+        Box::pin(async move { client.execute(&statement, &columns.params()).await })
     }
 }
+
+/// What `expect_remembered` raises.
+const REMEMBERED_CHANGED: &str = "TC001";
 
 /// The write of a batch, and the checked one.
 static WRITE: LazyLock<String> = LazyLock::new(|| write_sql(false));
