@@ -418,6 +418,40 @@ async fn sends_written_from_memory_stay_gap_free_and_current_across_instances() 
     seqs.sort_unstable();
     assert_eq!(seqs, (5..45).collect::<Vec<i64>>());
 
+    // Batches mixing a remembered conversation and a new one: each keeps its seqs.
+    let (known, new) = (
+        a.create_group(ana, &[ben], "k")
+            .await
+            .unwrap()
+            .conversation_id,
+        a.create_group(ana, &[ben], "n")
+            .await
+            .unwrap()
+            .conversation_id,
+    );
+    assert_eq!(stored(&a, ana, known, "k0").await.seq, 1);
+    let a_ref = &a;
+    let sends = (1..=20).map(|i| {
+        let conversation = if i % 2 == 0 { known } else { new };
+        let key = format!("k{i}");
+        async move {
+            (
+                conversation,
+                stored(a_ref, ana, conversation, &key).await.seq,
+            )
+        }
+    });
+    let sent = futures::future::join_all(sends).await;
+    for (conversation, first) in [(known, 2), (new, 1)] {
+        let mut seqs: Vec<i64> = sent
+            .iter()
+            .filter(|(c, _)| *c == conversation)
+            .map(|(_, seq)| *seq)
+            .collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (first..first + 10).collect::<Vec<i64>>());
+    }
+
     // A member added through one instance is a recipient of the other's next send into a
     // conversation it alone wrote to, whose members it had remembered.
     let other = a
@@ -445,7 +479,7 @@ async fn sends_written_from_memory_stay_gap_free_and_current_across_instances() 
         .iter()
         .map(|r| prost::Message::decode(r.get::<_, &[u8]>(0)).unwrap())
         .collect();
-    assert_eq!(created.len(), 44 + 3, "one event per message");
+    assert_eq!(created.len(), 44 + 21 + 3, "one event per message");
     let event = created
         .iter()
         .find(|e| e.message.as_ref().unwrap().message_id == after.message_id.to_string())

@@ -191,8 +191,10 @@ test('sign-in errors read from problem bodies; tokens refresh silently; sign-out
   await page.getByRole('button', { name: 'Create account' }).click();
   await page.getByRole('alert').filter({ hasText: /username/i }).waitFor();
 
-  // Signed in, keyboard only: Tab reaches the controls, Enter submits.
+  // Signed in, keyboard only: Tab reaches the controls, Enter submits. The sign-in form
+  // replaces the registration form first (filling the old one would be lost with it).
   await page.getByRole('link', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { name: 'Sign in to Tertulia' }).waitFor();
   await page.getByLabel('Username').fill(hugo.username);
   await page.keyboard.press('Tab');
   await page.keyboard.type('correct horse battery');

@@ -2,15 +2,16 @@
 //! next free batch takes them all (up to [`MAX_BATCH`]) into one transaction, so one WAL
 //! flush is shared by many messages instead of paid by each.
 //!
-//! A batch whose conversations were all stored into before ([`Remembered`]: their last seq,
-//! members and members' version) is built from memory and written in one round trip: one
-//! statement, its own transaction, that checks under the row locks that what was
-//! remembered is still true and fails as a whole otherwise. These go out on one connection
-//! in the order their seqs were taken, so a conversation's batches commit in that order.
-//! Any other batch (or one whose check failed) reads first, in two round trips: `BEGIN`
-//! with the lock of all its conversations, the idempotency check and the member lists; then
-//! the writes with `COMMIT`. A repeated `client_msg_id` fails the one-round-trip write (the
-//! unique key) and is found by the two-round-trip one.
+//! A batch's sends into conversations this process stored into before ([`Remembered`]:
+//! their last seq, members and members' version), by senders among those members, are
+//! built from memory and written in one round trip: one statement, its own transaction,
+//! that checks under the row locks that what was remembered is still true and fails as a
+//! whole otherwise. These go out on one connection in the order their seqs were taken, so a
+//! conversation's writes commit in that order. The batch's other sends (and those of a write
+//! whose check failed) read first, in two round trips: `BEGIN` with the lock of all their
+//! conversations, the idempotency check and the member lists; then the writes with
+//! `COMMIT`. A repeated `client_msg_id` fails the one-round-trip write (the unique key) and
+//! is found by the two-round-trip one.
 //!
 //! Before its commit, a batch hands its events to the outbox relay in memory
 //! ([`Handoff`]), in the order its conversations' seqs were taken, and confirms once the
@@ -147,38 +148,55 @@ impl Remembered {
         }
     }
 
-    /// `sends` built from memory, their seqs taken: when every conversation is remembered
-    /// and every sender is one of its members (else the batch must read).
-    fn take(&self, sends: &[&NewSend], now: OffsetDateTime) -> Option<Planned> {
+    /// Splits `batch`: the sends into conversations that are remembered, with every sender
+    /// among the members, built from memory (their seqs taken); and the rest, which must
+    /// read. A conversation's sends all go the same way, so they keep their order.
+    fn take(
+        &self,
+        batch: Vec<Queued>,
+        now: OffsetDateTime,
+    ) -> (Option<(Vec<Queued>, Planned)>, Vec<Queued>) {
         let mut memory = self.lock();
         let remembered = &mut memory.conversations;
+        let mut fits: HashMap<Uuid, bool> = HashMap::new();
+        for queued in &batch {
+            let send = &queued.send;
+            let fit = remembered
+                .get(&send.conversation_id)
+                .is_some_and(|c| c.members.contains(&send.actor));
+            *fits.entry(send.conversation_id).or_insert(fit) &= fit;
+        }
+        let (from_memory, rest): (Vec<Queued>, Vec<Queued>) = batch
+            .into_iter()
+            .partition(|q| fits.get(&q.send.conversation_id) == Some(&true));
+        if from_memory.is_empty() {
+            return (None, rest);
+        }
         let mut last_seq = HashMap::new();
         let mut members = HashMap::new();
         let mut checks = Vec::new();
-        for send in sends {
-            let id = send.conversation_id;
-            if last_seq.contains_key(&id) {
-                continue;
-            }
-            let conversation = remembered.get(&id)?;
+        for (id, conversation) in fits
+            .iter()
+            .filter(|(_, fit)| **fit)
+            .filter_map(|(id, _)| remembered.get(id).map(|c| (*id, c)))
+        {
             last_seq.insert(id, conversation.last_seq);
             members.insert(id, Arc::clone(&conversation.members));
             checks.push((id, conversation.last_seq, conversation.members_version));
         }
-        let (results, writes) = plan(sends, &mut last_seq, &members, now, HashMap::new());
-        if results.iter().any(|r| matches!(r, Sent::NotMember)) {
-            return None;
-        }
+        let sends: Vec<&NewSend> = from_memory.iter().map(|q| &q.send).collect();
+        let (results, writes) = plan(&sends, &mut last_seq, &members, now, HashMap::new());
         for (id, _, _) in &checks {
             if let (Some(conversation), Some(seq)) = (remembered.get_mut(id), last_seq.get(id)) {
                 conversation.last_seq = *seq;
             }
         }
-        Some(Planned {
+        let planned = Planned {
             results,
             writes,
             checks,
-        })
+        };
+        (Some((from_memory, planned)), rest)
     }
 }
 
@@ -224,9 +242,16 @@ pub(super) async fn run(committer: Committer, mut queue: mpsc::Receiver<Queued>)
                 Err(_) => break,
             }
         }
-        let (batch, slot) = match write_remembered(&committer, &mut sequencer, batch, slot).await {
-            Ok(()) => continue,
-            Err(back) => back,
+        let (batch, slot) = write_remembered(&committer, &mut sequencer, batch, slot).await;
+        if batch.is_empty() {
+            continue;
+        }
+        let slot = match slot {
+            Some(slot) => slot,
+            None => match Arc::clone(&slots).acquire_owned().await {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
         };
         let committer = committer.clone();
         tokio::spawn(async move {
@@ -236,37 +261,38 @@ pub(super) async fn run(committer: Committer, mut queue: mpsc::Receiver<Queued>)
     }
 }
 
-/// Writes `batch` from memory in one round trip, when its conversations are remembered: sent
-/// before this returns (so batches reach the database in the order their seqs were taken),
-/// answered by a task of its own. Gives the batch back when it must be read first.
+/// Writes the sends of `batch` into remembered conversations from memory, in one round trip:
+/// sent before this returns (so writes reach the database in the order their seqs were
+/// taken), answered by a task of its own that holds `slot`. Gives back the sends that must
+/// be read first, and the slot when it was not used.
 async fn write_remembered(
     committer: &Committer,
     sequencer: &mut Option<Sequencer>,
     batch: Vec<Queued>,
     slot: OwnedSemaphorePermit,
-) -> Result<(), (Vec<Queued>, OwnedSemaphorePermit)> {
+) -> (Vec<Queued>, Option<OwnedSemaphorePermit>) {
     if sequencer.as_ref().is_none_or(|s| s.client.is_closed()) {
         *sequencer = Sequencer::connect(&committer.pool).await.ok();
     }
     let Some(sequencer) = sequencer.as_ref() else {
-        return Err((batch, slot));
+        return (batch, Some(slot));
     };
     // Truncated to what the column keeps, so the event says what history will.
     let now = OffsetDateTime::now_utc();
     let now = now
         .replace_nanosecond(now.nanosecond() / 1000 * 1000)
         .unwrap_or(now);
-    let planned = {
-        let sends: Vec<&NewSend> = batch.iter().map(|q| &q.send).collect();
-        committer.remembered.take(&sends, now)
-    };
-    let Some(Planned {
-        results,
-        writes,
-        checks,
-    }) = planned
+    let (from_memory, rest) = committer.remembered.take(batch, now);
+    let Some((
+        batch,
+        Planned {
+            results,
+            writes,
+            checks,
+        },
+    )) = from_memory
     else {
-        return Err((batch, slot));
+        return (rest, Some(slot));
     };
     let handed = committer.handoff.hand(writes.outbox.clone());
     let mut write = writes.write_checked(sequencer, &checks);
@@ -301,7 +327,7 @@ async fn write_remembered(
         }
         drop(slot);
     });
-    Ok(())
+    (rest, None)
 }
 
 async fn store_batch(committer: &Committer, batch: Vec<Queued>) {
