@@ -38,7 +38,6 @@ pub struct App {
     store: ChatStore,
     chat: Conversations,
     nats: nats::Nats,
-    relay_metrics: RelayMetrics,
     consumer_metrics: ConsumerMetrics,
 }
 
@@ -68,7 +67,7 @@ impl App {
         let mut registry = tertulia_plumbing::metrics::Registry::default();
         let relay_metrics = RelayMetrics::new(&mut registry);
         let consumer_metrics = ConsumerMetrics::new(&mut registry);
-        let relay = OutboxRelay::new(store.clone(), nats.clone(), relay_metrics.clone(), wake);
+        let relay = OutboxRelay::new(store.clone(), nats.clone(), relay_metrics, wake);
         let chat = Conversations::new(store.clone(), relay.waker(), config.max_text_chars);
         let grpc = GrpcServer::bind(config.grpc)
             .await?
@@ -82,7 +81,6 @@ impl App {
             nats,
             relay,
             handed,
-            relay_metrics,
             consumer_metrics,
             store,
             chat,
@@ -115,12 +113,8 @@ impl App {
                 .clone()
                 .publish_handed(self.handed, shutdown.clone()),
         );
+        tokio::spawn(self.relay.clone().sample_pending(shutdown.clone()));
         tokio::spawn(self.relay.run(shutdown.clone()));
-        tokio::spawn(OutboxRelay::sample_pending(
-            self.store.clone(),
-            self.relay_metrics,
-            shutdown.clone(),
-        ));
         tokio::spawn(self.consumer_metrics.watch(
             self.nats,
             subjects::CHAT_STREAM,

@@ -351,7 +351,7 @@ impl RelayMetrics {
         );
         registry.register(
             "tertulia_outbox_pending",
-            "Outbox events not yet published (sampled)",
+            "Outbox events committed and not yet published (sampled)",
             metrics.pending.clone(),
         );
         metrics
@@ -383,17 +383,25 @@ impl OutboxRelay {
         }
     }
 
-    /// Samples the number of unpublished rows until `shutdown` trips.
-    pub async fn sample_pending(store: ChatStore, metrics: RelayMetrics, shutdown: Shutdown) {
+    /// Samples [`Self::backlog`] until `shutdown` trips.
+    pub async fn sample_pending(self, shutdown: Shutdown) {
         sample_until(shutdown, || async {
-            match store.pending_outbox().await {
+            match self.backlog().await {
                 Ok(n) => {
-                    metrics.pending.set(n);
+                    self.metrics.pending.set(n);
                 }
                 Err(error) => tracing::debug!(message = "Outbox not sampled.", %error),
             }
         })
         .await;
+    }
+
+    /// Rows waiting to be published: unmarked rows, less those this relay published and
+    /// has yet to mark (they wait at most [`MARK_DELAY`] and are no backlog).
+    pub async fn backlog(&self) -> Result<i64, DbError> {
+        let pending = self.store.pending_outbox().await?;
+        let awaiting = i64::try_from(self.awaiting_mark()).unwrap_or(i64::MAX);
+        Ok(pending.saturating_sub(awaiting).max(0))
     }
 
     /// Rows published from the handoff whose mark is still to come.

@@ -327,6 +327,7 @@ async fn a_claim_marks_what_the_handoff_published_without_publishing_it_again() 
     .await
     .expect("the acknowledged row waits for its mark");
     assert_eq!(relaying.store.pending_outbox().await.unwrap(), 1);
+    assert_eq!(relay.backlog().await.unwrap(), 0, "published: no backlog");
 
     // The claim (as every 250 ms) takes the row and marks it, without a second publish.
     assert_eq!(relay.relay_once().await.unwrap(), 1);
