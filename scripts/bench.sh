@@ -72,7 +72,14 @@ FITS=$(( $(ulimit -n) - 1000 ))
 # One user per connection: a user's first connection on a gateway also costs its delivery
 # subscription, which a run of few users with many devices each would hide.
 CONN_USERS=$CONNECTIONS
-[ "$STORM" -gt "$((FITS - 2000))" ] && STORM=$((FITS - 2000))
+# A storm larger than one process can hold is spread over two gateways (a second svc-bff and
+# svc-chat, TERTULIA_INSTANCES=2) and two generator processes, as production spreads clients
+# over gateways behind a load balancer.
+STORM_PROCESSES=1
+if [ "$STORM" -gt "$((FITS - 2000))" ]; then
+  STORM_PROCESSES=2
+  [ "$STORM" -gt "$((2 * (FITS - 2000)))" ] && STORM=$((2 * (FITS - 2000)))
+fi
 # Throughput runs use MEMBERS users, one connection each (the gateway allows a connection 20
 # frames a second, so a rate needs at least rate/20 senders).
 
@@ -97,7 +104,14 @@ for size in 2 10 100; do
   run "throughput-$size-relay" throughput "${RELAY[@]}" --size "$size" --groups "$groups" \
     --rates "$rates" --duration "$STEP" "${WATCH[@]}"
 done
-run storm-tertulia storm "${TERTULIA[@]}" --clients "$STORM" --devices 10 --messages 5
+STORM_URL="http://127.0.0.1:$BFF_PORT"
+if [ "$STORM_PROCESSES" = 2 ]; then
+  log "The storm needs two gateways: restarting the stack with two instances"
+  TERTULIA_INSTANCES=2 "$ROOT/scripts/stack.sh" start
+  STORM_URL="$STORM_URL,http://127.0.0.1:$((BFF_PORT + 1))"
+fi
+run storm-tertulia storm --url "$STORM_URL" --processes "$STORM_PROCESSES" --clients "$STORM" \
+  --devices 10 --messages 5
 
 # The media origin against nginx, a large tus upload against the disk; catalog search.
 record() {

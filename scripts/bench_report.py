@@ -219,10 +219,14 @@ def main():
     if storm:
         p(f"{storm['clients']} clients ({storm['devices_per_user']} devices per user, {storm['conversations']} conversations of 10) dropped at once;")
         p(f"{storm['messages_while_away']} messages were stored while they were away; then all reconnected at once with `resume`.")
+        gateways = storm.get("gateways", 1)
+        if gateways > 1:
+            p(f"The clients were spread over {gateways} gateways and held by {storm.get('processes', 1)} generator processes")
+            p("(one process holds at most the open-files limit of sockets).")
         p()
-        p("| reconnected in | everyone caught up in | missing | duplicates | failed reconnections |")
-        p("| --- | --- | --- | --- | --- |")
-        p(f"| {storm['reconnect_seconds']:.2f} s | {storm['caught_up_seconds']:.2f} s | {storm['missing']} | {storm['duplicates']} | {storm['reconnect_failures']} |")
+        p("| reconnected in | everyone caught up in | deliveries after reconnecting | missing | duplicates | failed reconnections |")
+        p("| --- | --- | --- | --- | --- | --- |")
+        p(f"| {storm['reconnect_seconds']:.2f} s | {storm['caught_up_seconds']:.2f} s | {storm.get('delivered_after_reconnect', '—')} | {storm['missing']} | {storm['duplicates']} | {storm['reconnect_failures']} |")
         p()
         p(f"`{command(folder, 'storm-tertulia')}`")
         p()

@@ -14,7 +14,7 @@ use std::{
 };
 
 use futures::{SinkExt as _, StreamExt as _};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::{net::TcpSocket, sync::mpsc, task::JoinHandle};
 use tokio_tungstenite::tungstenite::{Message as Ws, Utf8Bytes};
@@ -32,8 +32,18 @@ pub(crate) enum Target {
     Relay,
 }
 
+impl Target {
+    /// The name `--target` takes.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Tertulia => "tertulia",
+            Self::Relay => "relay",
+        }
+    }
+}
+
 /// A user the generator acts as.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct User {
     pub(crate) id: String,
     pub(crate) token: String,

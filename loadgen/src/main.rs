@@ -4,8 +4,12 @@
 //! ```text
 //! tertulia-load capacity   --url http://127.0.0.1:8080 --connections 100000 --users 1000 --gateway-pid PID
 //! tertulia-load throughput --url … --groups 500 --size 10 --rates 1000,2000,5000 --duration 10
-//! tertulia-load storm      --url … --clients 20000 --devices 10 --messages 5
+//! tertulia-load storm      --url URL1,URL2 --clients 20000 --devices 10 --messages 5 --processes 2
 //! ```
+//!
+//! The storm spreads its clients over every gateway of `--url` and over `--processes` worker
+//! processes (one process holds at most `ulimit -n` sockets); the other scenarios use the
+//! first gateway.
 //!
 //! Every run is bounded (`--max-seconds`, default 900), closes its connections at the end,
 //! prints a summary on stderr and the full report as JSON on stdout (or into `--json FILE`),
@@ -14,6 +18,7 @@
 mod client;
 mod scenarios;
 mod stats;
+mod storm;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -22,6 +27,7 @@ use client::{Endpoint, Error, Target};
 /// Everything a scenario may read.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
+    /// One gateway URL, or several comma-separated (the storm spreads over them).
     pub(crate) url: String,
     pub(crate) target: Target,
     pub(crate) sources: u8,
@@ -41,6 +47,8 @@ pub(crate) struct Options {
     pub(crate) messages: usize,
     pub(crate) concurrency: usize,
     pub(crate) handshakes: usize,
+    /// Worker processes that hold the storm's clients.
+    pub(crate) processes: usize,
     pub(crate) max_seconds: u64,
     pub(crate) json: Option<PathBuf>,
 }
@@ -65,16 +73,17 @@ impl Default for Options {
             messages: 5,
             concurrency: 8,
             handshakes: 256,
+            processes: 1,
             max_seconds: 900,
             json: None,
         }
     }
 }
 
-const USAGE: &str = "usage: tertulia-load capacity|throughput|storm [--url URL] [--target tertulia|relay] \
+const USAGE: &str = "usage: tertulia-load capacity|throughput|storm [--url URL[,URL...]] [--target tertulia|relay] \
 [--sources N] [--gateway-pid PID] [--watch NAME,...] [--connections N] [--users N] [--groups N] [--size N] \
 [--rates R1,R2,...] [--duration SECONDS] [--hold SECONDS] [--clients N] [--devices N] \
-[--messages N] [--concurrency N] [--handshakes N] [--max-seconds N] [--json FILE]";
+[--messages N] [--concurrency N] [--handshakes N] [--processes N] [--max-seconds N] [--json FILE]";
 
 fn parse(args: &[String]) -> Result<(String, Options), Error> {
     let (scenario, rest) = args.split_first().ok_or(USAGE)?;
@@ -124,6 +133,7 @@ fn parse(args: &[String]) -> Result<(String, Options), Error> {
             "--messages" => o.messages = number()?,
             "--concurrency" => o.concurrency = number()?,
             "--handshakes" => o.handshakes = number()?,
+            "--processes" => o.processes = number()?.max(1),
             "--max-seconds" => o.max_seconds = value.parse().map_err(|e| bad(&e))?,
             "--json" => o.json = Some(PathBuf::from(value)),
             _ => return Err(format!("unknown option {flag}\n{USAGE}").into()),
@@ -134,7 +144,8 @@ fn parse(args: &[String]) -> Result<(String, Options), Error> {
 
 /// Runs the scenario; its report as JSON, and whether it passed (nothing lost or refused).
 async fn run(scenario: &str, o: &Options) -> Result<(serde_json::Value, bool), Error> {
-    let ep = Endpoint::new(&o.url, o.target, o.sources)?;
+    let first = o.url.split(',').next().unwrap_or_default();
+    let ep = Endpoint::new(first, o.target, o.sources)?;
     Ok(match scenario {
         "capacity" => {
             let r = scenarios::capacity(&ep, o).await?;
@@ -175,7 +186,7 @@ async fn run(scenario: &str, o: &Options) -> Result<(serde_json::Value, bool), E
             (serde_json::to_value(r)?, ok)
         }
         "storm" => {
-            let r = scenarios::storm(&ep, o).await?;
+            let r = storm::storm(&ep, o).await?;
             eprintln!(
                 "storm: {} clients back in {:.2} s, caught up in {:.2} s, {} missing, {} duplicates, {} failures",
                 r.clients,
@@ -187,6 +198,11 @@ async fn run(scenario: &str, o: &Options) -> Result<(serde_json::Value, bool), E
             );
             let ok = r.missing == 0 && r.reconnect_failures == 0;
             (serde_json::to_value(r)?, ok)
+        }
+        "storm-worker" => {
+            storm::worker(&ep, o).await?;
+            // What a worker saw went to the storm on standard output.
+            (serde_json::Value::Null, true)
         }
         _ => return Err(USAGE.into()),
     })
@@ -226,6 +242,8 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 }
+                // A storm worker has said all it had to say.
+                None if report.is_null() => {}
                 None => println!("{text}"),
             }
             if ok {

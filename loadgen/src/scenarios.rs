@@ -1,5 +1,5 @@
-//! The scenarios: idle capacity, message throughput (one rate or a sweep of rates), and a
-//! reconnect storm.
+//! The scenarios: idle capacity and message throughput (one rate or a sweep of rates); the
+//! reconnect storm is in [`crate::storm`].
 
 use std::{
     sync::Arc,
@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// How long delivery of what was sent may take before it counts as lost.
-const DRAIN: Duration = Duration::from_secs(15);
+pub(crate) const DRAIN: Duration = Duration::from_secs(15);
 
 /// CPU time (user + system) a process has used, from `/proc/<pid>/stat`.
 fn cpu_seconds(pid: u32) -> Option<f64> {
@@ -47,7 +47,7 @@ fn cpu_of_name(name: &str) -> f64 {
 /// Opens one connection per `(user, resume)`, `handshakes` at a time, spread over the source
 /// addresses. Returns the connections (failures left out), their records, the failures, and
 /// how long it took.
-async fn connect_all(
+pub(crate) async fn connect_all(
     ep: &Endpoint,
     who: &[(&User, Value)],
     handshakes: usize,
@@ -86,7 +86,7 @@ async fn connect_all(
     (conns, records, failures, took)
 }
 
-async fn close_all(conns: Vec<Option<Live>>) {
+pub(crate) async fn close_all(conns: Vec<Option<Live>>) {
     futures::stream::iter(conns.into_iter().flatten())
         .for_each_concurrent(512, Live::close)
         .await;
@@ -158,7 +158,7 @@ pub(crate) async fn capacity(ep: &Endpoint, o: &Options) -> Result<CapacityRepor
 }
 
 /// One conversation per `size` consecutive users (the first creates it).
-async fn conversations_of(
+pub(crate) async fn conversations_of(
     ep: &Endpoint,
     o: &Options,
     users: &[User],
@@ -383,124 +383,6 @@ async fn run_step(room: &Rooms, o: &Options, rate: f64, numbers: std::ops::Range
         gateway_cpu_seconds: cpu,
         cpu_seconds: watched,
     }
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct StormReport {
-    pub(crate) clients: usize,
-    pub(crate) devices_per_user: usize,
-    pub(crate) conversations: usize,
-    pub(crate) messages_while_away: usize,
-    pub(crate) reconnect_seconds: f64,
-    pub(crate) caught_up_seconds: f64,
-    pub(crate) reconnect_failures: usize,
-    pub(crate) first_failure: Option<String>,
-    pub(crate) missing: u64,
-    pub(crate) duplicates: u64,
-}
-
-/// `o.clients` connections (users with `o.devices` devices each, in conversations of 10
-/// users) drop at once; while they are away every conversation gets messages; then they all
-/// reconnect at once with `resume`. How long until every one of them has everything.
-pub(crate) async fn storm(ep: &Endpoint, o: &Options) -> Result<StormReport, Error> {
-    let devices = o.devices.max(1);
-    let size = 10;
-    let users_needed = (o.clients / devices).max(size);
-    let groups = users_needed / size;
-    let per_group = o.messages.max(1);
-    eprintln!(
-        "storm: {} clients ({} users × {devices} devices) in {groups} conversations…",
-        groups * size * devices,
-        groups * size
-    );
-    let users = ep.users(groups * size, o.concurrency).await?;
-    let conversations = conversations_of(ep, o, &users, size).await?;
-    // The clients: every device of every member.
-    let client_of = |i: usize| (i / devices, i / devices / size);
-    let clients = groups * size * devices;
-    let ledger = Ledger::new(groups * per_group);
-    let who: Vec<(&User, Value)> = (0..clients)
-        .map(|i| {
-            let (user, group) = client_of(i);
-            (&users[user], json!({ &conversations[group]: 0 }))
-        })
-        .collect();
-    let (conns, records, failures, _) =
-        connect_all(ep, &who, o.handshakes, Some(&ledger), None).await;
-    if let Some(first) = failures.first() {
-        return Err(format!("{} connections failed, first: {first}", failures.len()).into());
-    }
-    // One sender per conversation that stays connected (another device of its first member).
-    let sender_who: Vec<(&User, Value)> = (0..groups)
-        .map(|g| (&users[g * size], json!({ &conversations[g]: 0 })))
-        .collect();
-    let (senders, _, failures, _) =
-        connect_all(ep, &sender_who, o.handshakes, Some(&ledger), None).await;
-    if let Some(first) = failures.first() {
-        return Err(format!("sender connections failed: {first}").into());
-    }
-    // Everyone drops at once.
-    for conn in conns.into_iter().flatten() {
-        conn.drop_abruptly();
-    }
-    // Messages while they are away, each acknowledged (stored) before they come back.
-    for round in 0..per_group {
-        for (g, sender) in senders.iter().enumerate() {
-            let n = round * groups + g;
-            ledger.sent(n, Instant::now());
-            if let Some(sender) = sender {
-                sender.send(&conversations[g], n);
-            }
-        }
-    }
-    let stored = Instant::now();
-    while stored.elapsed() < DRAIN && (0..groups * per_group).any(|n| ledger.delivered(n) < 1) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Everyone comes back at once, resuming from what they had.
-    let who: Vec<(&User, Value)> = (0..clients)
-        .map(|i| {
-            let resume = records[i].lock().expect("no reader left").resume();
-            let resume = if resume.as_object().is_some_and(serde_json::Map::is_empty) {
-                json!({ &conversations[client_of(i).1]: 0 })
-            } else {
-                resume
-            };
-            (&users[client_of(i).0], resume)
-        })
-        .collect();
-    let back = Instant::now();
-    let (conns, records, failures, reconnected) =
-        connect_all(ep, &who, o.handshakes, Some(&ledger), Some(records)).await;
-    // Each message: every client's connection plus the sender's own.
-    let expected = u32::try_from(size * devices + 1).unwrap_or(u32::MAX);
-    while back.elapsed() < DRAIN + reconnected
-        && (0..groups * per_group).any(|n| ledger.delivered(n) < expected)
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let caught_up = back.elapsed();
-    let missing: u64 = (0..groups * per_group)
-        .map(|n| u64::from(expected.saturating_sub(ledger.delivered(n))))
-        .sum();
-    let duplicates = records
-        .iter()
-        .map(|r| r.lock().expect("readers never panic holding it").duplicates)
-        .sum();
-    close_all(conns).await;
-    close_all(senders).await;
-    Ok(StormReport {
-        clients,
-        devices_per_user: devices,
-        conversations: groups,
-        messages_while_away: groups * per_group,
-        reconnect_seconds: reconnected.as_secs_f64(),
-        caught_up_seconds: caught_up.as_secs_f64(),
-        reconnect_failures: failures.len(),
-        first_failure: failures.into_iter().next(),
-        missing,
-        duplicates,
-    })
 }
 
 #[cfg(test)]
