@@ -185,12 +185,23 @@ def route(name, regex, cluster, timeout, retry=False):
     return entry
 
 
-def grpc_routes(cluster):
-    return [
+# Upstreams whose calls may carry an affinity key (`x-tertulia-affinity`, a conversation id on
+# svc-chat's sends): the sidecar hashes it onto a ring of the instances, as the services'
+# own client does without a mesh, so one conversation's sends reach one instance.
+AFFINITY = {"chat"}
+AFFINITY_HEADER = "x-tertulia-affinity"
+
+
+def grpc_routes(cluster, affinity=False):
+    routes = [
         route("streams", STREAMING, cluster, "0s"),
         route("idempotent", IDEMPOTENT, cluster, READ_TIMEOUT, retry=True),
         route("other", None, cluster, WRITE_TIMEOUT),
     ]
+    if affinity:
+        for entry in routes:
+            entry["route"]["hash_policy"] = [{"header": {"header_name": AFFINITY_HEADER}}]
+    return routes
 
 
 def h2():
@@ -223,7 +234,8 @@ def mesh_cluster(me, upstream, endpoints, certs):
         "name": upstream,
         "type": "STATIC" if all(is_ip(h) for h in hosts) else "STRICT_DNS",
         "connect_timeout": "1s",
-        "lb_policy": "LEAST_REQUEST",
+        # A call without the key goes to a random instance of the ring.
+        "lb_policy": "RING_HASH" if upstream in AFFINITY else "LEAST_REQUEST",
         "typed_extension_protocol_options": h2(),
         "load_assignment": {
             "cluster_name": upstream,
@@ -315,7 +327,7 @@ def sidecar(spec, certs):
         listeners.append(listener("edge", edge["listen"], manager))
         clusters.append(local_cluster("local_http", edge["app"], http2=False))
     for upstream, target in sorted(spec.get("outbound", {}).items()):
-        manager = http_manager(f"outbound_{upstream}", grpc_routes(upstream), log)
+        manager = http_manager(f"outbound_{upstream}", grpc_routes(upstream, upstream in AFFINITY), log)
         listeners.append(listener(f"outbound_{upstream}", target["listen"], manager))
         clusters.append(mesh_cluster(name, upstream, target["endpoints"], certs))
     return {

@@ -506,14 +506,14 @@ fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
 /// the request metadata, the status recorded. Clones share the connection.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    channel: tonic::transport::Channel,
+    route: crate::client::Route,
 }
 
 impl Upstream {
-    /// Traces calls over `channel`.
+    /// Traces calls that go where `route` sends them.
     #[must_use]
-    pub fn new(channel: tonic::transport::Channel) -> Self {
-        Self { channel }
+    pub(crate) fn new(route: crate::client::Route) -> Self {
+        Self { route }
     }
 }
 
@@ -523,7 +523,7 @@ impl Service<http::Request<tonic::body::Body>> for Upstream {
     type Future = BoxFuture<Result<Self::Response, Self::Error>>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
-        self.channel.poll_ready(cx)
+        self.route.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
@@ -531,7 +531,7 @@ impl Service<http::Request<tonic::body::Body>> for Upstream {
         if let Some(value) = traceparent(&span).and_then(|v| http::HeaderValue::try_from(v).ok()) {
             request.headers_mut().insert(TRACEPARENT, value);
         }
-        let call = self.channel.call(request);
+        let call = self.route.call(request);
         // A transport failure (no response) is UNAVAILABLE to the caller.
         in_rpc_span(span, Side::Client, call)
     }

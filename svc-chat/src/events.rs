@@ -61,6 +61,10 @@ const HANDOFF_WAIT: Duration = Duration::from_secs(1);
 const MARK_DELAY: Duration = Duration::from_millis(100);
 /// Published rows that are marked at once, without waiting for [`MARK_DELAY`].
 const MARK_BATCH: usize = 512;
+/// How old a row handed over to another instance's relay must be before a claim here takes
+/// it (that relay stopped, or cannot publish): until then, its own relay publishes it in
+/// order and marks it. Well above [`HANDOFF_WAIT`] and [`MARK_DELAY`].
+pub const CLAIM_OTHERS_AFTER: Duration = Duration::from_secs(5);
 
 /// An event ready for the outbox.
 #[derive(Debug)]
@@ -248,6 +252,9 @@ pub fn membership(conversation: &Conversation, added: &[Uuid], removed: &[Uuid])
 pub struct Handoff {
     queue: mpsc::Sender<Committing>,
     wake: Arc<Notify>,
+    /// Which relay publishes what is handed over: written on each row, so the claims of
+    /// other instances leave it to this one (unless it is older than [`CLAIM_OTHERS_AFTER`]).
+    relay: Uuid,
 }
 
 /// Rows handed over, and the commit they wait for.
@@ -272,10 +279,17 @@ pub struct Handed {
 #[must_use]
 pub fn handoff(wake: Arc<Notify>) -> (Handoff, mpsc::Receiver<Committing>) {
     let (queue, handed) = mpsc::channel(HANDOFF_QUEUE);
-    (Handoff { queue, wake }, handed)
+    let relay = Uuid::now_v7();
+    (Handoff { queue, wake, relay }, handed)
 }
 
 impl Handoff {
+    /// The id of the relay that publishes what is handed over (one per process run).
+    #[must_use]
+    pub fn relay(&self) -> Uuid {
+        self.relay
+    }
+
     /// Hands over the rows of a transaction that holds its locks and is about to commit.
     pub fn hand(&self, rows: Vec<OutboxRow>) -> Handed {
         let (committed, waiting) = oneshot::channel();
@@ -450,9 +464,10 @@ impl OutboxRelay {
         // them as duplicates (by `Nats-Msg-Id`) within its window, and past it members
         // dedupe by seq as for any redelivery. So the commit need not wait for the disk.
         let tx = PipelinedTransaction::new(client, Durability::Deferred);
-        let rows = ChatStore::claim_outbox(&tx, RELAY_BATCH)
-            .await
-            .map_err(DbError::from)?;
+        let rows =
+            ChatStore::claim_outbox(&tx, RELAY_BATCH, self.store.relay(), CLAIM_OTHERS_AFTER)
+                .await
+                .map_err(DbError::from)?;
         if rows.is_empty() {
             tx.rollback();
             return Ok(0);

@@ -348,6 +348,47 @@ async fn a_claim_marks_what_the_handoff_published_without_publishing_it_again() 
     relaying.drop_state();
 }
 
+#[tokio::test]
+async fn a_claim_leaves_a_send_to_the_relay_it_was_handed_to_until_that_one_is_late() {
+    use svc_chat::events::CLAIM_OTHERS_AFTER;
+
+    let relaying = Relaying::start().await;
+    // Another instance over the same tables: its sends are handed to its own relay (which
+    // never reads here, as if it had stopped).
+    let other = chat_store(&relaying.pool);
+    let (ana, ben) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let id = other
+        .create_group(ana, &[ben], "g")
+        .await
+        .unwrap()
+        .conversation_id;
+    stored(&other, ana, id, "m1").await;
+    assert_eq!(relaying.store.pending_outbox().await.unwrap(), 2);
+
+    // The group's creation was handed to no relay: any claim takes it. The send is left to
+    // the relay it was handed to, which publishes it in order.
+    assert_eq!(relaying.relay.relay_once().await.unwrap(), 1);
+    assert_eq!(relaying.relay.relay_once().await.unwrap(), 0);
+    assert_eq!(relaying.store.pending_outbox().await.unwrap(), 1);
+
+    // Once it is older than that relay would ever leave it, this claim publishes it.
+    let late = CLAIM_OTHERS_AFTER.as_secs_f64() + 1.0;
+    relaying
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE outbox SET created_at = created_at - make_interval(secs => $1)",
+            &[&late],
+        )
+        .await
+        .unwrap();
+    assert_eq!(relaying.relay.relay_once().await.unwrap(), 1);
+    assert_eq!(relaying.store.pending_outbox().await.unwrap(), 0);
+    relaying.drop_state();
+}
+
 /// A chat store (one svc-chat instance's) over `pool`, its handoff queue left unread.
 fn chat_store(pool: &tertulia_plumbing::postgres::PgPool) -> svc_chat::store::ChatStore {
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());

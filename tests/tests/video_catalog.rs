@@ -303,9 +303,10 @@ async fn delete_leaves_no_object_and_the_reconciler_finishes_interrupted_sagas()
         .upload_video(&alice, "Second", video_fixture(2, 320, 240))
         .await;
     wait_for_video(&mut ws, &second, "ready").await;
-    let unreachable = tertulia_plumbing::telemetry::Upstream::new(
-        tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy(),
-    );
+    let unreachable = tertulia_plumbing::client::channel(
+        &tertulia_plumbing::config::UpstreamConfig::at("http://127.0.0.1:9"),
+    )
+    .unwrap();
     let broken = svc_catalog::deletion::Deletion::new(
         stack.catalog_state.clone(),
         unreachable,

@@ -11,7 +11,7 @@ use axum::{
     routing::{delete, get, patch, post},
 };
 use serde::{Deserialize, Serialize};
-use tertulia_plumbing::client::with_deadline;
+use tertulia_plumbing::client::{with_affinity, with_deadline};
 use tertulia_proto::chat::{v1 as pb, v2 as pb2};
 
 use crate::{
@@ -300,18 +300,21 @@ pub async fn send_message(
     client_msg_id: String,
     text: String,
 ) -> Result<(MessageView, bool), ApiError> {
+    // Sends into one conversation go to one svc-chat instance (it writes them from memory).
+    let key = conversation_id.clone();
     let request = pb::SendMessageRequest {
         actor_id: caller_id,
         conversation_id,
         client_msg_id,
         text,
     };
+    let request = with_affinity(with_deadline(request, state.call_deadline), &key);
     let mut chat = state.chat.clone();
     #[expect(
         deprecated,
         reason = "the v1 routes are the v1 adapter; they call v1 until its sunset"
     )]
-    let sent = chat.send_message(with_deadline(request, state.call_deadline));
+    let sent = chat.send_message(request);
     let answer = sent.await?.into_inner();
     Ok((message_view(answer.message)?, answer.created))
 }

@@ -9,7 +9,7 @@ use axum::{
     routing::{patch, post},
 };
 use serde::{Deserialize, Serialize};
-use tertulia_plumbing::client::with_deadline;
+use tertulia_plumbing::client::{with_affinity, with_deadline};
 use tertulia_proto::{catalog::v1 as catalog_pb, chat::v2 as pb};
 
 use crate::{
@@ -104,16 +104,19 @@ pub async fn send_message_v2(
             pb::content::Kind::Video(pb::VideoRef { video_id })
         }
     };
+    // Sends into one conversation go to one svc-chat instance (it writes them from memory).
+    let key = conversation_id.clone();
     let request = pb::SendMessageRequest {
         actor_id: sender_id,
         conversation_id,
         client_msg_id,
         content: Some(pb::Content { kind: Some(kind) }),
     };
+    let request = with_affinity(with_deadline(request, state.call_deadline), &key);
     let answer = state
         .chat_v2
         .clone()
-        .send_message(with_deadline(request, state.call_deadline))
+        .send_message(request)
         .await?
         .into_inner();
     Ok((view(answer.message)?, answer.created))

@@ -295,7 +295,7 @@ async fn write_remembered(
         return (rest, Some(slot));
     };
     let handed = committer.handoff.hand(writes.outbox.clone());
-    let mut write = writes.write_checked(sequencer, &checks);
+    let mut write = writes.write_checked(sequencer, &checks, committer.handoff.relay());
     // The first poll sends it.
     let sent = match futures::poll!(&mut write) {
         Poll::Ready(result) => Some(result),
@@ -430,7 +430,7 @@ async fn store(committer: &Committer, sends: &[&NewSend]) -> Result<Vec<Sent>, D
         tx.rollback();
     } else {
         let handed = committer.handoff.hand(writes.outbox.clone());
-        writes.apply(&tx).await?;
+        writes.apply(&tx, committer.handoff.relay()).await?;
         handed.committed();
     }
     // Remembered as committed, so the next batch into them can be written from memory.
@@ -503,9 +503,9 @@ fn plan<M: AsRef<[Uuid]>>(
 }
 
 /// The statement that writes a batch's rows into all four tables (each a data-modifying
-/// `WITH`). `checked`: it also fails unless each conversation's `last_seq` and
-/// `members_version` are still what the batch was built on (`$18`, `$19`, in the order of
-/// `$1`), as read under the row lock.
+/// `WITH`); its outbox rows name the relay they are handed to (`$18`). `checked`: it also
+/// fails unless each conversation's `last_seq` and `members_version` are still what the
+/// batch was built on (`$19`, `$20`, in the order of `$1`), as read under the row lock.
 fn write_sql(checked: bool) -> String {
     // A checked write locks its conversations first, in id order as a batch that reads does
     // (were two batches to lock in other orders, one would fail as a deadlock after a
@@ -516,7 +516,7 @@ fn write_sql(checked: bool) -> String {
                  SELECT conversation_id, last_seq, members_version FROM conversations
                  WHERE conversation_id = ANY($1) ORDER BY conversation_id FOR UPDATE
              ), ",
-            "unnest($1::uuid[], $2::int8[], $18::int8[], $19::int8[]) AS v(id, seq, was, version)
+            "unnest($1::uuid[], $2::int8[], $19::int8[], $20::int8[]) AS v(id, seq, was, version)
              JOIN locked l ON l.conversation_id = v.id",
             "AND l.last_seq = v.was AND l.members_version = v.version RETURNING 1",
             "SELECT expect_remembered(count(*) = cardinality($1::uuid[])) FROM bump",
@@ -544,8 +544,9 @@ fn write_sql(checked: bool) -> String {
              FROM unnest($11::uuid[], $12::uuid[], $13::int8[]) AS v(c, u, seq)
              WHERE m.conversation_id = v.c AND m.user_id = v.u
          ), outbox AS (
-             INSERT INTO outbox (event_id, subject, payload, traceparent)
-             SELECT * FROM unnest($14::uuid[], $15::text[], $16::bytea[], $17::text[])
+             INSERT INTO outbox (event_id, subject, payload, traceparent, relay)
+             SELECT e.*, $18::uuid
+             FROM unnest($14::uuid[], $15::text[], $16::bytea[], $17::text[]) AS e
          )
          {select}"
     )
@@ -578,11 +579,12 @@ impl Writes {
         self.messages.push(message.clone());
     }
 
-    /// One statement for all four tables, with the commit behind it.
-    async fn apply(self, tx: &PipelinedTransaction) -> Result<(), DbError> {
+    /// One statement for all four tables, with the commit behind it; the outbox rows are
+    /// handed to `relay`.
+    async fn apply(self, tx: &PipelinedTransaction, relay: Uuid) -> Result<(), DbError> {
         let client = tx.client();
         let write = client.prepare_cached(&WRITE).await?;
-        let columns = Columns::of(self, &[]);
+        let columns = Columns::of(self, &[], relay);
         // Prepared above, so it is sent when first polled, ahead of the commit.
         tx.commit_with(client.execute(&write, &columns.params()))
             .await?;
@@ -596,10 +598,11 @@ impl Writes {
         self,
         sequencer: &Sequencer,
         checks: &[(Uuid, i64, i64)],
+        relay: Uuid,
     ) -> Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send>> {
         let client = Arc::clone(&sequencer.client);
         let statement = sequencer.write.clone();
-        let columns = Columns::of(self, checks);
+        let columns = Columns::of(self, checks, relay);
         Box::pin(async move { client.execute(&statement, &columns.params()).await })
     }
 }
@@ -631,13 +634,14 @@ struct Columns {
     subjects: Vec<String>,
     payloads: Vec<Vec<u8>>,
     traces: Vec<Option<String>>,
+    relay: Uuid,
     /// For a checked write: each conversation's last seq and members' version as built on.
     was: Vec<i64>,
     versions: Vec<i64>,
 }
 
 impl Columns {
-    fn of(writes: Writes, checks: &[(Uuid, i64, i64)]) -> Self {
+    fn of(writes: Writes, checks: &[(Uuid, i64, i64)], relay: Uuid) -> Self {
         let mut bumps: Vec<(Uuid, i64)> = writes.last_seq.into_iter().collect();
         bumps.sort_unstable();
         let checked: HashMap<Uuid, (i64, i64)> = checks
@@ -673,12 +677,13 @@ impl Columns {
             subjects: o.iter().map(|r| r.subject.clone()).collect(),
             traces: o.iter().map(|r| r.traceparent.clone()).collect(),
             payloads: o.into_iter().map(|r| r.payload).collect(),
+            relay,
             was,
             versions,
         }
     }
 
-    /// `$1` to `$17`, and `$18`, `$19` for a checked write.
+    /// `$1` to `$18`, and `$19`, `$20` for a checked write.
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             &self.conversations,
@@ -698,6 +703,7 @@ impl Columns {
             &self.subjects,
             &self.payloads,
             &self.traces,
+            &self.relay,
         ];
         if !self.was.is_empty() {
             params.push(&self.was);

@@ -9,7 +9,7 @@ use deadpool_postgres::Transaction;
 use tertulia_plumbing::postgres::{DbError, Durability, Migration, PgPool, PipelinedTransaction};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::Row;
+use tokio_postgres::{Row, types::ToSql};
 use uuid::Uuid;
 
 use crate::{
@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "members_version",
         sql: include_str!("../../migrations/0004_members_version.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "outbox_relay",
+        sql: include_str!("../../migrations/0005_outbox_relay.sql"),
     },
 ];
 
@@ -132,8 +137,31 @@ pub struct ChatStore {
     committer: batch::Committer,
 }
 
-const MESSAGE_COLUMNS: &str = "message_id, conversation_id, seq, sender_id, client_msg_id, text, \
-    sent_at, edited_at, deleted, video_id";
+/// The columns of a [`Message`] (a macro, so statements can be made of it at compile time).
+macro_rules! message_columns {
+    () => {
+        "message_id, conversation_id, seq, sender_id, client_msg_id, text, sent_at, edited_at, \
+         deleted, video_id"
+    };
+}
+const MESSAGE_COLUMNS: &str = message_columns!();
+
+const IS_MEMBER: &str = "SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2";
+
+/// A page of history between two seqs (exclusive), oldest first or newest first.
+macro_rules! history_page {
+    ($order:literal) => {
+        concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE conversation_id = $1 AND seq > $2 AND seq < $3 ORDER BY seq ",
+            $order,
+            " LIMIT $4"
+        )
+    };
+}
+const HISTORY_ASCENDING: &str = history_page!("ASC");
+const HISTORY_DESCENDING: &str = history_page!("DESC");
 
 fn message_from(row: &Row) -> Message {
     Message {
@@ -226,15 +254,15 @@ async fn fill_reactions(
     ids: &[Uuid],
     messages: &mut [Message],
 ) -> Result<(), DbError> {
-    let rows = client
-        .query(
+    let statement = client
+        .prepare_cached(
             "SELECT message_id, emoji, array_agg(user_id ORDER BY reacted_at, user_id) AS users
              FROM reactions WHERE message_id = ANY($1)
              GROUP BY message_id, emoji
              ORDER BY message_id, min(reacted_at), emoji",
-            &[&ids],
         )
         .await?;
+    let rows = client.query(&statement, &[&ids]).await?;
     for m in messages.iter_mut() {
         m.reactions = rows
             .iter()
@@ -343,6 +371,12 @@ impl ChatStore {
     #[must_use]
     pub fn relay_pool(&self) -> &PgPool {
         &self.relay
+    }
+
+    /// The relay this store's sends hand their outbox rows to ([`crate::events::Handoff`]).
+    #[must_use]
+    pub fn relay(&self) -> Uuid {
+        self.committer.handoff.relay()
     }
 
     /// Creates a group of `actor` and `others`.
@@ -606,30 +640,31 @@ impl ChatStore {
         limit: i64,
     ) -> Result<Option<Vec<Message>>, DbError> {
         let client = self.pool.get().await?;
-        let member = client
-            .query_opt(
-                "SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2",
-                &[&conversation_id, &viewer],
-            )
-            .await?;
+        // Prepared once per connection; the bounds are never null, so the plan does not
+        // depend on which were given.
+        let ascending = after.is_some();
+        let page = if ascending {
+            HISTORY_ASCENDING
+        } else {
+            HISTORY_DESCENDING
+        };
+        let (is_member, page) = tokio::try_join!(
+            client.prepare_cached(IS_MEMBER),
+            client.prepare_cached(page)
+        )?;
+        // Both in one round trip; the page is thrown away for a non-member.
+        let (after, before) = (after.unwrap_or(0), before.unwrap_or(i64::MAX));
+        let member_params: [&(dyn ToSql + Sync); 2] = [&conversation_id, &viewer];
+        let page_params: [&(dyn ToSql + Sync); 4] = [&conversation_id, &after, &before, &limit];
+        let (member, rows) = tokio::try_join!(
+            client.query_opt(&is_member, &member_params),
+            client.query(&page, &page_params),
+        )?;
         if member.is_none() {
             return Ok(None);
         }
-        let order = if after.is_some() { "ASC" } else { "DESC" };
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM messages
-                     WHERE conversation_id = $1
-                       AND ($2::bigint IS NULL OR seq > $2)
-                       AND ($3::bigint IS NULL OR seq < $3)
-                     ORDER BY seq {order} LIMIT $4"
-                ),
-                &[&conversation_id, &after, &before, &limit],
-            )
-            .await?;
         let mut messages: Vec<Message> = rows.iter().map(message_from).collect();
-        if after.is_none() {
+        if !ascending {
             messages.reverse();
         }
         Ok(Some(messages))
@@ -786,10 +821,13 @@ impl ChatStore {
     }
 
     /// Begins a transaction and claims in it up to `limit` unpublished outbox rows, oldest
-    /// first, skipping rows another relay holds.
+    /// first, skipping rows another claim holds, and rows handed over to another relay than
+    /// `relay` that are younger than `others_after` (that relay publishes them).
     pub async fn claim_outbox(
         tx: &PipelinedTransaction,
         limit: i64,
+        relay: Uuid,
+        others_after: std::time::Duration,
     ) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
         let statement = tx
             .client()
@@ -799,13 +837,19 @@ impl ChatStore {
                         traceparent
                  FROM outbox
                  WHERE published_at IS NULL
+                   AND (relay IS NULL OR relay = $2
+                        OR created_at < now() - make_interval(secs => $3))
                  ORDER BY created_at, event_id
                  LIMIT $1
                  FOR UPDATE SKIP LOCKED",
             )
             .await?;
+        let others_after = others_after.as_secs_f64();
         let rows = tx
-            .begin_with(tx.client().query(&statement, &[&limit]))
+            .begin_with(
+                tx.client()
+                    .query(&statement, &[&limit, &relay, &others_after]),
+            )
             .await?;
         Ok(rows
             .iter()
@@ -835,7 +879,7 @@ impl ChatStore {
     pub async fn mark_published(&self, ids: &[Uuid]) -> Result<(), DbError> {
         let tx = PipelinedTransaction::new(self.relay.get().await?, Durability::Deferred);
         let statement = tx.client().prepare_cached(MARK_PUBLISHED).await?;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
+        let params: [&(dyn ToSql + Sync); 1] = [&ids];
         // Polled in order: `BEGIN`, the mark and `COMMIT` leave together.
         futures::try_join!(
             tx.begin_with(async { Ok(()) }),
