@@ -75,8 +75,8 @@ pub const AFFINITY: &str = "x-tertulia-affinity";
 /// every caller sends the calls of one key to the same instance, chosen by rendezvous
 /// hashing of the key and the instances' URLs, so callers agree whatever order they list the
 /// instances in and a change of instances moves only the keys of the instance that changed.
-/// An instance whose call failed for want of a connection is left out for a few seconds (its
-/// keys go to the next choice). With one instance, or behind a mesh sidecar (whose load
+/// An instance that could not be reached (an I/O error; not a deadline) is left out for a
+/// few seconds (its keys go to the next choice). With one instance, or behind a mesh sidecar (whose load
 /// balancer may hash the same header), the key changes nothing.
 #[must_use]
 pub fn with_affinity<T>(mut request: tonic::Request<T>, key: &str) -> tonic::Request<T> {
@@ -112,7 +112,7 @@ impl Instance {
     }
 }
 
-/// The score of `key` on the instance at `url`: FNV-1a of both, then MurmurHash3's
+/// The score of `key` on the instance at `url`: FNV-1a of both, then the `MurmurHash3`
 /// finaliser (FNV alone leaves the high bits, which the comparison reads, biased when URLs
 /// differ only in a few bytes). Stable across processes and builds, so every caller computes
 /// the same choice.
@@ -127,6 +127,19 @@ fn score(key: &[u8], url: &str) -> u64 {
     hash ^= hash >> 33;
     hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     hash ^ (hash >> 33)
+}
+
+/// Whether `error` says the instance could not be reached: an I/O error (refused, reset)
+/// somewhere in its chain.
+fn unreachable(error: &tonic::transport::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = source {
+        if error.is::<std::io::Error>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 impl Route {
@@ -185,7 +198,9 @@ impl Route {
                 Ok(ready) => ready.call(request).await,
                 Err(e) => Err(e),
             };
-            if result.is_err() {
+            // Only a failure to reach it (not a deadline passed under load, which would move
+            // keys away from an instance that is merely busy).
+            if result.as_ref().is_err_and(unreachable) {
                 *instance
                     .failed_at
                     .lock()
