@@ -53,6 +53,13 @@ pub(crate) struct Options {
     pub(crate) json: Option<PathBuf>,
 }
 
+impl Options {
+    /// The gateway URLs of `--url` (comma-separated); the first is where accounts are made.
+    pub(crate) fn gateways(&self) -> Vec<&str> {
+        self.url.split(',').map(str::trim).collect()
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Self {
@@ -144,8 +151,7 @@ fn parse(args: &[String]) -> Result<(String, Options), Error> {
 
 /// Runs the scenario; its report as JSON, and whether it passed (nothing lost or refused).
 async fn run(scenario: &str, o: &Options) -> Result<(serde_json::Value, bool), Error> {
-    let first = o.url.split(',').next().unwrap_or_default();
-    let ep = Endpoint::new(first, o.target, o.sources)?;
+    let ep = Endpoint::new(o.gateways()[0], o.target, o.sources)?;
     Ok(match scenario {
         "capacity" => {
             let r = scenarios::capacity(&ep, o).await?;

@@ -83,17 +83,12 @@ enum Said {
 const DROP: &str = "drop";
 const BACK: &str = "back";
 
-/// The gateway URLs of `--url` (comma-separated).
-fn gateways(o: &Options) -> Vec<&str> {
-    o.url.split(',').map(str::trim).collect()
-}
-
 pub(crate) async fn storm(ep: &Endpoint, o: &Options) -> Result<StormReport, Error> {
     let devices = o.devices.max(1);
     let groups = ((o.clients / devices).max(SIZE)) / SIZE;
     let per_group = o.messages.max(1);
     let messages = groups * per_group;
-    let gateways = gateways(o);
+    let gateways = o.gateways();
     let processes = o.processes.max(1);
     eprintln!(
         "storm: {} clients ({} users × {devices} devices) in {groups} conversations, over {} \
@@ -125,11 +120,15 @@ pub(crate) async fn storm(ep: &Endpoint, o: &Options) -> Result<StormReport, Err
     // One sender per conversation that stays connected (another device of its first member),
     // on every gateway in turn; each sees every message once (its echo).
     let ledger = Ledger::new(messages);
+    let endpoints = gateways
+        .iter()
+        .map(|url| Endpoint::new(url, o.target, o.sources))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut senders = Vec::with_capacity(groups);
     for (g, conversation) in conversations.iter().enumerate() {
-        let gateway = Endpoint::new(gateways[g % gateways.len()], o.target, o.sources)?;
+        let gateway = &endpoints[g % endpoints.len()];
         let who = [(&users[g * SIZE], json!({ conversation: 0 }))];
-        let (mut conns, _, failures, _) = connect_all(&gateway, &who, 1, Some(&ledger), None).await;
+        let (mut conns, _, failures, _) = connect_all(gateway, &who, 1, Some(&ledger), None).await;
         if let Some(first) = failures.first() {
             return Err(format!("a sender's connection failed: {first}").into());
         }
