@@ -124,8 +124,15 @@ pub async fn connect_planned(config: &PostgresConfig, plans: Plans) -> Result<Po
         .build()
         .map_err(|e| DbError::Config(e.to_string()))?;
     let client = pool.get().await?;
+    // `IF NOT EXISTS` does not make two instances starting together safe (the second fails
+    // on the catalog's unique key): they take turns under an advisory lock, held until the
+    // statements' implicit transaction ends.
     client
-        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", config.schema))
+        .batch_execute(&format!(
+            "SELECT pg_advisory_xact_lock(hashtext('{schema}'));
+             CREATE SCHEMA IF NOT EXISTS {schema}",
+            schema = config.schema
+        ))
         .await?;
     Ok(pool)
 }

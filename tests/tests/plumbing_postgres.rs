@@ -28,16 +28,20 @@ impl Drop for Schema {
 async fn migrations_apply_once_in_order_even_when_instances_race() {
     let config = fresh_database();
     let _guard = Schema(config.schema.clone());
-    let pool = postgres::connect(&config).await.unwrap();
+    // Each racer is an instance starting: its own pool, which creates the schema.
     let racers: Vec<_> = (0..4)
         .map(|_| {
-            let pool = pool.clone();
-            tokio::spawn(async move { postgres::migrate(&pool, MIGRATIONS).await })
+            let config = config.clone();
+            tokio::spawn(async move {
+                let pool = postgres::connect(&config).await?;
+                postgres::migrate(&pool, MIGRATIONS).await
+            })
         })
         .collect();
     for racer in racers {
         racer.await.unwrap().unwrap();
     }
+    let pool = postgres::connect(&config).await.unwrap();
     postgres::migrate(&pool, MIGRATIONS).await.unwrap();
 
     let client = pool.get().await.unwrap();
