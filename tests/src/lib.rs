@@ -8,6 +8,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+pub mod broker;
 pub mod media;
 pub mod otlp;
 pub mod process;
@@ -585,6 +586,20 @@ impl Stack {
         assert_eq!(answer.status(), 201, "group created");
         let body: Value = answer.json().await.expect("a conversation");
         body["id"].as_str().expect("an id").to_owned()
+    }
+
+    /// Sends `text` to `conversation` as `who` over REST with `client_msg_id` `key`; the
+    /// stored message.
+    pub async fn send(&self, who: &Session, conversation: &str, key: &str, text: &str) -> Value {
+        let answer = self
+            .post(
+                &format!("/api/v1/conversations/{conversation}/messages"),
+                &json!({"client_msg_id": key, "text": text}),
+                Some(&who.access_token),
+            )
+            .await;
+        assert!(answer.status().is_success(), "{}", answer.status());
+        answer.json().await.expect("a message")
     }
 
     /// POSTs a login for `username` with `password`.

@@ -5,17 +5,10 @@ use std::collections::VecDeque;
 
 use futures::StreamExt as _;
 use serde_json::{Value, json};
-use tertulia_tests::{FRAME_WAIT, Session, Stack, assert_problem};
+use tertulia_tests::{FRAME_WAIT, Session, Stack, assert_problem, broker::Broker};
 
 async fn say(stack: &Stack, who: &Session, conversation: &str, key: &str) {
-    let answer = stack
-        .post(
-            &format!("/api/v1/conversations/{conversation}/messages"),
-            &json!({"client_msg_id": key, "text": key}),
-            Some(&who.access_token),
-        )
-        .await;
-    assert_eq!(answer.status(), 201);
+    stack.send(who, conversation, key, key).await;
 }
 
 /// A minimal SSE reader: yields `(id, data as JSON)` per event.
@@ -145,6 +138,21 @@ async fn server_sent_events_deliver_live_and_resume_from_last_event_id() {
     assert_problem(bad, 400, "invalid_argument").await;
     let anonymous = stack.get("/api/v1/events", None).await;
     assert_problem(anonymous, 401, "unauthenticated").await;
+}
+
+#[tokio::test]
+async fn server_sent_events_fill_a_gap_the_broker_left_once_the_reorder_wait_is_over() {
+    let broker = Broker::start(Stack::start().await).await;
+    let mut events = EventStream::open(&broker.stack, &broker.ben, None, "").await;
+    assert_eq!(events.next().await.1["type"], "ready");
+    // Seq 2 never comes live: it is read from history, and seq 3 follows it.
+    broker.deliver(1, "x").await;
+    broker.deliver(3, "x").await;
+    let mut seqs = Vec::new();
+    for _ in 0..3 {
+        seqs.push(events.message().await.1);
+    }
+    assert_eq!(seqs, [1, 2, 3]);
 }
 
 fn urlencode(raw: &str) -> String {

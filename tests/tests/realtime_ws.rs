@@ -1,33 +1,10 @@
 //! The WebSocket protocol of CONTRACT.md ("Real-time") with real clients against the real
 //! services: handshake, delivery, ordering, resume, gap filling, limits and slow readers.
 
-use futures::{SinkExt as _, StreamExt as _};
-use prost::Message as _;
+use futures::SinkExt as _;
 use serde_json::{Value, json};
-use tertulia_proto::{
-    chat::v1 as chat_pb,
-    events::v1::{Delivery, MessageCreated, delivery::Event},
-};
-use tertulia_tests::{Session, Stack, WsClient};
+use tertulia_tests::{Stack, WsClient, broker::Broker};
 use tokio_tungstenite::tungstenite::Message;
-
-async fn rest_send(
-    stack: &Stack,
-    who: &Session,
-    conversation: &str,
-    key: &str,
-    text: &str,
-) -> Value {
-    let answer = stack
-        .post(
-            &format!("/api/v1/conversations/{conversation}/messages"),
-            &json!({"client_msg_id": key, "text": text}),
-            Some(&who.access_token),
-        )
-        .await;
-    assert!(answer.status().is_success(), "{}", answer.status());
-    answer.json().await.unwrap()
-}
 
 /// Reads `message` frames of `conversation` until `count` arrived; returns their seqs.
 async fn message_seqs(client: &mut WsClient, conversation: &str, count: usize) -> Vec<u64> {
@@ -146,16 +123,20 @@ async fn resume_delivers_what_was_missed_once_then_live_traffic() {
     let conversation = stack.group(&ana, &[&ben]).await;
     let mut ben_ws = stack.ws(&ben, &json!({})).await;
     for n in 1..=2 {
-        rest_send(&stack, &ana, &conversation, &format!("m{n}"), "before").await;
+        stack
+            .send(&ana, &conversation, &format!("m{n}"), "before")
+            .await;
     }
     assert_eq!(message_seqs(&mut ben_ws, &conversation, 2).await, [1, 2]);
     drop(ben_ws);
 
     for n in 3..=7 {
-        rest_send(&stack, &ana, &conversation, &format!("m{n}"), "while away").await;
+        stack
+            .send(&ana, &conversation, &format!("m{n}"), "while away")
+            .await;
     }
     let mut ben_ws = stack.ws(&ben, &json!({ conversation.clone(): 2 })).await;
-    rest_send(&stack, &ana, &conversation, "m8", "live").await;
+    stack.send(&ana, &conversation, "m8", "live").await;
     assert_eq!(
         message_seqs(&mut ben_ws, &conversation, 6).await,
         [3, 4, 5, 6, 7, 8]
@@ -174,58 +155,56 @@ async fn resume_delivers_what_was_missed_once_then_live_traffic() {
 
 #[tokio::test]
 async fn a_gap_in_live_delivery_is_filled_from_history() {
-    let stack = Stack::start().await;
-    let ana = stack.signed_up("ana").await;
-    let ben = stack.signed_up("ben").await;
-    let conversation = stack.group(&ana, &[&ben]).await;
-    let nats = tertulia_plumbing::nats::connect(&stack.nats, "test")
-        .await
-        .unwrap();
-    let subject = nats.subject(&tertulia_proto::subjects::deliver(&ben.user_id));
-    let mut real = nats.client.subscribe(subject.clone()).await.unwrap();
-    nats.client.flush().await.unwrap();
-    let mut sent = Vec::new();
-    for n in 1..=3 {
-        sent.push(rest_send(&stack, &ana, &conversation, &format!("g{n}"), "x").await);
+    let broker = Broker::start(Stack::start().await).await;
+    let mut ben_ws = broker.stack.ws(&broker.ben, &json!({})).await;
+    // The broker delivers seq 1 and, skipping seq 2, seq 3; seq 2 never comes, so once the
+    // reorder wait is over the gateway reads it from history.
+    broker.deliver(1, "x").await;
+    broker.deliver(3, "x").await;
+    assert_eq!(
+        message_seqs(&mut ben_ws, &broker.conversation, 3).await,
+        [1, 2, 3]
+    );
+}
+
+#[tokio::test]
+async fn messages_delivered_out_of_order_reach_the_client_in_order_without_a_read() {
+    // A reorder wait far longer than the test: a gap filled from history would show.
+    let stack = Stack::start_tuned(|_| {}, |bff| bff.realtime.reorder_wait_ms = 600_000).await;
+    let broker = Broker::start(stack).await;
+    let mut ben_ws = broker.stack.ws(&broker.ben, &json!({})).await;
+    // Two fan-out instances can hand one conversation's messages over out of order. The
+    // live copies say "live"; history says "x".
+    for seq in [1, 3, 2] {
+        broker.deliver(seq, "live").await;
     }
-    // Ben connects after the real deliveries went by...
-    let mut delivered = 0;
-    while delivered < 3 {
-        let raw = tokio::time::timeout(tertulia_tests::FRAME_WAIT, real.next())
-            .await
-            .unwrap()
-            .unwrap();
-        if let Some(Event::MessageCreated(_)) = Delivery::decode(raw.payload).unwrap().event {
-            delivered += 1;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let frame = ben_ws.frame().await;
+        if frame["type"] == "message" {
+            seen.push((
+                frame["message"]["seq"].as_u64().unwrap(),
+                frame["message"]["text"].as_str().unwrap().to_owned(),
+            ));
         }
     }
-    let mut ben_ws = stack.ws(&ben, &json!({})).await;
-    // ...then the broker "delivers" seq 1 and, skipping seq 2, seq 3.
-    for seq in [1, 3] {
-        let message = chat_pb::Message {
-            message_id: sent[seq - 1]["id"].as_str().unwrap().to_owned(),
-            conversation_id: conversation.clone(),
-            seq: seq as u64,
-            sender_id: ana.user_id.clone(),
-            client_msg_id: format!("g{seq}"),
-            text: "x".into(),
-            ..Default::default()
-        };
-        let delivery = Delivery {
-            event: Some(Event::MessageCreated(MessageCreated {
-                event_id: uuid::Uuid::now_v7().to_string(),
-                message: Some(message),
-                message_v2: None,
-                recipient_ids: Vec::new(),
-            })),
-        };
-        nats.client
-            .publish(subject.clone(), delivery.encode_to_vec().into())
-            .await
-            .unwrap();
-    }
-    nats.client.flush().await.unwrap();
-    assert_eq!(message_seqs(&mut ben_ws, &conversation, 3).await, [1, 2, 3]);
+    let live = |seq| (seq, "live".to_owned());
+    assert_eq!(seen, [live(1), live(2), live(3)]);
+    let metrics = broker
+        .stack
+        .get("/metrics", None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"tertulia_realtime_gaps_total{outcome="held"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"tertulia_realtime_gaps_total{outcome="filled"} 0"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -290,7 +269,7 @@ async fn receipts_typing_and_membership_changes_are_pushed() {
     let mut ana_ws = stack.ws(&ana, &json!({})).await;
     let mut ben_ws = stack.ws(&ben, &json!({})).await;
     let mut cat_ws = stack.ws(&cat, &json!({})).await;
-    rest_send(&stack, &ana, &conversation, "r1", "read me").await;
+    stack.send(&ana, &conversation, "r1", "read me").await;
     ben_ws.frame_of("message").await;
 
     ben_ws
@@ -375,7 +354,9 @@ async fn a_slow_reader_is_disconnected_and_loses_nothing_after_resume() {
     let text = "\u{20ac}".repeat(4000);
     let total: u64 = 600;
     for n in 1..=total {
-        rest_send(&stack, &ana, &conversation, &format!("s{n}"), &text).await;
+        stack
+            .send(&ana, &conversation, &format!("s{n}"), &text)
+            .await;
     }
     let mut seen = Vec::new();
     let ending = loop {

@@ -3,13 +3,18 @@
 //! - `resume` delivers, from history, every message after the client's last seen `seq`.
 //! - A live message at or below the last delivered `seq` is a duplicate and is dropped.
 //! - A live message beyond the next expected `seq` means the broker dropped or reordered
-//!   something: the gap is filled from history first, so the client never sees a hole.
+//!   something. A feed that holds gaps (WebSocket and SSE) keeps it back for a short wait:
+//!   when the missing messages arrive in that time (several fan-out instances deliver one
+//!   conversation's events out of order), everything goes out in `seq` order without a
+//!   read. Otherwise, and at once in a feed that does not hold, the gap is filled from
+//!   history first, so the client never sees a hole.
 //!
 //! PostgreSQL is the source of truth; the broker is only the fast path.
 
-use std::collections::HashMap;
+use std::{collections::BTreeMap, collections::HashMap, time::Duration};
 
 use axum::extract::ws::Utf8Bytes;
+use tokio::time::Instant;
 
 use super::{Api, frames, hub::LiveEvent};
 use crate::{
@@ -25,12 +30,29 @@ use crate::{
 /// History page size while catching up.
 const PAGE: u32 = 200;
 
+/// Messages held back at most, over all conversations; past this the gaps are filled from
+/// history at once.
+const MAX_HELD: usize = 256;
+
 /// One connection's delivery positions.
 #[derive(Debug)]
 pub struct Feed {
     user_id: String,
     api: Api,
     last: HashMap<String, u64>,
+    /// How long a message after a gap is held back; `None`: gaps are filled at once.
+    hold: Option<Duration>,
+    /// Boxed: nothing is held on almost every connection almost all the time.
+    held: Option<Box<Held>>,
+}
+
+/// Messages that arrived after a gap, waiting for the messages before them.
+#[derive(Debug)]
+struct Held {
+    /// When the gaps are filled from history if they have not closed by then (the first
+    /// hold's deadline: nothing waits longer than one wait).
+    until: Instant,
+    frames: BTreeMap<(String, u64), Utf8Bytes>,
 }
 
 impl Feed {
@@ -41,7 +63,24 @@ impl Feed {
             user_id,
             api,
             last: HashMap::new(),
+            hold: None,
+            held: None,
         }
+    }
+
+    /// This feed holds a message that arrives after a gap for up to `wait` before it reads
+    /// the gap from history; the transport must call [`Feed::release`] at
+    /// [`Feed::held_until`].
+    #[must_use]
+    pub fn holding_gaps(mut self, wait: Duration) -> Self {
+        self.hold = Some(wait).filter(|wait| !wait.is_zero());
+        self
+    }
+
+    /// When held messages must be released, if any are held.
+    #[must_use]
+    pub fn held_until(&self) -> Option<Instant> {
+        self.held.as_ref().map(|held| held.until)
     }
 
     /// The positions, for transports that hand them back to the client as a cursor.
@@ -93,20 +132,111 @@ impl Feed {
         match self.last.get(conversation_id).copied() {
             Some(last) if seq <= last => {}
             Some(last) if seq > last + 1 => {
+                if self.hold(conversation_id, seq, frame) {
+                    state.hub.metrics().gap("held");
+                    return Ok(frames);
+                }
+                state.hub.metrics().gap("filled");
                 // Boxed: a gap is rare, and its history read would otherwise enlarge every
                 // connection's task.
                 Box::pin(self.catch_up(state, conversation_id, last, &mut frames)).await?;
-                if self.last.get(conversation_id).is_none_or(|l| seq > *l) {
-                    self.last.insert(conversation_id.clone(), seq);
-                    frames.push(frame.clone());
-                }
+                self.push_after_fill(conversation_id, seq, frame, &mut frames);
+                self.take_in_order(conversation_id, &mut frames);
             }
             _ => {
                 self.last.insert(conversation_id.clone(), seq);
                 frames.push(frame.clone());
+                self.take_in_order(conversation_id, &mut frames);
             }
         }
         Ok(frames)
+    }
+
+    /// Fills every held gap from history and sends what was held after it (the deadline
+    /// passed, or too much is held).
+    pub async fn release(&mut self, state: &AppState) -> Result<Vec<Utf8Bytes>, ApiError> {
+        let mut frames = Vec::new();
+        let Some(held) = self.held.take() else {
+            return Ok(frames);
+        };
+        let mut conversation: Option<String> = None;
+        for ((conversation_id, seq), frame) in held.frames {
+            if conversation.as_deref() != Some(conversation_id.as_str()) {
+                state.hub.metrics().gap("filled");
+                let after = self.last.get(&conversation_id).copied().unwrap_or(0);
+                Box::pin(self.catch_up(state, &conversation_id, after, &mut frames)).await?;
+                conversation = Some(conversation_id.clone());
+            }
+            self.push_after_fill(&conversation_id, seq, &frame, &mut frames);
+        }
+        Ok(frames)
+    }
+
+    /// Holds `frame` (after a gap) if this feed holds gaps and has room; false otherwise.
+    fn hold(&mut self, conversation_id: &str, seq: u64, frame: &Utf8Bytes) -> bool {
+        let Some(wait) = self.hold else {
+            return false;
+        };
+        let held = self.held.get_or_insert_with(|| {
+            Box::new(Held {
+                until: Instant::now() + wait,
+                frames: BTreeMap::new(),
+            })
+        });
+        if held.frames.len() >= MAX_HELD {
+            // Due now: the transport releases everything at its next turn.
+            held.until = Instant::now();
+            return false;
+        }
+        held.frames
+            .insert((conversation_id.to_owned(), seq), frame.clone());
+        true
+    }
+
+    /// After `conversation_id` advanced: the held messages that now follow on without a
+    /// gap, in order; those at or below the position are dropped as duplicates.
+    fn take_in_order(&mut self, conversation_id: &str, out: &mut Vec<Utf8Bytes>) {
+        let Some(held) = self.held.as_mut() else {
+            return;
+        };
+        let mut last = self.last.get(conversation_id).copied().unwrap_or(0);
+        let range = (conversation_id.to_owned(), 0)..=(conversation_id.to_owned(), u64::MAX);
+        let mut taken = Vec::new();
+        for ((_, seq), frame) in held.frames.range(range) {
+            if *seq > last + 1 {
+                break;
+            }
+            if *seq == last + 1 {
+                last = *seq;
+                out.push(frame.clone());
+            }
+            taken.push(*seq);
+        }
+        if taken.is_empty() {
+            return;
+        }
+        for seq in taken {
+            held.frames.remove(&(conversation_id.to_owned(), seq));
+        }
+        self.last.insert(conversation_id.to_owned(), last);
+        if held.frames.is_empty() {
+            self.held = None;
+        }
+    }
+
+    /// After a gap of `conversation_id` was filled from history: `frame` (message `seq`)
+    /// unless the history already had it.
+    fn push_after_fill(
+        &mut self,
+        conversation_id: &str,
+        seq: u64,
+        frame: &Utf8Bytes,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
+        if self.last.get(conversation_id).is_none_or(|l| seq > *l) {
+            self.last.insert(conversation_id.to_owned(), seq);
+            out.push(frame.clone());
+        }
     }
 
     /// Appends message frames after `after` from history and advances the position.

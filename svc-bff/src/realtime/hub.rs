@@ -150,16 +150,25 @@ struct SlowLabels {
     reason: &'static str,
 }
 
+/// Labels of gaps in a conversation's live messages.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct GapLabels {
+    outcome: &'static str,
+}
+
 /// What the gateway's real-time side measures: `tertulia_realtime_connections{transport, api}`,
 /// `tertulia_realtime_users` (users with a subscription here),
 /// `tertulia_realtime_queue_depth` (events waiting in a connection's queue, observed at each
-/// enqueue) and `tertulia_realtime_slow_consumer_disconnects_total{transport, reason}`.
+/// enqueue), `tertulia_realtime_slow_consumer_disconnects_total{transport, reason}` and
+/// `tertulia_realtime_gaps_total{outcome}` (a message held back after a gap, `held`; a gap
+/// read from history, `filled`).
 #[derive(Debug, Clone)]
 pub struct RealtimeMetrics {
     connections: Family<ConnectionLabels, Gauge>,
     users: Gauge,
     queue_depth: Histogram,
     slow: Family<SlowLabels, Counter>,
+    gaps: Family<GapLabels, Counter>,
 }
 
 impl RealtimeMetrics {
@@ -171,7 +180,11 @@ impl RealtimeMetrics {
             users: Gauge::default(),
             queue_depth: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             slow: Family::default(),
+            gaps: Family::default(),
         };
+        for outcome in ["held", "filled"] {
+            drop(metrics.gaps.get_or_create(&GapLabels { outcome }));
+        }
         // Every transport and reason from 0, so rates work before the first event.
         for transport in ["ws", "sse", "poll"] {
             for reason in ["queue_full", "send_timeout"] {
@@ -202,7 +215,18 @@ impl RealtimeMetrics {
             "Connections closed because the client read too slowly",
             metrics.slow.clone(),
         );
+        registry.register(
+            "tertulia_realtime_gaps",
+            "Gaps in a conversation's live messages: held back (held), read from history (filled)",
+            metrics.gaps.clone(),
+        );
         metrics
+    }
+
+    /// A gap in a conversation's live messages: a message `held` back, or a gap `filled`
+    /// from history.
+    pub fn gap(&self, outcome: &'static str) {
+        self.gaps.get_or_create(&GapLabels { outcome }).inc();
     }
 
     /// A client of `transport` read too slowly and was disconnected (`reason`:

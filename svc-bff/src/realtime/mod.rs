@@ -3,7 +3,8 @@
 //! - [`hub`]: one core NATS subscription to `deliver.<user_id>` per connected user on this
 //!   gateway, fanned into a bounded queue per connection.
 //! - [`feed`]: per connection and conversation, the last `seq` delivered; resume from history,
-//!   drop duplicates, fill gaps from history, so a client never sees a hole or a reordering.
+//!   drop duplicates, put messages that arrive out of order back in order (a short wait) or
+//!   fill gaps from history, so a client never sees a hole or a reordering.
 //! - [`frames`]: the JSON frames of the protocol.
 //! - [`typing`]: ephemeral typing indicators, relayed over core NATS and never stored.
 //! - [`ws`], [`sse`], [`poll`]: the transports, all carrying the same frames with the same
@@ -35,8 +36,9 @@ use crate::{app::AppState, problem::ApiError};
 use feed::Feed;
 use hub::Registration;
 
-/// Limits and timers of real-time connections.
+/// Limits and timers of real-time connections. Fields not given keep their defaults.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default = "RealtimeConfig::standard")]
 pub struct RealtimeConfig {
     /// Time a new WebSocket has to send `hello`, in seconds.
     pub hello_timeout_s: u64,
@@ -59,6 +61,10 @@ pub struct RealtimeConfig {
     pub max_rejected_in_a_row: u32,
     /// Longest a long poll waits for something to answer, in seconds.
     pub poll_wait_s: u64,
+    /// How long a WebSocket or SSE connection holds a message that arrives after a gap in
+    /// its conversation, waiting for the missing ones, before it reads them from history, in
+    /// ms (0: read at once).
+    pub reorder_wait_ms: u64,
 }
 
 impl RealtimeConfig {
@@ -76,7 +82,14 @@ impl RealtimeConfig {
             frame_burst: 40,
             max_rejected_in_a_row: 20,
             poll_wait_s: 25,
+            reorder_wait_ms: 50,
         }
+    }
+
+    /// How long a message after a gap is held back.
+    #[must_use]
+    pub fn reorder_wait(&self) -> Duration {
+        Duration::from_millis(self.reorder_wait_ms)
     }
 
     fn hello_timeout(&self) -> Duration {
@@ -91,6 +104,12 @@ impl RealtimeConfig {
     fn send_timeout(&self) -> Duration {
         Duration::from_millis(self.send_timeout_ms)
     }
+}
+
+/// A deadline that never comes, for a timer branch that is off (`select!` builds the
+/// future of a disabled branch all the same).
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_hours(24)
 }
 
 /// A server span for one client frame (`websocket send`, `websocket read`, ...),

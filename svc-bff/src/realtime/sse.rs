@@ -56,7 +56,7 @@ pub async fn events(
         (None, Some(raw)) => parse_resume(raw)?,
         (None, None) => HashMap::new(),
     };
-    let (mut registration, mut feed, backlog) =
+    let (mut registration, feed, backlog) =
         connect(&state, &caller.user_id, (api, "sse"), &resume).await?;
     let (tx, rx) = mpsc::channel(SSE_BUFFER);
     let send_timeout = Duration::from_millis(state.realtime.send_timeout_ms);
@@ -68,6 +68,7 @@ pub async fn events(
         let mut pending = vec![ready];
         pending.extend(backlog.iter().map(|f| event(f.as_str(), &feed)));
         let shutdown = state.shutdown.clone();
+        let mut feed = feed.holding_gaps(state.realtime.reorder_wait());
         loop {
             for event in pending.drain(..) {
                 // A client that does not take events in time is dropped; it resumes.
@@ -80,11 +81,16 @@ pub async fn events(
                     }
                 }
             }
+            let held = feed.held_until();
             tokio::select! {
                 next = registration.events.recv() => {
                     let Some(next) = next else { return };
                     let span = super::write_span("sse", next.traceparent.as_deref());
                     let Ok(frames) = feed.live(&state, &next.event).instrument(span).await else { return };
+                    pending.extend(frames.iter().map(|f| event(f.as_str(), &feed)));
+                }
+                () = tokio::time::sleep_until(held.unwrap_or_else(super::far_future)), if held.is_some() => {
+                    let Ok(frames) = feed.release(&state).await else { return };
                     pending.extend(frames.iter().map(|f| event(f.as_str(), &feed)));
                 }
                 () = registration.too_slow.cancelled() => return,

@@ -18,7 +18,7 @@ use axum::{
 use futures::SinkExt as _;
 use tertulia_plumbing::client::with_deadline;
 use tertulia_proto::presence::v1 as presence_pb;
-use tokio::time::{Instant as TokioInstant, interval_at, timeout};
+use tokio::time::{Instant as TokioInstant, interval_at, sleep_until, timeout};
 use tracing::Instrument as _;
 
 use super::{
@@ -183,13 +183,14 @@ impl Session {
         // largest step for as long as it lives, and most of a connection's life is spent
         // waiting in the loop below (see `a_connection_task_is_small`).
         let (user_id, resume) = Box::pin(self.hello()).await?;
-        let (mut registration, mut feed, backlog) =
+        let (mut registration, feed, backlog) =
             Box::pin(connect(&self.state, &user_id, (self.api, "ws"), &resume))
                 .await
                 .map_err(|_| Ending {
                     code: close::TRY_AGAIN_LATER,
                     reason: "delivery unavailable, retry",
                 })?;
+        let mut feed = feed.holding_gaps(self.config.reorder_wait());
         let session_id = uuid::Uuid::now_v7().to_string();
         self.send(frames::ready(&user_id, &session_id)).await?;
         if let Some(notice) = &self.notice {
@@ -209,6 +210,7 @@ impl Session {
         // in the socket.
         let mut answering: Option<Answering> = None;
         loop {
+            let held = feed.held_until();
             tokio::select! {
                 incoming = self.socket.recv(), if answering.is_none() => {
                     let Some(incoming) = incoming else {
@@ -235,6 +237,10 @@ impl Session {
                         return Err(Ending { code: close::INTERNAL, reason: "delivery stopped" });
                     };
                     self.deliver(&mut feed, &mut registration.events, queued).await?;
+                }
+                () = sleep_until(held.unwrap_or_else(super::far_future)), if held.is_some() => {
+                    let frames = feed.release(&self.state).await.map_err(|error| gap_fill_failed(&error))?;
+                    self.send_all(frames).await?;
                 }
                 () = registration.too_slow.cancelled() => {
                     return Err(Ending {
@@ -278,17 +284,7 @@ impl Session {
                 .live(&self.state, &queued.event)
                 .instrument(span.clone())
                 .await
-                .map_err(|error| {
-                    tracing::warn!(
-                        message = "Gap fill failed; closing so the client resumes.",
-                        code = error.code(),
-                        detail = error.detail()
-                    );
-                    Ending {
-                        code: close::INTERNAL,
-                        reason: "delivery interrupted; reconnect with resume",
-                    }
-                })?;
+                .map_err(|error| gap_fill_failed(&error))?;
             frames.extend(live);
             if !span.is_none() {
                 spans.push(span);
@@ -601,6 +597,20 @@ impl Drop for OnlineSession {
                 }
             }
         });
+    }
+}
+
+/// The connection's end when a gap cannot be read from history: the client resumes, so it
+/// never skips ahead.
+fn gap_fill_failed(error: &ApiError) -> Ending {
+    tracing::warn!(
+        message = "Gap fill failed; closing so the client resumes.",
+        code = error.code(),
+        detail = error.detail()
+    );
+    Ending {
+        code: close::INTERNAL,
+        reason: "delivery interrupted; reconnect with resume",
     }
 }
 
