@@ -61,6 +61,12 @@ const HANDOFF_WAIT: Duration = Duration::from_secs(1);
 const MARK_DELAY: Duration = Duration::from_millis(100);
 /// Published rows that are marked at once, without waiting for [`MARK_DELAY`].
 const MARK_BATCH: usize = 512;
+/// Publishes of one round or claim that may wait for their acks at once. The JetStream
+/// context lends at most 5,000 (async-nats' `max_ack_inflight`), and a publish waits until
+/// one is free: a round that published more than that before awaiting any ack waited on
+/// itself, and held up every claim (which holds its rows' locks) behind it, for good. Both
+/// the handoff and the claim stay far below it, together.
+const ACKS_IN_FLIGHT: usize = 256;
 /// How old a row handed over to another instance's relay must be before a claim here takes
 /// it (that relay stopped, or cannot publish): until then, its own relay publishes it in
 /// order and marks it. Well above [`HANDOFF_WAIT`] and [`MARK_DELAY`].
@@ -585,7 +591,7 @@ impl OutboxRelay {
 
     /// Publishes the committed transactions of `round`; the ids JetStream acknowledged.
     async fn publish_round(&self, round: Vec<Committing>) -> Vec<Uuid> {
-        let mut acks = Vec::new();
+        let mut acks = AckWindow::default();
         let mut failed = false;
         for committing in round {
             let Ok(Ok(committed_at)) =
@@ -598,7 +604,7 @@ impl OutboxRelay {
                     .lag
                     .observe(committed_at.elapsed().as_secs_f64());
                 match self.publish(row).await {
-                    Ok(ack) => acks.push((row.event_id, ack)),
+                    Ok(ack) => acks.push(row.event_id, ack).await,
                     Err(error) => {
                         failed = true;
                         tracing::warn!(message = "Handed-over event not published.", %error);
@@ -606,34 +612,26 @@ impl OutboxRelay {
                 }
             }
         }
-        let mut published = Vec::with_capacity(acks.len());
-        for (event_id, ack) in acks {
-            match ack.await {
-                Ok(_) => published.push(event_id),
-                Err(error) => {
-                    failed = true;
-                    tracing::warn!(message = "Handed-over event not acknowledged.", %error);
-                }
-            }
-        }
+        let (published, unacknowledged) = acks.finish().await;
         self.metrics.relayed.inc_by(published.len() as u64);
-        if failed {
+        if failed || unacknowledged.is_some() {
             // Its claim retries them (after its backoff while the broker is away).
             self.wake.notify_one();
         }
         published
     }
 
-    /// Publishes all, then awaits all acks: one round trip of latency for the batch.
+    /// Publishes all, awaiting the acks as they come ([`ACKS_IN_FLIGHT`] at most waiting):
+    /// about one round trip of latency for the batch.
     async fn publish_all(&self, rows: &[&OutboxRow]) -> Result<(), RelayError> {
-        let mut acks = Vec::with_capacity(rows.len());
+        let mut acks = AckWindow::default();
         for row in rows {
-            acks.push(self.publish(row).await?);
+            acks.push(row.event_id, self.publish(row).await?).await;
         }
-        for ack in acks {
-            ack.await.map_err(|e| RelayError::Publish(e.to_string()))?;
+        match acks.finish().await {
+            (_, None) => Ok(()),
+            (_, Some(error)) => Err(RelayError::Publish(error)),
         }
-        Ok(())
     }
 
     /// Publishes one row in a producer span that continues the trace of the call that
@@ -655,6 +653,50 @@ impl OutboxRelay {
             .instrument(span)
             .await
             .map_err(|e| RelayError::Publish(e.to_string()))
+    }
+}
+
+/// Publishes waiting for their acks, oldest first: at most [`ACKS_IN_FLIGHT`], so a path
+/// that publishes more awaits the oldest ack before its next publish.
+#[derive(Default)]
+struct AckWindow {
+    waiting: std::collections::VecDeque<(Uuid, async_nats::jetstream::context::PublishAckFuture)>,
+    acked: Vec<Uuid>,
+    /// The last failure, if an ack did not come.
+    failure: Option<String>,
+}
+
+impl AckWindow {
+    async fn push(
+        &mut self,
+        event_id: Uuid,
+        ack: async_nats::jetstream::context::PublishAckFuture,
+    ) {
+        self.waiting.push_back((event_id, ack));
+        if self.waiting.len() >= ACKS_IN_FLIGHT {
+            self.settle_oldest().await;
+        }
+    }
+
+    async fn settle_oldest(&mut self) {
+        let Some((event_id, ack)) = self.waiting.pop_front() else {
+            return;
+        };
+        match ack.await {
+            Ok(_) => self.acked.push(event_id),
+            Err(error) => {
+                tracing::warn!(message = "Event not acknowledged.", %error);
+                self.failure = Some(error.to_string());
+            }
+        }
+    }
+
+    /// Awaits the rest: the ids acknowledged, and the last failure, if any.
+    async fn finish(mut self) -> (Vec<Uuid>, Option<String>) {
+        while !self.waiting.is_empty() {
+            self.settle_oldest().await;
+        }
+        (self.acked, self.failure)
     }
 }
 

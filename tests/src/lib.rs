@@ -588,16 +588,26 @@ impl Stack {
         body["id"].as_str().expect("an id").to_owned()
     }
 
-    /// Sends `text` to `conversation` as `who` over REST with `client_msg_id` `key`; the
-    /// stored message.
+    /// POSTs `text` to `conversation` as `who` (v1 REST) with `client_msg_id` `key`,
+    /// whatever the answer.
+    pub async fn post_message(
+        &self,
+        who: &Session,
+        conversation: &str,
+        key: &str,
+        text: &str,
+    ) -> reqwest::Response {
+        self.post(
+            &format!("/api/v1/conversations/{conversation}/messages"),
+            &json!({"client_msg_id": key, "text": text}),
+            Some(&who.access_token),
+        )
+        .await
+    }
+
+    /// [`Stack::post_message`], which must succeed; the stored message.
     pub async fn send(&self, who: &Session, conversation: &str, key: &str, text: &str) -> Value {
-        let answer = self
-            .post(
-                &format!("/api/v1/conversations/{conversation}/messages"),
-                &json!({"client_msg_id": key, "text": text}),
-                Some(&who.access_token),
-            )
-            .await;
+        let answer = self.post_message(who, conversation, key, text).await;
         assert!(answer.status().is_success(), "{}", answer.status());
         answer.json().await.expect("a message")
     }

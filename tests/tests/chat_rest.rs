@@ -28,11 +28,7 @@ async fn send(
     text: &str,
 ) -> reqwest::Response {
     stack
-        .post(
-            &format!("/api/v1/conversations/{conversation}/messages"),
-            &json!({"client_msg_id": client_msg_id, "text": text}),
-            Some(&who.access_token),
-        )
+        .post_message(who, conversation, client_msg_id, text)
         .await
 }
 

@@ -10,11 +10,7 @@ use tertulia_tests::{FRAME_WAIT, Session, Stack, TestNats, TestPostgres};
 
 async fn send(stack: &Stack, who: &Session, conversation: &str, key: &str) -> u16 {
     stack
-        .post(
-            &format!("/api/v1/conversations/{conversation}/messages"),
-            &json!({"client_msg_id": key, "text": key}),
-            Some(&who.access_token),
-        )
+        .post_message(who, conversation, key, key)
         .await
         .status()
         .as_u16()
@@ -297,6 +293,51 @@ async fn handed_over_events_are_published_in_commit_order_and_only_when_committe
         relaying.stored().await,
         2,
         "the transactions that did not commit published nothing"
+    );
+    relaying.drop_state();
+}
+
+#[tokio::test]
+async fn a_round_of_more_events_than_acks_can_wait_at_once_is_published_whole() {
+    // The JetStream context lends 5,000 acks at once; a round that published that many
+    // before awaiting one waited on itself for good (seen at 5,000 msg/s).
+    use tertulia_plumbing::shutdown::Shutdown;
+
+    const EVENTS: usize = 6_000;
+    let mut relaying = Relaying::start().await;
+    let conversation = uuid::Uuid::now_v7();
+    let rows: Vec<_> = (0..EVENTS).flat_map(|_| rows(conversation)).collect();
+    let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.event_id).collect();
+    let subjects: Vec<&str> = rows.iter().map(|r| r.subject.as_str()).collect();
+    let payloads: Vec<&[u8]> = rows.iter().map(|r| r.payload.as_slice()).collect();
+    relaying
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO outbox (event_id, subject, payload)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[])",
+            &[&ids, &subjects, &payloads],
+        )
+        .await
+        .unwrap();
+    let shutdown = Shutdown::new();
+    let publishing = relaying.publish_handed(relaying.relay.clone(), &shutdown);
+    relaying.handoff.hand(rows).committed();
+    tokio::time::timeout(std::time::Duration::from_mins(1), async {
+        while relaying.stored().await < EVENTS as u64 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("every event of the round is published");
+    shutdown.cancel();
+    publishing.await.unwrap();
+    assert_eq!(
+        relaying.store.pending_outbox().await.unwrap(),
+        0,
+        "all marked"
     );
     relaying.drop_state();
 }
