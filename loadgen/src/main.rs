@@ -11,6 +11,10 @@
 //! processes (one process holds at most `ulimit -n` sockets); the other scenarios use the
 //! first gateway.
 //!
+//! A throughput step waits up to 15 s for its deliveries. When some are still on their way
+//! the rate was beyond capacity: they are waited for (reported as late, their latencies in
+//! the step's percentiles) until 15 s pass without one, and no higher rate is run.
+//!
 //! Every run is bounded (`--max-seconds`, default 900), closes its connections at the end,
 //! prints a summary on stderr and the full report as JSON on stdout (or into `--json FILE`),
 //! and exits with 1 when anything sent was not delivered or a connection failed.
@@ -181,12 +185,25 @@ async fn run(scenario: &str, o: &Options) -> Result<(serde_json::Value, bool), E
                     s.duplicates,
                     s.errors
                 );
+                if s.late > 0 {
+                    eprintln!(
+                        "BEYOND CAPACITY: {} deliveries came after the {} s drain",
+                        s.late,
+                        scenarios::DRAIN.as_secs()
+                    );
+                }
                 if s.missing > 0 {
                     eprintln!(
                         "FAILED: {} deliveries missing, first {:?}",
                         s.missing, s.first_missing
                     );
                 }
+            }
+            if !r.skipped_rates.is_empty() {
+                eprintln!(
+                    "not run: {:?} msg/s (a lower rate was beyond capacity)",
+                    r.skipped_rates
+                );
             }
             let ok = r.steps.iter().all(|s| s.missing == 0);
             (serde_json::to_value(r)?, ok)

@@ -16,8 +16,17 @@ use crate::{
     stats::{Samples, Summary, rss_kib},
 };
 
-/// How long delivery of what was sent may take before it counts as lost.
+/// How long delivery of what was sent may take before it counts as late (in a throughput
+/// step) or lost (elsewhere).
 pub(crate) const DRAIN: Duration = Duration::from_secs(15);
+
+/// After a throughput step's [`DRAIN`], how long the generator waits at most for what is
+/// still on its way (the rate was beyond the system's capacity) ...
+const SETTLE: Duration = Duration::from_mins(3);
+
+/// ... and how long without a single delivery ends that wait: what has not come by then
+/// is missing.
+const SETTLE_QUIET: Duration = Duration::from_secs(15);
 
 /// CPU time (user + system) a process has used, from `/proc/<pid>/stat`.
 fn cpu_seconds(pid: u32) -> Option<f64> {
@@ -221,6 +230,9 @@ pub(crate) struct Step {
     pub(crate) messages: usize,
     pub(crate) deliveries_expected: u64,
     pub(crate) deliveries: u64,
+    /// Deliveries that came after the step's [`DRAIN`]: the rate was beyond the system's
+    /// capacity. They count as delivered, and their latencies are in `delivery`.
+    pub(crate) late: u64,
     pub(crate) missing: u64,
     pub(crate) first_missing: Vec<String>,
     pub(crate) duplicates: u64,
@@ -240,6 +252,9 @@ pub(crate) struct ThroughputReport {
     pub(crate) steps: Vec<Step>,
     /// The first rate whose delivery p99 passed 100 ms.
     pub(crate) knee_rate: Option<f64>,
+    /// Rates not run because a step before was beyond the system's capacity (deliveries
+    /// came late or not at all): a higher rate would only pile onto its backlog.
+    pub(crate) skipped_rates: Vec<f64>,
 }
 
 /// Messages into conversations at each rate of `o.rates` for `o.duration`: ack and delivery
@@ -259,13 +274,18 @@ pub(crate) async fn throughput(ep: &Endpoint, o: &Options) -> Result<ThroughputR
         })
         .collect();
     let room = rooms(ep, o, per_step.iter().sum()).await?;
-    let mut steps = Vec::new();
+    let mut steps: Vec<Step> = Vec::new();
+    let mut skipped_rates = Vec::new();
     let mut offset = 0;
     for (rate, count) in o.rates.iter().zip(&per_step) {
+        if steps.last().is_some_and(|s| s.late > 0 || s.missing > 0) {
+            skipped_rates.push(*rate);
+            continue;
+        }
         let step = run_step(&room, o, *rate, offset..offset + count).await;
         eprintln!(
-            "rate {rate}/s: delivery {}, missing {}",
-            step.delivery, step.missing
+            "rate {rate}/s: delivery {}, late {}, missing {}",
+            step.delivery, step.late, step.missing
         );
         offset += count;
         steps.push(step);
@@ -281,6 +301,7 @@ pub(crate) async fn throughput(ep: &Endpoint, o: &Options) -> Result<ThroughputR
         seconds_per_step: o.duration.as_secs_f64(),
         steps,
         knee_rate,
+        skipped_rates,
     })
 }
 
@@ -299,7 +320,8 @@ fn due(elapsed: Duration, rate: f64) -> usize {
 }
 
 /// Sends messages `numbers` at `rate`, open loop (each at its scheduled time), round-robin
-/// over the conversations and their members; waits for every delivery (or [`DRAIN`]).
+/// over the conversations and their members; waits for every delivery ([`DRAIN`], then
+/// what comes later is late, until [`SETTLE_QUIET`] passes without one).
 async fn run_step(room: &Rooms, o: &Options, rate: f64, numbers: std::ops::Range<usize>) -> Step {
     let groups = room.conversations.len();
     let cpu_before = o.gateway_pid.and_then(cpu_seconds);
@@ -325,10 +347,31 @@ async fn run_step(room: &Rooms, o: &Options, rate: f64, numbers: std::ops::Range
     }
     let sent_in = start.elapsed();
     let expected = u32::try_from(room.size).unwrap_or(u32::MAX);
+    let delivered = || -> u64 {
+        numbers
+            .clone()
+            .map(|n| u64::from(room.ledger.delivered(n).min(expected)))
+            .sum()
+    };
+    let deliveries_expected = (numbers.len() as u64) * u64::from(expected);
     let drained = Instant::now();
-    while drained.elapsed() < DRAIN && numbers.clone().any(|n| room.ledger.delivered(n) < expected)
-    {
+    while drained.elapsed() < DRAIN && delivered() < deliveries_expected {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Beyond capacity, the rest is still on its way: it is waited for (so it is late, not
+    // missing, and the next step starts from an empty system) until nothing has come for
+    // SETTLE_QUIET.
+    let in_time = delivered();
+    let (settling, mut quiet, mut last) = (Instant::now(), Instant::now(), in_time);
+    while last < deliveries_expected
+        && settling.elapsed() < SETTLE
+        && quiet.elapsed() < SETTLE_QUIET
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = delivered();
+        if now > last {
+            (last, quiet) = (now, Instant::now());
+        }
     }
     let cpu = match (cpu_before, o.gateway_pid.and_then(cpu_seconds)) {
         (Some(b), Some(a)) => Some(a - b),
@@ -359,17 +402,14 @@ async fn run_step(room: &Rooms, o: &Options, rate: f64, numbers: std::ops::Range
                 .or_insert(0) += 1;
         }
     }
-    let delivered: u64 = numbers
-        .clone()
-        .map(|n| u64::from(room.ledger.delivered(n).min(expected)))
-        .sum();
-    let deliveries_expected = (numbers.len() as u64) * u64::from(expected);
+    let delivered = delivered();
     Step {
         target_rate: rate,
         achieved_rate: per_second(numbers.len(), sent_in),
         messages: numbers.len(),
         deliveries_expected,
         deliveries: delivered,
+        late: delivered - in_time,
         missing: deliveries_expected - delivered,
         first_missing: numbers
             .filter(|n| room.ledger.delivered(*n) < expected)
