@@ -198,18 +198,22 @@ impl Relaying {
         tokio::spawn(relay.publish_handed(handed, shutdown.clone()))
     }
 
-    /// Commits `rows` to the outbox (as a send's transaction would).
+    /// Commits `rows` to the outbox (as a send's transaction would), in one statement.
     async fn commit(&self, rows: &[svc_chat::store::OutboxRow]) {
-        let client = self.pool.get().await.unwrap();
-        for row in rows {
-            client
-                .execute(
-                    "INSERT INTO outbox (event_id, subject, payload) VALUES ($1, $2, $3)",
-                    &[&row.event_id, &row.subject, &row.payload],
-                )
-                .await
-                .unwrap();
-        }
+        let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.event_id).collect();
+        let subjects: Vec<&str> = rows.iter().map(|r| r.subject.as_str()).collect();
+        let payloads: Vec<&[u8]> = rows.iter().map(|r| r.payload.as_slice()).collect();
+        self.pool
+            .get()
+            .await
+            .unwrap()
+            .execute(
+                "INSERT INTO outbox (event_id, subject, payload)
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[])",
+                &[&ids, &subjects, &payloads],
+            )
+            .await
+            .unwrap();
     }
 
     /// The id of the next event published.
@@ -307,21 +311,7 @@ async fn a_round_of_more_events_than_acks_can_wait_at_once_is_published_whole() 
     let mut relaying = Relaying::start().await;
     let conversation = uuid::Uuid::now_v7();
     let rows: Vec<_> = (0..EVENTS).flat_map(|_| rows(conversation)).collect();
-    let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.event_id).collect();
-    let subjects: Vec<&str> = rows.iter().map(|r| r.subject.as_str()).collect();
-    let payloads: Vec<&[u8]> = rows.iter().map(|r| r.payload.as_slice()).collect();
-    relaying
-        .pool
-        .get()
-        .await
-        .unwrap()
-        .execute(
-            "INSERT INTO outbox (event_id, subject, payload)
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[])",
-            &[&ids, &subjects, &payloads],
-        )
-        .await
-        .unwrap();
+    relaying.commit(&rows).await;
     let shutdown = Shutdown::new();
     let publishing = relaying.publish_handed(relaying.relay.clone(), &shutdown);
     relaying.handoff.hand(rows).committed();
