@@ -34,6 +34,9 @@ const PAGE: u32 = 200;
 /// history at once.
 const MAX_HELD: usize = 256;
 
+/// The longest hold a configuration may ask for (longer asks are cut to it).
+const LONGEST_HOLD: Duration = Duration::from_hours(1);
+
 /// One connection's delivery positions.
 #[derive(Debug)]
 pub struct Feed {
@@ -73,7 +76,7 @@ impl Feed {
     /// [`Feed::held_until`].
     #[must_use]
     pub fn holding_gaps(mut self, wait: Duration) -> Self {
-        self.hold = Some(wait).filter(|wait| !wait.is_zero());
+        self.hold = Some(wait.min(LONGEST_HOLD)).filter(|wait| !wait.is_zero());
         self
     }
 
@@ -292,4 +295,53 @@ fn message_frames<M, V: serde::Serialize>(
         .map(view)
         .map(|(seq, v)| (seq, frames::message("message", &v, conversation_id)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(seq: u64) -> Utf8Bytes {
+        Utf8Bytes::from(format!("{{\"seq\":{seq}}}"))
+    }
+
+    #[tokio::test]
+    async fn held_messages_follow_the_missing_one_in_order_and_duplicates_are_dropped() {
+        let mut feed = Feed::new("u".into(), Api::V1).holding_gaps(Duration::from_millis(50));
+        feed.last.insert("c".into(), 1);
+        for seq in [4, 3, 1, 6] {
+            assert!(feed.hold("c", seq, &frame(seq)));
+        }
+        assert!(feed.held_until().is_some());
+        // 2 arrives: 3 and 4 follow it; 1 was a duplicate; 6 still waits for 5.
+        feed.last.insert("c".into(), 2);
+        let mut out = Vec::new();
+        feed.take_in_order("c", &mut out);
+        assert_eq!(out, [frame(3), frame(4)]);
+        assert_eq!(feed.positions()["c"], 4);
+        assert!(feed.held_until().is_some(), "6 is still held");
+        feed.last.insert("c".into(), 5);
+        feed.take_in_order("c", &mut out);
+        assert_eq!(out.last(), Some(&frame(6)));
+        assert!(feed.held_until().is_none(), "nothing left");
+    }
+
+    #[tokio::test]
+    async fn any_configured_wait_is_held_without_overflow_and_zero_holds_nothing() {
+        let mut feed = Feed::new("u".into(), Api::V1).holding_gaps(Duration::MAX);
+        assert!(feed.hold("c", 3, &frame(3)));
+        assert!(feed.held_until().is_some());
+        let mut at_once = Feed::new("u".into(), Api::V1).holding_gaps(Duration::ZERO);
+        assert!(!at_once.hold("c", 3, &frame(3)));
+    }
+
+    #[tokio::test]
+    async fn past_the_most_it_holds_everything_is_due_at_once() {
+        let mut feed = Feed::new("u".into(), Api::V1).holding_gaps(Duration::from_hours(1));
+        for seq in 0..MAX_HELD as u64 {
+            assert!(feed.hold("c", seq + 10, &frame(seq + 10)));
+        }
+        assert!(!feed.hold("c", 9_999, &frame(9_999)), "full: read now");
+        assert!(feed.held_until().unwrap() <= Instant::now());
+    }
 }

@@ -63,7 +63,7 @@ pub struct RealtimeConfig {
     pub poll_wait_s: u64,
     /// How long a WebSocket or SSE connection holds a message that arrives after a gap in
     /// its conversation, waiting for the missing ones, before it reads them from history, in
-    /// ms (0: read at once).
+    /// ms (0: read at once; longer than an hour counts as an hour).
     pub reorder_wait_ms: u64,
 }
 
