@@ -52,3 +52,12 @@ pub fn http_date(at: OffsetDateTime) -> String {
         .map(|s| s.replace("+0000", "GMT"))
         .unwrap_or_default()
 }
+
+/// Completes at `deadline`, or never when there is none: a timer branch of `select!` that
+/// is off until something sets a deadline. Nothing happens until it is polled.
+pub async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

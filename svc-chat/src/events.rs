@@ -511,12 +511,7 @@ impl OutboxRelay {
         let mut unmarked: Vec<Uuid> = Vec::new();
         let mut due: Option<tokio::time::Instant> = None;
         loop {
-            let mark_due = async {
-                match due {
-                    Some(due) => tokio::time::sleep_until(due).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let mark_due = tertulia_plumbing::clock::until(due);
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,
                 next = handed.recv() => match next {

@@ -11,7 +11,10 @@
 //!
 //! PostgreSQL is the source of truth; the broker is only the fast path.
 
-use std::{collections::BTreeMap, collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::time::Instant;
@@ -55,7 +58,10 @@ struct Held {
     /// When the gaps are filled from history if they have not closed by then (the first
     /// hold's deadline: nothing waits longer than one wait).
     until: Instant,
-    frames: BTreeMap<(String, u64), Utf8Bytes>,
+    /// By conversation, by `seq`.
+    frames: HashMap<String, BTreeMap<u64, Utf8Bytes>>,
+    /// Messages held, over all conversations.
+    count: usize,
 }
 
 impl Feed {
@@ -162,15 +168,13 @@ impl Feed {
         let Some(held) = self.held.take() else {
             return Ok(frames);
         };
-        let mut conversation: Option<String> = None;
-        for ((conversation_id, seq), frame) in held.frames {
-            if conversation.as_deref() != Some(conversation_id.as_str()) {
-                state.hub.metrics().gap("filled");
-                let after = self.last.get(&conversation_id).copied().unwrap_or(0);
-                Box::pin(self.catch_up(state, &conversation_id, after, &mut frames)).await?;
-                conversation = Some(conversation_id.clone());
+        for (conversation_id, waiting) in held.frames {
+            state.hub.metrics().gap("filled");
+            let after = self.last.get(&conversation_id).copied().unwrap_or(0);
+            Box::pin(self.catch_up(state, &conversation_id, after, &mut frames)).await?;
+            for (seq, frame) in waiting {
+                self.push_after_fill(&conversation_id, seq, &frame, &mut frames);
             }
-            self.push_after_fill(&conversation_id, seq, &frame, &mut frames);
         }
         Ok(frames)
     }
@@ -183,16 +187,19 @@ impl Feed {
         let held = self.held.get_or_insert_with(|| {
             Box::new(Held {
                 until: Instant::now() + wait,
-                frames: BTreeMap::new(),
+                frames: HashMap::new(),
+                count: 0,
             })
         });
-        if held.frames.len() >= MAX_HELD {
+        if held.count >= MAX_HELD {
             // Due now: the transport releases everything at its next turn.
             held.until = Instant::now();
             return false;
         }
-        held.frames
-            .insert((conversation_id.to_owned(), seq), frame.clone());
+        let waiting = held.frames.entry(conversation_id.to_owned()).or_default();
+        if waiting.insert(seq, frame.clone()).is_none() {
+            held.count += 1;
+        }
         true
     }
 
@@ -202,28 +209,28 @@ impl Feed {
         let Some(held) = self.held.as_mut() else {
             return;
         };
-        let mut last = self.last.get(conversation_id).copied().unwrap_or(0);
-        let range = (conversation_id.to_owned(), 0)..=(conversation_id.to_owned(), u64::MAX);
-        let mut taken = Vec::new();
-        for ((_, seq), frame) in held.frames.range(range) {
-            if *seq > last + 1 {
+        let Some(waiting) = held.frames.get_mut(conversation_id) else {
+            return;
+        };
+        let Some(last) = self.last.get_mut(conversation_id) else {
+            return;
+        };
+        while let Some(next) = waiting.first_entry() {
+            if *next.key() > *last + 1 {
                 break;
             }
-            if *seq == last + 1 {
-                last = *seq;
-                out.push(frame.clone());
+            if *next.key() == *last + 1 {
+                *last += 1;
+                out.push(next.get().clone());
             }
-            taken.push(*seq);
+            next.remove();
+            held.count -= 1;
         }
-        if taken.is_empty() {
-            return;
-        }
-        for seq in taken {
-            held.frames.remove(&(conversation_id.to_owned(), seq));
-        }
-        self.last.insert(conversation_id.to_owned(), last);
-        if held.frames.is_empty() {
-            self.held = None;
+        if waiting.is_empty() {
+            held.frames.remove(conversation_id);
+            if held.frames.is_empty() {
+                self.held = None;
+            }
         }
     }
 

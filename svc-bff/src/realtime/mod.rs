@@ -106,12 +106,6 @@ impl RealtimeConfig {
     }
 }
 
-/// A deadline that never comes, for a timer branch that is off (`select!` builds the
-/// future of a disabled branch all the same).
-fn far_future() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_hours(24)
-}
-
 /// A server span for one client frame (`websocket send`, `websocket read`, ...),
 /// continuing the trace the client attached to the frame. None for `hello` and `ping`, and
 /// while traces are not exported.

@@ -81,7 +81,6 @@ pub async fn events(
                     }
                 }
             }
-            let held = feed.held_until();
             tokio::select! {
                 next = registration.events.recv() => {
                     let Some(next) = next else { return };
@@ -89,7 +88,7 @@ pub async fn events(
                     let Ok(frames) = feed.live(&state, &next.event).instrument(span).await else { return };
                     pending.extend(frames.iter().map(|f| event(f.as_str(), &feed)));
                 }
-                () = tokio::time::sleep_until(held.unwrap_or_else(super::far_future)), if held.is_some() => {
+                () = tertulia_plumbing::clock::until(feed.held_until()) => {
                     let Ok(frames) = feed.release(&state).await else { return };
                     pending.extend(frames.iter().map(|f| event(f.as_str(), &feed)));
                 }

@@ -16,9 +16,9 @@ use axum::{
     response::Response,
 };
 use futures::SinkExt as _;
-use tertulia_plumbing::client::with_deadline;
+use tertulia_plumbing::{client::with_deadline, clock};
 use tertulia_proto::presence::v1 as presence_pb;
-use tokio::time::{Instant as TokioInstant, interval_at, sleep_until, timeout};
+use tokio::time::{Instant as TokioInstant, interval_at, timeout};
 use tracing::Instrument as _;
 
 use super::{
@@ -210,7 +210,6 @@ impl Session {
         // in the socket.
         let mut answering: Option<Answering> = None;
         loop {
-            let held = feed.held_until();
             tokio::select! {
                 incoming = self.socket.recv(), if answering.is_none() => {
                     let Some(incoming) = incoming else {
@@ -238,7 +237,7 @@ impl Session {
                     };
                     self.deliver(&mut feed, &mut registration.events, queued).await?;
                 }
-                () = sleep_until(held.unwrap_or_else(super::far_future)), if held.is_some() => {
+                () = clock::until(feed.held_until()) => {
                     let frames = feed.release(&self.state).await.map_err(|error| gap_fill_failed(&error))?;
                     self.send_all(frames).await?;
                 }
