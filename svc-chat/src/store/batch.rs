@@ -99,9 +99,15 @@ struct Conversation {
     members: Arc<[Uuid]>,
 }
 
-/// The conversations this process stored sends into, shared by its batches.
-#[derive(Debug, Clone, Default)]
-pub(super) struct Remembered(Arc<Mutex<Memory>>);
+/// The conversations this process stored sends into, shared by its batches, and those a
+/// batch that reads is storing into.
+#[derive(Debug, Clone)]
+pub(super) struct Remembered {
+    memory: Arc<Mutex<Memory>>,
+    /// Where the sends that waited for a batch that reads go once it ends: back to the loop
+    /// that takes batches ([`run`]).
+    again: mpsc::UnboundedSender<Vec<Queued>>,
+}
 
 #[derive(Debug, Default)]
 struct Memory {
@@ -110,11 +116,86 @@ struct Memory {
     /// instance stores into them too (the gateways balance sends over the instances), so
     /// for [`SHARED_FOR`] their batches read rather than fail a check first.
     shared: HashMap<Uuid, Instant>,
+    /// Conversations a batch that reads is storing into, and the sends into them that came
+    /// meanwhile. Those wait for it: had they read too, they would only have waited for its
+    /// row locks; built from memory, they would have been built on what it was about to
+    /// change, and failed their check. Once it ends, they are taken again, from memory now.
+    reading: HashMap<Uuid, Vec<Queued>>,
+    /// Sends waiting in `reading`.
+    waiting: usize,
+}
+
+impl Memory {
+    /// Keeps back the sends of `batch` into conversations a batch that reads is storing
+    /// into; gives back the others.
+    fn defer(&mut self, batch: Vec<Queued>) -> Vec<Queued> {
+        let mut rest = Vec::with_capacity(batch.len());
+        for queued in batch {
+            match self.reading.get_mut(&queued.send.conversation_id) {
+                Some(waiting) => {
+                    waiting.push(queued);
+                    self.waiting += 1;
+                }
+                None => rest.push(queued),
+            }
+        }
+        rest
+    }
+
+    /// Marks the conversations of `sends` as being read into, until the returned guard
+    /// drops.
+    fn start_reading(&mut self, remembered: &Remembered, sends: &[Queued]) -> Reading {
+        let mut ids: Vec<Uuid> = sends.iter().map(|q| q.send.conversation_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in &ids {
+            self.reading.entry(*id).or_default();
+        }
+        Reading {
+            remembered: remembered.clone(),
+            ids,
+        }
+    }
+}
+
+/// The conversations a batch that reads is storing into. Dropped when the batch ends,
+/// however it ends: the sends that waited for them go back to the loop that takes batches.
+pub(super) struct Reading {
+    remembered: Remembered,
+    ids: Vec<Uuid>,
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        let mut memory = self.remembered.lock();
+        let mut waited = Vec::new();
+        for id in &self.ids {
+            if let Some(sends) = memory.reading.remove(id) {
+                memory.waiting -= sends.len();
+                waited.extend(sends);
+            }
+        }
+        // Sent under the lock, even when empty: once nothing is being read, whatever waited
+        // is in the channel, and the loop, woken, can tell it has nothing left to wait for.
+        // (Closed only once the loop has ended, at shutdown: a send dropped then has its
+        // caller store it on its own.)
+        let _ = self.remembered.again.send(waited);
+    }
 }
 
 impl Remembered {
+    /// An empty memory, and where the sends that waited for a batch that reads come back.
+    pub(super) fn new() -> (Self, mpsc::UnboundedReceiver<Vec<Queued>>) {
+        let (again, waited) = mpsc::unbounded_channel();
+        let remembered = Self {
+            memory: Arc::default(),
+            again,
+        };
+        (remembered, waited)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Memory> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.memory.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn set(&self, id: Uuid, conversation: Conversation) {
@@ -148,15 +229,29 @@ impl Remembered {
         }
     }
 
-    /// Splits `batch`: the sends into conversations that are remembered, with every sender
+    /// Sends waiting for a batch that reads, and whether any such batch is in flight.
+    fn waiting(&self) -> (usize, bool) {
+        let memory = self.lock();
+        (memory.waiting, !memory.reading.is_empty())
+    }
+
+    /// Splits `batch` without memory: the sends into conversations a batch that reads is
+    /// storing into wait for it; the others are to be read, their conversations marked.
+    fn read(&self, batch: Vec<Queued>) -> (Vec<Queued>, Option<Reading>) {
+        let mut memory = self.lock();
+        let rest = memory.defer(batch);
+        let reading = (!rest.is_empty()).then(|| memory.start_reading(self, &rest));
+        (rest, reading)
+    }
+
+    /// Splits `batch`: the sends into conversations a batch that reads is storing into,
+    /// which wait for it; those into conversations that are remembered, with every sender
     /// among the members, built from memory (their seqs taken); and the rest, which must
     /// read. A conversation's sends all go the same way, so they keep their order.
-    fn take(
-        &self,
-        batch: Vec<Queued>,
-        now: OffsetDateTime,
-    ) -> (Option<(Vec<Queued>, Planned)>, Vec<Queued>) {
+    fn take(&self, batch: Vec<Queued>, now: OffsetDateTime) -> Taken {
         let mut memory = self.lock();
+        let batch = memory.defer(batch);
+        let mut taken = Taken::default();
         let remembered = &mut memory.conversations;
         let mut fits: HashMap<Uuid, bool> = HashMap::new();
         for queued in &batch {
@@ -169,9 +264,14 @@ impl Remembered {
         let (from_memory, rest): (Vec<Queued>, Vec<Queued>) = batch
             .into_iter()
             .partition(|q| fits.get(&q.send.conversation_id) == Some(&true));
-        if from_memory.is_empty() {
-            return (None, rest);
+        if !rest.is_empty() {
+            taken.reading = Some(memory.start_reading(self, &rest));
+            taken.rest = rest;
         }
+        if from_memory.is_empty() {
+            return taken;
+        }
+        let remembered = &mut memory.conversations;
         let mut last_seq = HashMap::new();
         let mut members = HashMap::new();
         let mut checks = Vec::new();
@@ -196,8 +296,19 @@ impl Remembered {
             writes,
             checks,
         };
-        (Some((from_memory, planned)), rest)
+        taken.from_memory = Some((from_memory, planned));
+        taken
     }
+}
+
+/// A batch split by [`Remembered::take`].
+#[derive(Default)]
+struct Taken {
+    /// The sends built from memory, with what they write.
+    from_memory: Option<(Vec<Queued>, Planned)>,
+    /// The sends that read, and their conversations marked as being read into.
+    rest: Vec<Queued>,
+    reading: Option<Reading>,
 }
 
 /// A batch built from memory: its answers, its writes, and for each conversation the last
@@ -225,24 +336,51 @@ impl Sequencer {
     }
 }
 
-/// Takes queued sends in batches until every sender is gone.
-pub(super) async fn run(committer: Committer, mut queue: mpsc::Receiver<Queued>) {
+/// Takes queued sends in batches until every sender is gone and nothing waits for a batch
+/// that reads; `waited`: the sends that waited, coming back (see [`Remembered::new`]).
+pub(super) async fn run(
+    committer: Committer,
+    mut queue: mpsc::Receiver<Queued>,
+    mut waited: mpsc::UnboundedReceiver<Vec<Queued>>,
+) {
     let slots = Arc::new(Semaphore::new(CONCURRENT_BATCHES));
     let mut sequencer: Option<Sequencer> = None;
-    while let Some(first) = queue.recv().await {
+    let mut open = true;
+    loop {
+        let (waiting, reading) = committer.remembered.waiting();
+        if !open && !reading && waited.is_empty() {
+            return;
+        }
+        let mut batch = tokio::select! {
+            biased;
+            Some(sends) = waited.recv() => sends,
+            // Sends that wait count against the queue: past it, senders wait instead.
+            queued = queue.recv(), if open && waiting < QUEUE => queued.map_or_else(
+                || {
+                    open = false;
+                    Vec::new()
+                },
+                |queued| vec![queued],
+            ),
+            // Not reached: the memory keeps a sender of `waited`.
+            else => return,
+        };
+        if batch.is_empty() {
+            continue;
+        }
         // Wait for a free slot before taking more: while all are busy, sends accumulate and
         // the next batch is larger.
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
                 Ok(queued) => batch.push(queued),
                 Err(_) => break,
             }
         }
-        let (batch, slot) = write_remembered(&committer, &mut sequencer, batch, slot).await;
+        let (batch, reading, slot) =
+            write_remembered(&committer, &mut sequencer, batch, slot).await;
         if batch.is_empty() {
             continue;
         }
@@ -256,7 +394,7 @@ pub(super) async fn run(committer: Committer, mut queue: mpsc::Receiver<Queued>)
         let committer = committer.clone();
         tokio::spawn(async move {
             store_batch(&committer, batch).await;
-            drop(slot);
+            drop((reading, slot));
         });
     }
 }
@@ -264,25 +402,31 @@ pub(super) async fn run(committer: Committer, mut queue: mpsc::Receiver<Queued>)
 /// Writes the sends of `batch` into remembered conversations from memory, in one round trip:
 /// sent before this returns (so writes reach the database in the order their seqs were
 /// taken), answered by a task of its own that holds `slot`. Gives back the sends that must
-/// be read first, and the slot when it was not used.
+/// be read first with their conversations' mark, and the slot when it was not used; sends
+/// into conversations being read into wait for that.
 async fn write_remembered(
     committer: &Committer,
     sequencer: &mut Option<Sequencer>,
     batch: Vec<Queued>,
     slot: OwnedSemaphorePermit,
-) -> (Vec<Queued>, Option<OwnedSemaphorePermit>) {
+) -> (Vec<Queued>, Option<Reading>, Option<OwnedSemaphorePermit>) {
     if sequencer.as_ref().is_none_or(|s| s.client.is_closed()) {
         *sequencer = Sequencer::connect(&committer.pool).await.ok();
     }
     let Some(sequencer) = sequencer.as_ref() else {
-        return (batch, Some(slot));
+        let (rest, reading) = committer.remembered.read(batch);
+        return (rest, reading, Some(slot));
     };
     // Truncated to what the column keeps, so the event says what history will.
     let now = OffsetDateTime::now_utc();
     let now = now
         .replace_nanosecond(now.nanosecond() / 1000 * 1000)
         .unwrap_or(now);
-    let (from_memory, rest) = committer.remembered.take(batch, now);
+    let Taken {
+        from_memory,
+        rest,
+        reading,
+    } = committer.remembered.take(batch, now);
     let Some((
         batch,
         Planned {
@@ -292,7 +436,7 @@ async fn write_remembered(
         },
     )) = from_memory
     else {
-        return (rest, Some(slot));
+        return (rest, reading, Some(slot));
     };
     let handed = committer.handoff.hand(writes.outbox.clone());
     let mut write = writes.write_checked(sequencer, &checks, committer.handoff.relay());
@@ -322,12 +466,16 @@ async fn write_remembered(
                 committer
                     .remembered
                     .forget(checks.iter().map(|(id, _, _)| *id), stale);
-                store_batch(&committer, batch).await;
+                let (batch, reading) = committer.remembered.read(batch);
+                if !batch.is_empty() {
+                    store_batch(&committer, batch).await;
+                }
+                drop(reading);
             }
         }
         drop(slot);
     });
-    (rest, None)
+    (rest, reading, None)
 }
 
 async fn store_batch(committer: &Committer, batch: Vec<Queued>) {
@@ -710,5 +858,99 @@ impl Columns {
             params.push(&self.versions);
         }
         params
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(conversation_id: Uuid, actor: Uuid, n: u32) -> Queued {
+        Queued {
+            send: NewSend {
+                actor,
+                conversation_id,
+                client_msg_id: format!("m{n}"),
+                text: format!("message {n}"),
+                video_id: None,
+                traceparent: None,
+            },
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn remember(memory: &Remembered, id: Uuid, last_seq: i64, members: &[Uuid]) {
+        memory.set(
+            id,
+            Conversation {
+                last_seq,
+                members_version: 1,
+                members: members.into(),
+            },
+        );
+    }
+
+    /// A conversation a batch is reading into takes no other batch meanwhile: built from
+    /// memory, its sends would have been built on what that batch was about to change and
+    /// failed their check (the memory then shunned the conversation for ten seconds); read,
+    /// they would only have waited for its row locks.
+    #[test]
+    fn sends_into_a_conversation_being_read_wait_for_it_then_go_from_memory() {
+        let (memory, mut waited) = Remembered::new();
+        let (read, other, ana) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        remember(&memory, other, 7, &[ana]);
+        let now = OffsetDateTime::now_utc();
+
+        let first = memory.take(vec![queued(read, ana, 1), queued(read, ana, 2)], now);
+        assert!(first.from_memory.is_none());
+        assert_eq!(first.rest.len(), 2, "not remembered: read");
+        let reading = first.reading.expect("marked as being read into");
+
+        // Meanwhile: a send into it waits; one into a remembered conversation does not.
+        let second = memory.take(vec![queued(read, ana, 3), queued(other, ana, 4)], now);
+        assert!(second.rest.is_empty() && second.reading.is_none());
+        let (sends, planned) = second.from_memory.expect("the other one from memory");
+        assert_eq!(sends.len(), 1);
+        assert_eq!(planned.checks, vec![(other, 7, 1)]);
+        assert_eq!(memory.waiting(), (1, true));
+        assert!(
+            waited.try_recv().is_err(),
+            "nothing back before the read ends"
+        );
+
+        // The read commits (and is remembered), then ends: the send that waited comes back
+        // and is built from memory, on what the read committed.
+        remember(&memory, read, 2, &[ana]);
+        drop(reading);
+        let back = waited.try_recv().expect("the send that waited comes back");
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].send.client_msg_id, "m3");
+        assert_eq!(memory.waiting(), (0, false));
+        let third = memory.take(back, now);
+        assert!(third.rest.is_empty());
+        let (_, planned) = third.from_memory.expect("from memory now");
+        assert_eq!(planned.checks, vec![(read, 2, 1)]);
+        let Sent::Created(message) = &planned.results[0] else {
+            panic!("a member's send is created");
+        };
+        assert_eq!(message.seq, 3);
+    }
+
+    /// A read that ends without committing (a failed batch) sends back what waited too: read
+    /// again, not lost.
+    #[test]
+    fn sends_that_waited_for_a_failed_read_come_back_to_be_read() {
+        let (memory, mut waited) = Remembered::new();
+        let (id, ana) = (Uuid::now_v7(), Uuid::now_v7());
+        let now = OffsetDateTime::now_utc();
+        let first = memory.take(vec![queued(id, ana, 1)], now);
+        let reading = first.reading.expect("being read into");
+        let second = memory.take(vec![queued(id, ana, 2)], now);
+        assert!(second.from_memory.is_none() && second.rest.is_empty());
+        drop(reading);
+        let back = waited.try_recv().expect("back");
+        let third = memory.take(back, now);
+        assert_eq!(third.rest.len(), 1, "nothing remembered: read");
+        assert!(third.reading.is_some());
     }
 }

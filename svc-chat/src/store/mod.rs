@@ -349,12 +349,13 @@ impl ChatStore {
     #[must_use]
     pub fn new(pool: PgPool, batches: PgPool, handoff: events::Handoff) -> Self {
         let (sends, queue) = mpsc::channel(batch::QUEUE);
+        let (remembered, waited) = batch::Remembered::new();
         let committer = batch::Committer {
             pool: batches.clone(),
             handoff,
-            remembered: batch::Remembered::default(),
+            remembered,
         };
-        tokio::spawn(batch::run(committer.clone(), queue));
+        tokio::spawn(batch::run(committer.clone(), queue, waited));
         Self {
             committer: batch::Committer {
                 pool: pool.clone(),
