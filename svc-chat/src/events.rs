@@ -34,7 +34,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::{Conversation, Message},
-    store::{ChatStore, OutboxRow},
+    store::{ChatStore, Claim, OutboxRow},
 };
 
 /// Name of the fan-out's durable consumer.
@@ -258,9 +258,51 @@ pub fn membership(conversation: &Conversation, added: &[Uuid], removed: &[Uuid])
 pub struct Handoff {
     queue: mpsc::Sender<Committing>,
     wake: Arc<Notify>,
+    in_hand: InHand,
     /// Which relay publishes what is handed over: written on each row, so the claims of
     /// other instances leave it to this one (unless it is older than [`CLAIM_OTHERS_AFTER`]).
     relay: Uuid,
+}
+
+/// The ids of the rows the handoff holds: from the moment they are handed over until they
+/// are marked published, or let go (their transaction did not commit in time, or their
+/// publish failed). The relay's claim leaves them alone: had it locked them, the handoff's
+/// mark would have waited for its locks, and it would have published again what the
+/// handoff was publishing.
+#[derive(Debug, Clone, Default)]
+pub struct InHand(Arc<Mutex<HashSet<Uuid>>>);
+
+impl InHand {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many rows the handoff holds.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether the handoff holds no row.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    fn ids(&self) -> Vec<Uuid> {
+        self.lock().iter().copied().collect()
+    }
+
+    fn contains(&self, id: &Uuid) -> bool {
+        self.lock().contains(id)
+    }
+
+    fn let_go<'a>(&self, ids: impl IntoIterator<Item = &'a Uuid>) {
+        let mut held = self.lock();
+        for id in ids {
+            held.remove(id);
+        }
+    }
 }
 
 /// Rows handed over, and the commit they wait for.
@@ -286,7 +328,16 @@ pub struct Handed {
 pub fn handoff(wake: Arc<Notify>) -> (Handoff, mpsc::Receiver<Committing>) {
     let (queue, handed) = mpsc::channel(HANDOFF_QUEUE);
     let relay = Uuid::now_v7();
-    (Handoff { queue, wake, relay }, handed)
+    let in_hand = InHand::default();
+    (
+        Handoff {
+            queue,
+            wake,
+            in_hand,
+            relay,
+        },
+        handed,
+    )
 }
 
 impl Handoff {
@@ -296,9 +347,18 @@ impl Handoff {
         self.relay
     }
 
+    /// The rows this handoff holds.
+    #[must_use]
+    pub fn in_hand(&self) -> &InHand {
+        &self.in_hand
+    }
+
     /// Hands over the rows of a transaction that holds its locks and is about to commit.
     pub fn hand(&self, rows: Vec<OutboxRow>) -> Handed {
         let (committed, waiting) = oneshot::channel();
+        // Held before they are queued: the reader may let them go as soon as they are.
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+        self.in_hand.lock().extend(&ids);
         let taken = self
             .queue
             .try_send(Committing {
@@ -306,6 +366,9 @@ impl Handoff {
                 committed: waiting,
             })
             .is_ok();
+        if !taken {
+            self.in_hand.let_go(&ids);
+        }
         Handed {
             committed: taken.then_some(committed),
             wake: Arc::clone(&self.wake),
@@ -334,9 +397,8 @@ pub struct OutboxRelay {
     nats: Nats,
     wake: Arc<Notify>,
     metrics: RelayMetrics,
-    /// Rows published from the handoff and not marked yet (shared by the clones): a claim
-    /// that takes one marks it without publishing it again.
-    unmarked: Arc<Mutex<HashSet<Uuid>>>,
+    /// The rows the handoff holds, which claims leave alone.
+    in_hand: InHand,
     mark_delay: Duration,
 }
 
@@ -383,12 +445,13 @@ impl OutboxRelay {
     /// `wake` starts at once.
     #[must_use]
     pub fn new(store: ChatStore, nats: Nats, metrics: RelayMetrics, wake: Arc<Notify>) -> Self {
+        let in_hand = store.handoff().in_hand().clone();
         Self {
+            in_hand,
             store,
             nats,
             wake,
             metrics,
-            unmarked: Arc::default(),
             mark_delay: MARK_DELAY,
         }
     }
@@ -416,21 +479,18 @@ impl OutboxRelay {
         .await;
     }
 
-    /// Rows waiting to be published: unmarked rows, less those this relay published and
-    /// has yet to mark (they wait at most [`MARK_DELAY`] and are no backlog).
+    /// Rows waiting to be published: unmarked rows, less those the handoff holds (they are
+    /// being published, or wait at most [`MARK_DELAY`] for their mark, and are no backlog).
     pub async fn backlog(&self) -> Result<i64, DbError> {
         let pending = self.store.pending_outbox().await?;
-        let awaiting = i64::try_from(self.awaiting_mark()).unwrap_or(i64::MAX);
-        Ok(pending.saturating_sub(awaiting).max(0))
+        let held = i64::try_from(self.in_hand.len()).unwrap_or(i64::MAX);
+        Ok(pending.saturating_sub(held).max(0))
     }
 
-    /// Rows published from the handoff whose mark is still to come.
+    /// Rows the handoff holds: being published, or published and waiting for their mark.
     #[must_use]
-    pub fn awaiting_mark(&self) -> usize {
-        self.unmarked
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+    pub fn in_hand(&self) -> usize {
+        self.in_hand.len()
     }
 
     /// Wakes the relay at once (after this instance commits a row).
@@ -462,34 +522,39 @@ impl OutboxRelay {
         }
     }
 
-    /// Claims one batch of pending rows and publishes those the handoff has not published
-    /// already; marks them all. Returns how many rows it claimed.
+    /// Claims one batch of pending rows the handoff does not hold, publishes them and marks
+    /// them. Returns how many rows it claimed.
     pub async fn relay_once(&self) -> Result<usize, RelayError> {
         let client = self.store.relay_pool().get().await.map_err(DbError::from)?;
         // A mark lost in a crash of the database publishes its rows again: JetStream drops
         // them as duplicates (by `Nats-Msg-Id`) within its window, and past it members
         // dedupe by seq as for any redelivery. So the commit need not wait for the disk.
         let tx = PipelinedTransaction::new(client, Durability::Deferred);
-        let rows =
-            ChatStore::claim_outbox(&tx, RELAY_BATCH, self.store.relay(), CLAIM_OTHERS_AFTER)
-                .await
-                .map_err(DbError::from)?;
-        if rows.is_empty() {
-            tx.rollback();
-            return Ok(0);
-        }
-        let fresh: Vec<&OutboxRow> = {
-            let unmarked = self.unmarked.lock().unwrap_or_else(PoisonError::into_inner);
-            rows.iter()
-                .filter(|r| !unmarked.contains(&r.event_id))
-                .collect()
+        let claim = Claim {
+            limit: RELAY_BATCH,
+            relay: self.store.relay(),
+            others_after: CLAIM_OTHERS_AFTER,
+            in_hand: self.in_hand.ids(),
         };
+        let rows = ChatStore::claim_outbox(&tx, &claim)
+            .await
+            .map_err(DbError::from)?;
+        // A row handed over since the claim read what the handoff holds is the handoff's
+        // to publish and mark.
+        let fresh: Vec<&OutboxRow> = rows
+            .iter()
+            .filter(|r| !self.in_hand.contains(&r.event_id))
+            .collect();
+        if fresh.is_empty() {
+            tx.rollback();
+            return Ok(rows.len());
+        }
         if let Err(error) = self.publish_all(&fresh).await {
             // The claim ends; the rows wait for the next round.
             tx.rollback();
             return Err(error);
         }
-        let ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+        let ids: Vec<Uuid> = fresh.iter().map(|r| r.event_id).collect();
         ChatStore::commit_published(&tx, &ids)
             .await
             .map_err(DbError::from)?;
@@ -538,10 +603,6 @@ impl OutboxRelay {
                         Err(_) => break,
                     },
                 };
-                self.unmarked
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .extend(&published);
                 if unmarked.is_empty() && !published.is_empty() {
                     due = Some(tokio::time::Instant::now() + self.mark_delay);
                 }
@@ -569,26 +630,26 @@ impl OutboxRelay {
 
     /// Marks `ids` published, in a task of its own.
     fn mark(&self, ids: Vec<Uuid>) -> tokio::task::JoinHandle<()> {
-        let store = self.store.clone();
-        let unmarked = Arc::clone(&self.unmarked);
+        let (store, in_hand) = (self.store.clone(), self.in_hand.clone());
         tokio::spawn(async move {
             if let Err(error) = store.mark_published(&ids).await {
-                // Left pending, the rows are claimed and published again, and JetStream
-                // drops the copies.
+                // Let go, the rows are claimed and published again, and JetStream drops the
+                // copies.
                 tracing::warn!(message = "Published outbox rows not marked.", error = %error);
             }
-            let mut unmarked = unmarked.lock().unwrap_or_else(PoisonError::into_inner);
-            for id in &ids {
-                unmarked.remove(id);
-            }
+            in_hand.let_go(&ids);
         })
     }
 
     /// Publishes the committed transactions of `round`; the ids JetStream acknowledged.
+    /// The others are let go: rows that did not commit are not there, and a claim takes
+    /// those whose commit came late or whose publish failed.
     async fn publish_round(&self, round: Vec<Committing>) -> Vec<Uuid> {
         let mut acks = AckWindow::default();
         let mut failed = false;
+        let mut handed: Vec<Uuid> = Vec::new();
         for committing in round {
+            handed.extend(committing.rows.iter().map(|r| r.event_id));
             let Ok(Ok(committed_at)) =
                 tokio::time::timeout(HANDOFF_WAIT, committing.committed).await
             else {
@@ -609,6 +670,11 @@ impl OutboxRelay {
         }
         let (published, unacknowledged) = acks.finish().await;
         self.metrics.relayed.inc_by(published.len() as u64);
+        if published.len() < handed.len() {
+            let kept: HashSet<&Uuid> = published.iter().collect();
+            self.in_hand
+                .let_go(handed.iter().filter(|id| !kept.contains(id)));
+        }
         if failed || unacknowledged.is_some() {
             // Its claim retries them (after its backoff while the broker is away).
             self.wake.notify_one();

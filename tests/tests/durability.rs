@@ -333,7 +333,7 @@ async fn a_round_of_more_events_than_acks_can_wait_at_once_is_published_whole() 
 }
 
 #[tokio::test]
-async fn a_claim_marks_what_the_handoff_published_without_publishing_it_again() {
+async fn a_claim_leaves_what_the_handoff_holds_and_takes_what_it_let_go() {
     use futures::FutureExt as _;
     use tertulia_plumbing::shutdown::Shutdown;
 
@@ -343,39 +343,42 @@ async fn a_claim_marks_what_the_handoff_published_without_publishing_it_again() 
         .relay
         .clone()
         .with_mark_delay(std::time::Duration::from_hours(1));
-    let rows = rows(uuid::Uuid::now_v7());
-    relaying.commit(&rows).await;
-    let id = rows[0].event_id;
+    let (held, lost) = (rows(uuid::Uuid::now_v7()), rows(uuid::Uuid::now_v7()));
+    let (held_id, lost_id) = (held[0].event_id, lost[0].event_id);
+    relaying.commit(&[held[0].clone(), lost[0].clone()]).await;
     let shutdown = Shutdown::new();
     let publishing = relaying.publish_handed(relay.clone(), &shutdown);
-    relaying.handoff.hand(rows).committed();
-    assert_eq!(relaying.next_published().await, id);
+    relaying.handoff.hand(held).committed();
+    // Committed, but the transaction's end was not seen (a connection lost after `COMMIT`
+    // went out): the handoff lets the row go.
+    drop(relaying.handoff.hand(lost));
+    assert_eq!(relaying.next_published().await, held_id);
     tokio::time::timeout(FRAME_WAIT, async {
-        while relay.awaiting_mark() == 0 {
+        while relay.in_hand() != 1 {
             tokio::task::yield_now().await;
         }
     })
     .await
-    .expect("the acknowledged row waits for its mark");
-    assert_eq!(relaying.store.pending_outbox().await.unwrap(), 1);
-    assert_eq!(relay.backlog().await.unwrap(), 0, "published: no backlog");
+    .expect("the handoff keeps only the row it published, until its mark");
+    assert_eq!(relaying.store.pending_outbox().await.unwrap(), 2);
+    assert_eq!(relay.backlog().await.unwrap(), 1, "the row let go waits");
 
-    // The claim (as every 250 ms) takes the row and marks it, without a second publish.
+    // The claim (as every 250 ms) takes the row let go and leaves the one the handoff holds:
+    // no second publish, and no lock for the handoff's mark to wait for.
     assert_eq!(relay.relay_once().await.unwrap(), 1);
-    assert_eq!(relaying.store.pending_outbox().await.unwrap(), 0);
+    assert_eq!(relaying.next_published().await, lost_id);
+    assert_eq!(relay.relay_once().await.unwrap(), 0);
+    assert_eq!(relaying.store.pending_outbox().await.unwrap(), 1);
     relaying.nats.sync().await.unwrap();
     assert!(
         relaying.published.next().now_or_never().is_none(),
-        "published once"
+        "each published once"
     );
     shutdown.cancel();
     publishing.await.unwrap();
-    assert_eq!(
-        relay.awaiting_mark(),
-        0,
-        "the handoff's mark came at the stop"
-    );
-    assert_eq!(relaying.stored().await, 1);
+    assert_eq!(relay.in_hand(), 0, "the handoff's mark came at the stop");
+    assert_eq!(relaying.store.pending_outbox().await.unwrap(), 0);
+    assert_eq!(relaying.stored().await, 2);
     relaying.drop_state();
 }
 

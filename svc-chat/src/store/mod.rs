@@ -55,6 +55,19 @@ const BUMP_MEMBERS_VERSION: &str =
 const MARK_PUBLISHED: &str =
     "UPDATE outbox SET published_at = now() WHERE event_id = ANY($1) AND published_at IS NULL";
 
+/// What a relay's claim takes ([`ChatStore::claim_outbox`]).
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// Most rows it takes.
+    pub limit: i64,
+    /// The relay claiming: rows handed over to it are its own.
+    pub relay: Uuid,
+    /// How old a row handed over to another relay must be before it is taken.
+    pub others_after: std::time::Duration,
+    /// Rows its handoff holds, left to it.
+    pub in_hand: Vec<Uuid>,
+}
+
 /// A committed event waiting to be published.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
@@ -378,6 +391,12 @@ impl ChatStore {
     #[must_use]
     pub fn relay(&self) -> Uuid {
         self.committer.handoff.relay()
+    }
+
+    /// Where this store's sends hand their outbox rows over.
+    #[must_use]
+    pub fn handoff(&self) -> &events::Handoff {
+        &self.committer.handoff
     }
 
     /// Creates a group of `actor` and `others`.
@@ -821,15 +840,14 @@ impl ChatStore {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// Begins a transaction and claims in it up to `limit` unpublished outbox rows, oldest
-    /// first, skipping rows another claim holds, and rows handed over to another relay than
-    /// `relay` that are younger than `others_after` (that relay publishes them).
+    /// Begins a transaction and claims in it unpublished outbox rows, oldest first, as
+    /// [`Claim`] says: skipping rows another claim holds, rows the handoff holds, and rows
+    /// handed over to another relay that are not late yet (that relay publishes them).
     pub async fn claim_outbox(
         tx: &PipelinedTransaction,
-        limit: i64,
-        relay: Uuid,
-        others_after: std::time::Duration,
+        claim: &Claim,
     ) -> Result<Vec<OutboxRow>, tokio_postgres::Error> {
+        // `NOT IN` a subquery is one hashed lookup per row, however many rows are in hand.
         let statement = tx
             .client()
             .prepare_cached(
@@ -840,17 +858,18 @@ impl ChatStore {
                  WHERE published_at IS NULL
                    AND (relay IS NULL OR relay = $2
                         OR created_at < now() - make_interval(secs => $3))
+                   AND event_id NOT IN (SELECT unnest($4::uuid[]))
                  ORDER BY created_at, event_id
                  LIMIT $1
                  FOR UPDATE SKIP LOCKED",
             )
             .await?;
-        let others_after = others_after.as_secs_f64();
+        let others_after = claim.others_after.as_secs_f64();
         let rows = tx
-            .begin_with(
-                tx.client()
-                    .query(&statement, &[&limit, &relay, &others_after]),
-            )
+            .begin_with(tx.client().query(
+                &statement,
+                &[&claim.limit, &claim.relay, &others_after, &claim.in_hand],
+            ))
             .await?;
         Ok(rows
             .iter()
