@@ -84,6 +84,11 @@ pub enum Plans {
     /// One generic plan per statement, made once: for short statements whose plan is the
     /// same whatever the values. PostgreSQL's default keeps re-planning statements over
     /// arrays (`unnest($1)`), whose estimates it can only make from the values.
+    ///
+    /// The statements are keyed lookups, so their tables are not scanned whole where an
+    /// index serves (`enable_seqscan = off`): a plan made while a table is small would scan
+    /// it (cheaper then), and keep scanning it as it grows, until a new `ANALYZE` of the
+    /// table (autovacuum's, where it runs) has the statement planned again.
     Generic,
 }
 
@@ -105,7 +110,7 @@ pub async fn connect_planned(config: &PostgresConfig, plans: Plans) -> Result<Po
     // (PostgreSQL's default turns it on for any plan its estimates call expensive).
     let mut options = format!("-c search_path={} -c jit=off", config.schema);
     if plans == Plans::Generic {
-        options.push_str(" -c plan_cache_mode=force_generic_plan");
+        options.push_str(" -c plan_cache_mode=force_generic_plan -c enable_seqscan=off");
     }
     pg.options(options);
     pg.connect_timeout(CONNECT_TIMEOUT);

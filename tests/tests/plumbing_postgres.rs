@@ -103,28 +103,60 @@ async fn bad_configuration_is_a_clear_error() {
 async fn pools_plan_by_value_or_generically_as_asked_and_never_compile() {
     let config = fresh_database();
     let _schema = Schema(config.schema.clone());
-    for (plans, expected) in [
-        (postgres::Plans::ByValue, "auto"),
-        (postgres::Plans::Generic, "force_generic_plan"),
+    for (plans, expected, scans) in [
+        (postgres::Plans::ByValue, "auto", "on"),
+        (postgres::Plans::Generic, "force_generic_plan", "off"),
     ] {
         let pool = postgres::connect_planned(&config, plans).await.unwrap();
         let client = pool.get().await.unwrap();
         let row = client
             .query_one(
-                "SELECT current_setting('plan_cache_mode'), current_setting('jit')",
+                "SELECT current_setting('plan_cache_mode'), current_setting('jit'),
+                        current_setting('enable_seqscan')",
                 &[],
             )
             .await
             .unwrap();
+        let settings: (String, String, String) = (row.get(0), row.get(1), row.get(2));
         assert_eq!(
-            (
-                row.get::<_, String>(0).as_str(),
-                row.get::<_, String>(1).as_str()
-            ),
-            (expected, "off"),
+            settings,
+            (expected.to_owned(), "off".to_owned(), scans.to_owned()),
             "{plans:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_generic_plan_made_while_a_table_is_small_still_uses_its_index() {
+    // A plan made once is kept for the connection's life: made on a table of a few rows, it
+    // would read the whole table at every use however large the table grew.
+    let config = fresh_database();
+    let _schema = Schema(config.schema.clone());
+    let pool = postgres::connect_planned(&config, postgres::Plans::Generic)
+        .await
+        .unwrap();
+    let client = pool.get().await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE keyed (id INT PRIMARY KEY, v TEXT);
+             INSERT INTO keyed SELECT n, 'v' FROM generate_series(1, 20) AS n;
+             ANALYZE keyed;
+             PREPARE lookup(INT[]) AS SELECT v FROM keyed WHERE id = ANY($1);",
+        )
+        .await
+        .unwrap();
+    let plan: Vec<String> = client
+        .query("EXPLAIN EXECUTE lookup('{1,2}')", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("keyed_pkey") && !plan.contains("Seq Scan"),
+        "{plan}"
+    );
 }
 
 /// A pool of at most `size` connections over a fresh schema with a table `things`.

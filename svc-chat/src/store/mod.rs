@@ -51,9 +51,11 @@ pub const MIGRATIONS: &[Migration] = &[
 const BUMP_MEMBERS_VERSION: &str =
     "UPDATE conversations SET members_version = members_version + 1 WHERE conversation_id = $1";
 
-/// Rows a claim marked are not marked again by the handoff's later mark.
-const MARK_PUBLISHED: &str =
-    "UPDATE outbox SET published_at = now() WHERE event_id = ANY($1) AND published_at IS NULL";
+/// Marks rows published, by their ids. Not `AND published_at IS NULL`: that matches the
+/// partial index of pending rows, which a plan made while the outbox is small prefers to the
+/// primary key, and then reads whole at every mark (its dead entries too) as the outbox
+/// grows. A row marked twice (claimed late by another instance) only moves its time.
+const MARK_PUBLISHED: &str = "UPDATE outbox SET published_at = now() WHERE event_id = ANY($1)";
 
 /// What a relay's claim takes ([`ChatStore::claim_outbox`]).
 #[derive(Debug, Clone)]
