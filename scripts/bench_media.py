@@ -4,9 +4,9 @@
 - the origin against nginx serving the same blob files, with wrk: whole-file reads and
   random 1 MiB ranges (bench/wrk/range.lua);
 - a tus upload of a large file over loopback (one PATCH, as a stock client on a good link
-  sends it) against the disk's sequential write rate (dd with fdatasync).
+  sends it) against the disk's sequential write rate (dd with fdatasync), taking turns.
 
-usage: bench_media.py OUT_DIR BFF_URL BLOB_ROOT [--duration S] [--upload-mib N]
+usage: bench_media.py OUT_DIR BFF_URL BLOB_ROOT [--duration S] [--upload-mib N] [--pairs N]
 Writes OUT_DIR/media.json (and media.cmd). Exits 1, naming the failure, when a step fails.
 """
 import argparse
@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -206,19 +207,25 @@ def main():
             if r["non_2xx"] or r["socket_errors"]:
                 fail(f"{kind} reads from {name}: {r['non_2xx']} non-2xx, socket errors {r['socket_errors']}")
 
-    log(f"disk sequential write rate ({a.upload_mib} MiB, dd conv=fdatasync)")
+    # The disk's rate moves by half between runs here: the upload and dd take turns, `pairs`
+    # times; each figure is the median of its runs, and the ratio the median of the pairs'.
     work = os.path.join(os.path.dirname(blob_root), "work")
     os.makedirs(work, exist_ok=True)
-    result["disk_write_mib_s"] = disk_write_rate(work, a.upload_mib)
-    log(f"tus upload of {a.upload_mib} MiB")
     big = os.path.join(scratch, "big.bin")
     with open(big, "wb") as f:
         for _ in range(a.upload_mib):
             f.write(os.urandom(MIB))
-    _, upload_url = new_video(a.bff, token, "upload benchmark")
-    seconds = tus_upload(upload_url, big)
-    result["upload_seconds"] = seconds
-    result["upload_mib_s"] = a.upload_mib / seconds
+    disk, uploads = [], []
+    for n in range(a.pairs):
+        log(f"disk sequential write rate ({a.upload_mib} MiB, dd conv=fdatasync), "
+            f"then a tus upload of as much: pair {n + 1} of {a.pairs}")
+        disk.append(disk_write_rate(work, a.upload_mib))
+        _, upload_url = new_video(a.bff, token, f"upload benchmark {n + 1}")
+        uploads.append(tus_upload(upload_url, big))
+    result["disk_write_mib_s"] = statistics.median(disk)
+    result["upload_seconds"] = statistics.median(uploads)
+    result["upload_mib_s"] = a.upload_mib / result["upload_seconds"]
+    result["upload_ratios"] = [a.upload_mib / s / d for s, d in zip(uploads, disk)]
     shutil.rmtree(scratch, ignore_errors=True)
     with open(os.path.join(a.out, "media.json"), "w") as f:
         json.dump(result, f, indent=2)

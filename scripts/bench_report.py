@@ -291,8 +291,14 @@ def media(folder):
     p(f"tus upload of {m['upload_mib']} MiB over loopback (creation, then one streamed `PATCH` with")
     p("curl; the answer comes once the bytes are fsynced, hashed and stored under their hash):")
     p(f"{m['upload_seconds']:.2f} s, **{m['upload_mib_s']:.0f} MiB/s**, against the disk's sequential write")
-    p(f"rate of {m['disk_write_mib_s']:.0f} MiB/s (`dd bs=1M conv=fdatasync` to the same file system):")
-    p(f"{ratio(m['upload_mib_s'], m['disk_write_mib_s'])}.")
+    p(f"rate of {m['disk_write_mib_s']:.0f} MiB/s (`dd bs=1M conv=fdatasync` to the same file system).")
+    uploads = sorted(m.get("upload_ratios") or [])
+    if uploads:
+        each = ", ".join(f"{r:.2f}" for r in uploads)
+        p(f"The two took turns {len(uploads)} times (medians above); upload ÷ disk, the median of")
+        p(f"the turns' ratios: **{uploads[len(uploads) // 2]:.2f}×** ({each}).")
+    else:
+        p(f"Upload ÷ disk: {ratio(m['upload_mib_s'], m['disk_write_mib_s'])}.")
     p()
     if command(folder, "media"):
         p(f"`{command(folder, 'media')}`")
