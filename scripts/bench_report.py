@@ -66,6 +66,12 @@ def ms(v):
     return f"{v:.2f}"
 
 
+def median_of(ratios):
+    """The median of `ratios`, with all of them in brackets, sorted: `1.27× (1.20, 1.27, 1.28)`."""
+    ratios = sorted(ratios)
+    return f"{ratios[len(ratios) // 2]:.2f}× ({', '.join(f'{r:.2f}' for r in ratios)})"
+
+
 def delivered(step):
     """Delivered of expected, and how many of them came late (after the step's drain: the
     rate was beyond capacity; their latencies are in the percentiles)."""
@@ -283,22 +289,17 @@ def media(folder):
     p("| --- | --- | --- | --- | --- | --- |")
     for kind, label in (("full", "whole file"), ("range", "random 1 MiB ranges")):
         t, n = m[f"{kind}_tertulia"], m[f"{kind}_nginx"]
-        ratios = sorted(m.get(f"{kind}_ratios") or [t["mib_per_s"] / n["mib_per_s"]])
-        each = ", ".join(f"{r:.2f}" for r in ratios)
-        p(f"| {label} | {t['mib_per_s']:.0f} | {n['mib_per_s']:.0f} | {ratios[len(ratios) // 2]:.2f}× ({each}) | "
+        ratios = m.get(f"{kind}_ratios") or [t["mib_per_s"] / n["mib_per_s"]]
+        p(f"| {label} | {t['mib_per_s']:.0f} | {n['mib_per_s']:.0f} | {median_of(ratios)} | "
           f"{t['requests_per_s']:.0f} ({ms(t['p50_ms'])} / {ms(t['p99_ms'])}) | {n['requests_per_s']:.0f} ({ms(n['p50_ms'])} / {ms(n['p99_ms'])}) |")
     p()
     p(f"tus upload of {m['upload_mib']} MiB over loopback (creation, then one streamed `PATCH` with")
     p("curl; the answer comes once the bytes are fsynced, hashed and stored under their hash):")
     p(f"{m['upload_seconds']:.2f} s, **{m['upload_mib_s']:.0f} MiB/s**, against the disk's sequential write")
     p(f"rate of {m['disk_write_mib_s']:.0f} MiB/s (`dd bs=1M conv=fdatasync` to the same file system).")
-    uploads = sorted(m.get("upload_ratios") or [])
-    if uploads:
-        each = ", ".join(f"{r:.2f}" for r in uploads)
-        p(f"The two took turns {len(uploads)} times (medians above); upload ÷ disk, the median of")
-        p(f"the turns' ratios: **{uploads[len(uploads) // 2]:.2f}×** ({each}).")
-    else:
-        p(f"Upload ÷ disk: {ratio(m['upload_mib_s'], m['disk_write_mib_s'])}.")
+    uploads = m.get("upload_ratios") or [m["upload_mib_s"] / m["disk_write_mib_s"]]
+    p(f"The two took turns {len(uploads)} times (medians above); upload ÷ disk, the median of")
+    p(f"the turns' ratios: {median_of(uploads)}.")
     p()
     if command(folder, "media"):
         p(f"`{command(folder, 'media')}`")

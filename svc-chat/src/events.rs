@@ -270,23 +270,15 @@ pub struct Handoff {
 /// mark would have waited for its locks, and it would have published again what the
 /// handoff was publishing.
 #[derive(Debug, Clone, Default)]
-pub struct InHand(Arc<Mutex<HashSet<Uuid>>>);
+pub(crate) struct InHand(Arc<Mutex<HashSet<Uuid>>>);
 
 impl InHand {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// How many rows the handoff holds.
-    #[must_use]
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    /// Whether the handoff holds no row.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
     }
 
     fn ids(&self) -> Vec<Uuid> {
@@ -348,8 +340,7 @@ impl Handoff {
     }
 
     /// The rows this handoff holds.
-    #[must_use]
-    pub fn in_hand(&self) -> &InHand {
+    pub(crate) fn in_hand(&self) -> &InHand {
         &self.in_hand
     }
 

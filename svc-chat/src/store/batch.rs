@@ -12,6 +12,9 @@
 //! conversations, the idempotency check and the member lists; then the writes with
 //! `COMMIT`. A repeated `client_msg_id` fails the one-round-trip write (the unique key) and
 //! is found by the two-round-trip one.
+//! While a batch reads into a conversation, sends into it wait in memory (they would only
+//! wait for its row locks, or be built on what it is about to change); once it ends, they
+//! are taken again, from memory.
 //!
 //! Before its commit, a batch hands its events to the outbox relay in memory
 //! ([`Handoff`]), in the order its conversations' seqs were taken, and confirms once the

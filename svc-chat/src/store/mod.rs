@@ -396,8 +396,7 @@ impl ChatStore {
     }
 
     /// Where this store's sends hand their outbox rows over.
-    #[must_use]
-    pub fn handoff(&self) -> &events::Handoff {
+    pub(crate) fn handoff(&self) -> &events::Handoff {
         &self.committer.handoff
     }
 
