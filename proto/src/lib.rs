@@ -136,4 +136,15 @@ pub mod subjects {
     pub fn deliver(user_id: &str) -> String {
         format!("deliver.{user_id}")
     }
+
+    /// The group delivery subjects as one low-cardinality name.
+    pub const DELIVER_CONVERSATION_TEMPLATE: &str = "deliver.conversation.{conversation_id}";
+
+    /// The core NATS subject on which the gateways of a group's connected members receive
+    /// its new messages, once per gateway instead of once per member:
+    /// `deliver.conversation.<conversation_id>`. The `Delivery` names its recipients.
+    #[must_use]
+    pub fn deliver_conversation(conversation_id: &str) -> String {
+        format!("deliver.conversation.{conversation_id}")
+    }
 }

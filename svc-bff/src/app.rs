@@ -32,7 +32,7 @@ use tower_http::{
 use crate::{
     config::BffConfig,
     problem::ApiError,
-    realtime::{RealtimeConfig, hub::DeliveryHub, typing::TypingRelay},
+    realtime::{RealtimeConfig, groups_of, hub::DeliveryHub, typing::TypingRelay},
     routes,
     usage::ApiUsage,
     versions::{Clock, DEFAULT_POLICY, Gate, SystemClock, VersionPolicy, lifecycle},
@@ -153,11 +153,13 @@ impl App {
         let http_metrics = tertulia_plumbing::metrics::HttpMetrics::new(&mut metrics);
         usage.register_metrics(&mut metrics);
         let realtime_metrics = crate::realtime::hub::RealtimeMetrics::new(&mut metrics);
+        let call_deadline = Duration::from_millis(config.auth.timeout_ms);
         let hub = DeliveryHub::connect(
             nats.clone(),
             &config.nats,
             &config.realtime,
             realtime_metrics,
+            groups_of(ChatServiceClient::new(chat_channel.clone()), call_deadline),
         )
         .await
         .map_err(|e| StartError::Other(chain(&e)))?;
@@ -184,7 +186,7 @@ impl App {
                 ("svc-catalog", catalog_channel),
                 ("svc-media", media_channel),
             ],
-            call_deadline: Duration::from_millis(config.auth.timeout_ms),
+            call_deadline,
             trust_forwarded_for: config.http.trust_forwarded_for,
             hub,
             typing: Arc::new(TypingRelay::new(nats)),

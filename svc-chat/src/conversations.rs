@@ -398,6 +398,11 @@ impl Conversations {
         let conversation = id(conversation_id, "conversation")?;
         Ok(self.store.member_ids(conversation).await?)
     }
+
+    /// Ids of the group conversations `actor_id` is a member of (for gateways).
+    pub async fn groups(&self, actor_id: &str) -> Result<Vec<Uuid>, ChatError> {
+        Ok(self.store.group_ids(actor(actor_id)?).await?)
+    }
 }
 
 /// Page tokens are opaque to clients: `<activity unix nanos>.<conversation id>`.

@@ -5,7 +5,8 @@
 //!   `chat.v1.conv.<conversation_id>.<event>`, payloads from `tertulia.events.v1`, with
 //!   `Nats-Msg-Id` = event id so a re-publish after a crash is deduplicated by the server.
 //! - Consumes `CHAT` with the durable consumer `fanout` (explicit acks) and publishes one
-//!   `Delivery` per event to each member's core NATS subject `deliver.<user_id>`.
+//!   `Delivery` per event to each member's core NATS subject `deliver.<user_id>`; a new
+//!   message to more than two members goes once to `deliver.conversation.<id>` instead.
 
 use std::{
     collections::HashSet,
@@ -37,6 +38,10 @@ use crate::{
     store::{ChatStore, Claim, OutboxRow},
 };
 
+/// Recipients from which a new message goes out once on its conversation's delivery
+/// subject instead of once per recipient: more than two, which only a group has (a direct
+/// conversation has exactly two members).
+const GROUP_SUBJECT_FROM: usize = 3;
 /// Name of the fan-out's durable consumer.
 pub const FANOUT_CONSUMER: &str = "fanout";
 /// Events the fan-out handles at once (of different conversations).
@@ -763,7 +768,8 @@ pub enum RelayError {
     Publish(String),
 }
 
-/// Reads `CHAT` and publishes each event once to every member's delivery subject.
+/// Reads `CHAT` and publishes each event once to every member's delivery subject (or a
+/// group's new message once to the group's).
 #[derive(Debug, Clone)]
 pub struct FanOut {
     store: ChatStore,
@@ -806,8 +812,11 @@ impl FanOut {
     }
 
     /// Publishes one event to its recipients. Encodes the `Delivery` once for all of them.
+    /// A new message to more than two members (only groups have more) goes out once, on
+    /// the conversation's subject, naming its recipients: each gateway with a member
+    /// connected receives one copy, not one per member.
     async fn deliver(&self, subject: &str, payload: &[u8]) -> Result<(), FanOutError> {
-        let (conversation_id, delivery, recipients) = decode(subject, payload)?;
+        let (conversation_id, mut delivery, recipients) = decode(subject, payload)?;
         let mut recipients = match recipients {
             Recipients::Listed(listed) => listed,
             Recipients::MembersAnd(extra) => {
@@ -822,13 +831,29 @@ impl FanOut {
         };
         recipients.sort_unstable();
         recipients.dedup();
+        let (template, subjects): (_, Vec<String>) = match &mut delivery.event {
+            Some(Event::MessageCreated(created)) if recipients.len() >= GROUP_SUBJECT_FROM => {
+                created.recipient_ids = recipients.iter().map(Uuid::to_string).collect();
+                (
+                    subjects::DELIVER_CONVERSATION_TEMPLATE,
+                    vec![subjects::deliver_conversation(&conversation_id.to_string())],
+                )
+            }
+            _ => (
+                subjects::DELIVER_TEMPLATE,
+                recipients
+                    .iter()
+                    .map(|user| subjects::deliver(&user.to_string()))
+                    .collect(),
+            ),
+        };
         let bytes: bytes::Bytes = delivery.encode_to_vec().into();
         // One producer span for the whole fan-out; every copy carries its context.
-        let span = telemetry::producer_span(subjects::DELIVER_TEMPLATE, subjects::DELIVER_TEMPLATE);
+        let span = telemetry::producer_span(template, template);
         let headers = telemetry::nats_headers(&span);
         async {
-            for user in recipients {
-                let subject = self.nats.subject(&subjects::deliver(&user.to_string()));
+            for subject in subjects {
+                let subject = self.nats.subject(&subject);
                 let published = match &headers {
                     Some(headers) => {
                         self.nats

@@ -176,4 +176,14 @@ impl pb::chat_service_server::ChatService for ChatGrpc {
             member_ids: members.iter().map(ToString::to_string).collect(),
         }))
     }
+
+    async fn list_groups(
+        &self,
+        request: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let groups = self.chat.groups(&request.into_inner().actor_id).await?;
+        Ok(Response::new(pb::ListGroupsResponse {
+            conversation_ids: groups.iter().map(ToString::to_string).collect(),
+        }))
+    }
 }

@@ -581,3 +581,65 @@ async fn committed_messages_reach_every_members_delivery_subject_through_the_out
     assert_eq!(message.text, "over the wire");
     assert_eq!(message.message_id, sent["id"].as_str().unwrap());
 }
+
+/// The next delivery's event on `inbox`, within 10 s.
+async fn next_event(inbox: &mut async_nats::Subscriber) -> Option<Event> {
+    let raw = tokio::time::timeout(Duration::from_secs(10), inbox.next())
+        .await
+        .expect("a delivery within 10 s")
+        .expect("subscription open");
+    Delivery::decode(raw.payload).expect("a Delivery").event
+}
+
+#[tokio::test]
+async fn a_new_message_to_more_than_two_goes_once_to_the_groups_subject_naming_them() {
+    let stack = Stack::start().await;
+    let ana = stack.signed_up("ana").await;
+    let ben = stack.signed_up("ben").await;
+    let cat = stack.signed_up("cat").await;
+    let group = conversation(&stack, &ana, "group", &[&ben.user_id, &cat.user_id]).await;
+    let id = group["id"].as_str().unwrap();
+
+    let nats = tertulia_plumbing::nats::connect(&stack.nats, "test")
+        .await
+        .unwrap();
+    let on_group = nats.subject(&tertulia_proto::subjects::deliver_conversation(id));
+    let mut group_inbox = nats.client.subscribe(on_group).await.unwrap();
+    let on_ben = nats.subject(&tertulia_proto::subjects::deliver(&ben.user_id));
+    let mut ben_inbox = nats.client.subscribe(on_ben).await.unwrap();
+    nats.client.flush().await.unwrap();
+
+    send(&stack, &ana, id, "x1", "to all three").await;
+    let Some(Event::MessageCreated(created)) = next_event(&mut group_inbox).await else {
+        panic!("the message, on the group's subject");
+    };
+    assert_eq!(created.message.unwrap().text, "to all three");
+    let mut named = created.recipient_ids;
+    named.sort();
+    let mut members = vec![
+        ana.user_id.clone(),
+        ben.user_id.clone(),
+        cat.user_id.clone(),
+    ];
+    members.sort();
+    assert_eq!(named, members, "the gateways learn whom it is for");
+
+    // Nothing came on Ben's own subject for it: before his receipt there is at most the
+    // group's creation, which may still be on its way.
+    let read = stack
+        .post(
+            &format!("/api/v1/conversations/{id}/read"),
+            &json!({"seq": 1}),
+            Some(&ben.access_token),
+        )
+        .await;
+    assert!(read.status().is_success(), "{}", read.status());
+    let receipt = loop {
+        match next_event(&mut ben_inbox).await {
+            Some(Event::ReceiptUpdated(receipt)) => break receipt,
+            Some(Event::MembershipChanged(_)) => {}
+            other => panic!("not on Ben's subject: {other:?}"),
+        }
+    };
+    assert_eq!(receipt.user_id, ben.user_id);
+}

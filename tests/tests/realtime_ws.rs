@@ -421,3 +421,79 @@ async fn a_silent_client_is_closed_as_idle() {
     tokio::time::sleep(std::time::Duration::from_secs(4)).await;
     assert_eq!(client.closed().await, Some(1001));
 }
+
+#[tokio::test]
+async fn a_group_reaches_members_who_join_while_connected_and_not_those_who_left() {
+    let stack = Stack::start().await;
+    let second = stack.another_bff().await;
+    let ana = stack.signed_up("ana").await;
+    let ben = stack.signed_up("ben").await;
+    let cat = stack.signed_up("cat").await;
+    let dan = stack.signed_up("dan").await;
+    // Three members: its new messages go out once per gateway, on the group's subject.
+    let group = stack.group(&ana, &[&ben, &cat]).await;
+    let mut ben_ws = stack.ws(&ben, &json!({})).await;
+    let mut cat_ws = WsClient::ready(second, &cat.access_token, &json!({})).await;
+    let mut dan_ws = stack.ws(&dan, &json!({})).await;
+    stack.send(&ana, &group, "g1", "one").await;
+    assert_eq!(message_seqs(&mut ben_ws, &group, 1).await, [1]);
+    assert_eq!(message_seqs(&mut cat_ws, &group, 1).await, [1]);
+
+    // Dan joins while connected. The messages sent at once, while his gateway may still be
+    // subscribing to the group, reach him all the same, in order.
+    let added = stack
+        .post(
+            &format!("/api/v1/conversations/{group}/members"),
+            &json!({"user_id": dan.user_id}),
+            Some(&ana.access_token),
+        )
+        .await;
+    assert_eq!(added.status(), 204);
+    for n in 2..=6 {
+        stack.send(&ana, &group, &format!("g{n}"), "x").await;
+    }
+    assert_eq!(
+        dan_ws.frame_of("conversation").await["conversation"]["id"],
+        group.as_str()
+    );
+    assert_eq!(
+        message_seqs(&mut dan_ws, &group, 5).await,
+        (2..=6).collect::<Vec<u64>>()
+    );
+
+    assert_eq!(
+        message_seqs(&mut cat_ws, &group, 5).await,
+        (2..=6).collect::<Vec<u64>>()
+    );
+
+    // Cat leaves: the group's messages no longer reach her, and still reach Ben.
+    let left = stack
+        .delete(
+            &format!("/api/v1/conversations/{group}/members/{}", cat.user_id),
+            &cat.access_token,
+        )
+        .await;
+    assert_eq!(left.status(), 204);
+    assert_eq!(
+        cat_ws.frame_of("conversation").await["conversation"]["id"],
+        group.as_str()
+    );
+    stack.send(&ana, &group, "g7", "after").await;
+    assert_eq!(
+        message_seqs(&mut ben_ws, &group, 6).await,
+        (2..=7).collect::<Vec<u64>>()
+    );
+    assert_eq!(message_seqs(&mut dan_ws, &group, 1).await, [7]);
+    let direct = stack
+        .post(
+            "/api/v1/conversations",
+            &json!({"kind": "direct", "member_ids": [cat.user_id]}),
+            Some(&ana.access_token),
+        )
+        .await;
+    let direct: Value = direct.json().await.unwrap();
+    let direct = direct["id"].as_str().unwrap();
+    stack.send(&ana, direct, "d1", "only this").await;
+    let next = cat_ws.frame_of("message").await;
+    assert_eq!(next["conversation_id"], direct, "not the group's: {next}");
+}

@@ -136,6 +136,16 @@ impl Feed {
                 seq,
                 frame,
             } => (conversation_id, *seq, frame),
+            LiveEvent::Joining {
+                conversation_id,
+                seq,
+            } => {
+                self.joining(conversation_id, *seq);
+                return Ok(Vec::new());
+            }
+            LiveEvent::Joined { conversation_id } => {
+                return Box::pin(self.joined(state, conversation_id)).await;
+            }
         };
         let mut frames = Vec::new();
         match self.last.get(conversation_id).copied() {
@@ -158,6 +168,35 @@ impl Feed {
                 self.take_in_order(conversation_id, &mut frames);
             }
         }
+        Ok(frames)
+    }
+
+    /// The user joined `conversation_id` when its last message was `seq`: unless a position
+    /// is known, the group starts there, so a later message after a gap is not taken as
+    /// the first.
+    fn joining(&mut self, conversation_id: &str, seq: u64) {
+        if !self.last.contains_key(conversation_id) {
+            self.last.insert(conversation_id.to_owned(), seq);
+        }
+    }
+
+    /// A group's subject is subscribed: what passed by since the user joined, from history,
+    /// then what was held after it. Left again meanwhile, there is nothing to read.
+    async fn joined(
+        &mut self,
+        state: &AppState,
+        conversation_id: &str,
+    ) -> Result<Vec<Utf8Bytes>, ApiError> {
+        let mut frames = Vec::new();
+        let after = self.last.get(conversation_id).copied().unwrap_or(0);
+        match self
+            .catch_up(state, conversation_id, after, &mut frames)
+            .await
+        {
+            Err(error) if error.status() == axum::http::StatusCode::NOT_FOUND => {}
+            read => read?,
+        }
+        self.take_in_order(conversation_id, &mut frames);
         Ok(frames)
     }
 
@@ -331,6 +370,20 @@ mod tests {
         feed.take_in_order("c", &mut out);
         assert_eq!(out.last(), Some(&frame(6)));
         assert!(feed.held_until().is_none(), "nothing left");
+    }
+
+    #[test]
+    fn a_group_joined_starts_where_it_was_and_a_known_position_stays() {
+        let mut feed = Feed::new("u".into(), Api::V1);
+        feed.last.insert("known".into(), 9);
+        feed.joining("c", 5);
+        feed.joining("known", 3);
+        assert_eq!(
+            feed.positions()["c"],
+            5,
+            "a message after 6 now shows a gap"
+        );
+        assert_eq!(feed.positions()["known"], 9);
     }
 
     #[tokio::test]

@@ -1,18 +1,24 @@
 //! The gateway's side of delivery: one core NATS subscription to `deliver.<user_id>` per
-//! connected user, however many devices they have here, on the gateway's delivery
+//! connected user, however many devices they have here, and one to
+//! `deliver.conversation.<id>` per group with a member connected here (a group's new
+//! messages come once per gateway, naming their recipients), on the gateway's delivery
 //! [`Link`], dispatched to a bounded queue per connection. Each event is rendered to a
 //! frame once per gateway, then shared by every recipient and connection here.
+//!
+//! A user's groups are read from svc-chat when the user's first connection registers;
+//! groups joined or left later come as membership events on the user's subject.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
-        Arc, Mutex as StdMutex,
+        Arc, Mutex as StdMutex, Weak,
         atomic::{AtomicU64, Ordering},
     },
     time::Instant,
 };
 
 use axum::extract::ws::Utf8Bytes;
+use futures::future::BoxFuture;
 use prost::Message as _;
 use tertulia_plumbing::{
     config::NatsConfig,
@@ -29,7 +35,7 @@ use tertulia_proto::{
     events::v1::{Delivery, delivery::Event},
     subjects,
 };
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc, watch};
 
 use super::{
     Api, RealtimeConfig, frames,
@@ -51,6 +57,20 @@ pub enum LiveEvent {
     },
     /// Anything else, delivered as it comes.
     Other(Utf8Bytes),
+    /// The user joined a group whose last message then was `seq`, and the group's subject
+    /// is being subscribed here: its later messages start from there.
+    Joining {
+        /// The group.
+        conversation_id: String,
+        /// Its last `seq` when the user joined.
+        seq: u64,
+    },
+    /// The group's subject is subscribed: messages that passed by before are read from
+    /// history.
+    Joined {
+        /// The group.
+        conversation_id: String,
+    },
 }
 
 /// Renders a delivery into the frame clients of `api` receive; `None` for events they do
@@ -157,7 +177,8 @@ struct GapLabels {
 }
 
 /// What the gateway's real-time side measures: `tertulia_realtime_connections{transport, api}`,
-/// `tertulia_realtime_users` (users with a subscription here),
+/// `tertulia_realtime_users` (users with a subscription here), `tertulia_realtime_groups`
+/// (groups with a subscription here),
 /// `tertulia_realtime_queue_depth` (events waiting in a connection's queue, observed at each
 /// enqueue), `tertulia_realtime_slow_consumer_disconnects_total{transport, reason}` and
 /// `tertulia_realtime_gaps_total{outcome}` (a message held back after a gap, `held`; a gap
@@ -166,6 +187,7 @@ struct GapLabels {
 pub struct RealtimeMetrics {
     connections: Family<ConnectionLabels, Gauge>,
     users: Gauge,
+    groups: Gauge,
     queue_depth: Histogram,
     slow: Family<SlowLabels, Counter>,
     gaps: Family<GapLabels, Counter>,
@@ -178,6 +200,7 @@ impl RealtimeMetrics {
         let metrics = Self {
             connections: Family::default(),
             users: Gauge::default(),
+            groups: Gauge::default(),
             queue_depth: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             slow: Family::default(),
             gaps: Family::default(),
@@ -204,6 +227,11 @@ impl RealtimeMetrics {
             "tertulia_realtime_users",
             "Users with a delivery subscription on this gateway",
             metrics.users.clone(),
+        );
+        registry.register(
+            "tertulia_realtime_groups",
+            "Groups whose delivery subject is subscribed on this gateway",
+            metrics.groups.clone(),
         );
         registry.register(
             "tertulia_realtime_queue_depth",
@@ -257,17 +285,81 @@ struct Connection {
 }
 
 /// A user's connections on this gateway, by connection id.
-#[derive(Debug, Default)]
-pub struct UserConnections(StdMutex<HashMap<u64, Connection>>);
+#[derive(Debug)]
+pub struct UserConnections {
+    /// Shared with the hub's table of users and the groups' tables of members.
+    user_id: Arc<str>,
+    connections: StdMutex<HashMap<u64, Connection>>,
+}
 
 type Connections = Arc<UserConnections>;
+
+impl UserConnections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Connection>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues `event` (with no trace of its own) on every connection.
+    fn notify(&self, event: LiveEvent, metrics: &RealtimeMetrics) {
+        let queued = Queued {
+            event: Arc::new(event),
+            traceparent: None,
+        };
+        for connection in self.lock().values() {
+            connection.offer(queued.clone(), metrics);
+        }
+    }
+}
+
+/// A group's members connected to this gateway, by user id.
+#[derive(Debug, Default)]
+pub struct GroupMembers(StdMutex<HashMap<Arc<str>, Connections>>);
+
+impl GroupMembers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Connections>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What one delivery subscription feeds.
+#[derive(Debug)]
+pub enum Target {
+    /// `deliver.<user_id>`: every event for one user.
+    User(Connections),
+    /// `deliver.conversation.<conversation_id>`: a group's new messages, for those of its
+    /// members connected here whom the message names.
+    Group(Arc<GroupMembers>),
+}
 
 #[derive(Debug)]
 struct UserSlot {
     connections: Connections,
     /// Dropping it unsubscribes.
-    _subscription: Subscription<UserConnections>,
+    _subscription: Subscription<Target>,
     frames: Arc<StdMutex<TokenBucket>>,
+    /// The groups whose subjects this user is subscribed to here (a few: a list).
+    groups: Vec<String>,
+    /// While the user's groups are being subscribed: true once they are, closed if that
+    /// failed. `None` once they are (a channel per user would cost memory for nothing).
+    ready: Option<watch::Receiver<bool>>,
+}
+
+#[derive(Debug)]
+struct GroupSlot {
+    members: Arc<GroupMembers>,
+    /// Dropping it unsubscribes.
+    _subscription: Subscription<Target>,
+}
+
+/// The users connected here and the groups subscribed for them.
+#[derive(Debug, Default)]
+struct Local {
+    users: HashMap<Arc<str>, UserSlot>,
+    groups: HashMap<String, GroupSlot>,
 }
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
@@ -306,17 +398,48 @@ impl TokenBucket {
     }
 }
 
-/// Subscriptions of the users connected to this gateway.
+/// Where a registering connection stands with its user's groups.
+enum Groups {
+    /// Subscribed already.
+    Ready,
+    /// The user's first connection: it subscribes them, and tells the others.
+    Subscribe(watch::Sender<bool>),
+    /// Another connection is subscribing them.
+    Wait(watch::Receiver<bool>),
+}
+
+/// Reads the ids of a user's group conversations (from svc-chat).
+pub type GroupsOf =
+    Box<dyn Fn(String) -> BoxFuture<'static, Result<Vec<String>, String>> + Send + Sync>;
+
+/// A connected user joined or left a group: its subject is subscribed or let go here.
 #[derive(Debug)]
+struct GroupChange {
+    user_id: String,
+    conversation_id: String,
+    /// The group's last `seq` when the user joined; `None`: the user left.
+    joined_after: Option<u64>,
+}
+
+/// Subscriptions of the users connected to this gateway, and of their groups.
 pub struct DeliveryHub {
     nats: Nats,
-    link: Link<UserConnections>,
-    users: Mutex<HashMap<String, UserSlot>>,
+    link: Link<Target>,
+    local: Mutex<Local>,
+    groups_of: GroupsOf,
     queue: usize,
     next_id: AtomicU64,
     frames_per_second: u32,
     frame_burst: u32,
     metrics: RealtimeMetrics,
+}
+
+impl std::fmt::Debug for DeliveryHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryHub")
+            .field("link", &self.link)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The NATS subscription could not be made.
@@ -361,36 +484,48 @@ impl Drop for Registration {
 
 impl DeliveryHub {
     /// A hub whose subscriptions are made on a [`Link`] of its own to the servers of
-    /// `config` (namespaced by `nats`), with the queue and frame budget of `realtime`.
+    /// `config` (namespaced by `nats`), with the queue and frame budget of `realtime`;
+    /// `groups_of` reads the groups of a user who connects.
     pub async fn connect(
         nats: Nats,
         config: &NatsConfig,
         realtime: &RealtimeConfig,
         metrics: RealtimeMetrics,
+        groups_of: GroupsOf,
     ) -> Result<Arc<Self>, LinkError> {
         let renders = Arc::new(RenderCache::default());
+        let (to_follow, changed) = mpsc::unbounded_channel();
         let handler = {
             let (renders, metrics) = (Arc::clone(&renders), metrics.clone());
-            Box::new(move |connections: &UserConnections, message: Inbound| {
-                dispatch(connections, message, &renders, &metrics);
+            Box::new(move |target: &Target, message: Inbound| match target {
+                Target::User(connections) => {
+                    if let Some(change) = dispatch(connections, message, &renders, &metrics) {
+                        // The hub is gone only when the gateway stops.
+                        let _ = to_follow.send(change);
+                    }
+                }
+                Target::Group(members) => dispatch_group(members, message, &renders, &metrics),
             })
         };
         let link = Link::connect(config, "svc-bff deliveries", handler).await?;
-        Ok(Arc::new(Self {
+        let hub = Arc::new(Self {
             metrics,
             nats,
             link,
-            users: Mutex::new(HashMap::new()),
+            local: Mutex::new(Local::default()),
+            groups_of,
             queue: realtime.outbound_queue.max(1),
             next_id: AtomicU64::new(1),
             frames_per_second: realtime.frames_per_second,
             frame_burst: realtime.frame_burst,
-        }))
+        });
+        tokio::spawn(Self::follow_groups(Arc::downgrade(&hub), changed));
+        Ok(hub)
     }
 
-    /// Registers a connection of `user_id`. When this returns, the user's subscription is
-    /// active on the server, so anything published from now on reaches the connection:
-    /// history read after this call cannot miss an event.
+    /// Registers a connection of `user_id`. When this returns, the user's subscription and
+    /// those of the user's groups are active on the server, so anything published from now
+    /// on reaches the connection: history read after this call cannot miss an event.
     pub async fn register(
         self: &Arc<Self>,
         user_id: &str,
@@ -406,18 +541,21 @@ impl DeliveryHub {
             api,
             transport,
         };
-        let mut users = self.users.lock().await;
-        let frames = if let Some(slot) = users.get(user_id) {
-            lock(&slot.connections).insert(id, connection);
-            Arc::clone(&slot.frames)
+        let mut local = self.local.lock().await;
+        let (frames, groups) = if let Some(slot) = local.users.get(user_id) {
+            slot.connections.lock().insert(id, connection);
+            let groups = slot.ready.clone().map_or(Groups::Ready, Groups::Wait);
+            (Arc::clone(&slot.frames), groups)
         } else {
             let subject = self.nats.subject(&subjects::deliver(user_id));
-            let connections: Connections = Arc::default();
-            lock(&connections).insert(id, connection);
+            let connections = Arc::new(UserConnections {
+                user_id: user_id.into(),
+                connections: StdMutex::new(HashMap::from([(id, connection)])),
+            });
             // Returns once the server has the subscription.
             let subscription = self
                 .link
-                .subscribe(&subject, Arc::clone(&connections))
+                .subscribe(&subject, Arc::new(Target::User(Arc::clone(&connections))))
                 .await
                 .map_err(|e| SubscribeError(e.to_string()))?;
             tracing::debug!(message = "Subscribed to deliveries.", user_id);
@@ -425,17 +563,38 @@ impl DeliveryHub {
                 self.frames_per_second,
                 self.frame_burst,
             )));
-            users.insert(
-                user_id.to_owned(),
+            let (subscribed, ready) = watch::channel(false);
+            local.users.insert(
+                Arc::clone(&connections.user_id),
                 UserSlot {
                     connections,
                     _subscription: subscription,
                     frames: Arc::clone(&frames),
+                    groups: Vec::new(),
+                    ready: Some(ready),
                 },
             );
             self.metrics.users.inc();
-            frames
+            (frames, Groups::Subscribe(subscribed))
         };
+        drop(local);
+        // Whoever subscribed the user subscribes the groups; other connections wait for it.
+        // Groups joined meanwhile come as membership events on the user's subject.
+        let groups = match groups {
+            Groups::Ready => Ok(()),
+            Groups::Subscribe(subscribed) => self.subscribe_groups(user_id).await.map(|()| {
+                subscribed.send_replace(true);
+            }),
+            Groups::Wait(mut ready) => ready
+                .wait_for(|ready| *ready)
+                .await
+                .map(|_| ())
+                .map_err(|_| SubscribeError("the user's groups were not subscribed".into())),
+        };
+        if let Err(error) = groups {
+            self.unregister(user_id, id).await;
+            return Err(error);
+        }
         let open = self
             .metrics
             .connections
@@ -459,20 +618,161 @@ impl DeliveryHub {
         })
     }
 
-    async fn unregister(&self, user_id: &str, id: u64) {
-        let mut users = self.users.lock().await;
-        let Some(slot) = users.get(user_id) else {
+    /// Subscribes the subjects of `user_id`'s groups that are not subscribed here yet.
+    async fn subscribe_groups(&self, user_id: &str) -> Result<(), SubscribeError> {
+        let groups = (self.groups_of)(user_id.to_owned())
+            .await
+            .map_err(SubscribeError)?;
+        let mut local = self.local.lock().await;
+        for conversation_id in groups {
+            self.join(&mut local, user_id, conversation_id).await?;
+        }
+        if let Some(user) = local.users.get_mut(user_id) {
+            user.ready = None;
+        }
+        Ok(())
+    }
+
+    /// Adds `user_id` (connected here) to the members of `conversation_id` here, subscribing
+    /// its subject if it is the group's first. False when there was nothing to do.
+    async fn join(
+        &self,
+        local: &mut Local,
+        user_id: &str,
+        conversation_id: String,
+    ) -> Result<bool, SubscribeError> {
+        let Some(user) = local.users.get_mut(user_id) else {
+            return Ok(false);
+        };
+        if user.groups.contains(&conversation_id) {
+            return Ok(false);
+        }
+        let connections = Arc::clone(&user.connections);
+        let member = Arc::clone(&connections.user_id);
+        if let Some(group) = local.groups.get(&conversation_id) {
+            group.members.lock().insert(member, connections);
+        } else {
+            let members = Arc::new(GroupMembers::default());
+            members.lock().insert(member, connections);
+            let subject = self
+                .nats
+                .subject(&subjects::deliver_conversation(&conversation_id));
+            let subscription = self
+                .link
+                .subscribe(&subject, Arc::new(Target::Group(Arc::clone(&members))))
+                .await
+                .map_err(|e| SubscribeError(e.to_string()))?;
+            local.groups.insert(
+                conversation_id.clone(),
+                GroupSlot {
+                    members,
+                    _subscription: subscription,
+                },
+            );
+            self.metrics.groups.inc();
+        }
+        if let Some(user) = local.users.get_mut(user_id) {
+            user.groups.push(conversation_id);
+        }
+        Ok(true)
+    }
+
+    /// Takes `user_id` out of the members of `conversation_id` here, letting its subject go
+    /// if nobody is left.
+    fn leave(&self, local: &mut Local, user_id: &str, conversation_id: &str) {
+        let Some(group) = local.groups.get(conversation_id) else {
             return;
         };
         let empty = {
-            let mut connections = lock(&slot.connections);
+            let mut members = group.members.lock();
+            members.remove(user_id);
+            members.is_empty()
+        };
+        if empty && local.groups.remove(conversation_id).is_some() {
+            // Dropping the slot unsubscribed.
+            self.metrics.groups.dec();
+        }
+    }
+
+    /// Follows the groups connected users join and leave, one change at a time.
+    async fn follow_groups(hub: Weak<Self>, mut changed: mpsc::UnboundedReceiver<GroupChange>) {
+        while let Some(change) = changed.recv().await {
+            let Some(hub) = hub.upgrade() else {
+                return;
+            };
+            hub.change_groups(change).await;
+        }
+    }
+
+    /// A connected user joined a group: until its subject is subscribed here, the group's
+    /// messages may pass by, so the user's connections are first told where the group was
+    /// when the user joined (a later message shows a gap, filled from history), and once it
+    /// is subscribed, to read anything they missed in between.
+    async fn change_groups(&self, change: GroupChange) {
+        let GroupChange {
+            user_id,
+            conversation_id,
+            joined_after,
+        } = change;
+        let mut local = self.local.lock().await;
+        let Some(after) = joined_after else {
+            if let Some(user) = local.users.get_mut(user_id.as_str()) {
+                user.groups.retain(|group| *group != conversation_id);
+            }
+            self.leave(&mut local, &user_id, &conversation_id);
+            return;
+        };
+        let Some(connections) = local
+            .users
+            .get(user_id.as_str())
+            .filter(|user| !user.groups.contains(&conversation_id))
+            .map(|user| Arc::clone(&user.connections))
+        else {
+            return;
+        };
+        connections.notify(
+            LiveEvent::Joining {
+                conversation_id: conversation_id.clone(),
+                seq: after,
+            },
+            &self.metrics,
+        );
+        match self
+            .join(&mut local, &user_id, conversation_id.clone())
+            .await
+        {
+            Ok(_) => connections.notify(LiveEvent::Joined { conversation_id }, &self.metrics),
+            Err(error) => {
+                // The connections cannot receive the group's messages: they end, and the
+                // clients resume.
+                tracing::warn!(message = "Cannot subscribe to a group.", %error, user_id);
+                for connection in connections.lock().values() {
+                    connection.too_slow.cancel();
+                }
+            }
+        }
+    }
+
+    async fn unregister(&self, user_id: &str, id: u64) {
+        let mut local = self.local.lock().await;
+        let Some(slot) = local.users.get(user_id) else {
+            return;
+        };
+        let empty = {
+            let mut connections = slot.connections.lock();
             connections.remove(&id);
             connections.is_empty()
         };
-        if empty && users.remove(user_id).is_some() {
+        if !empty {
+            return;
+        }
+        if let Some(slot) = local.users.remove(user_id) {
             // Dropping the slot unsubscribed.
             tracing::debug!(message = "Unsubscribed from deliveries.", user_id);
             self.metrics.users.dec();
+            for conversation_id in &slot.groups {
+                self.leave(&mut local, user_id, conversation_id);
+            }
         }
     }
 
@@ -495,15 +795,31 @@ impl DeliveryHub {
 
     /// Users with at least one connection here.
     pub async fn connected_users(&self) -> usize {
-        self.users.lock().await.len()
+        self.local.lock().await.users.len()
     }
 }
 
-fn lock(connections: &UserConnections) -> std::sync::MutexGuard<'_, HashMap<u64, Connection>> {
-    connections
-        .0
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+impl Connection {
+    /// Queues `queued`. A full queue means the client is not keeping up: it is told to go
+    /// (1013) rather than buffered forever.
+    fn offer(&self, queued: Queued, metrics: &RealtimeMetrics) {
+        match self.queue.try_send(queued) {
+            Ok(queued) => {
+                #[expect(
+                    clippy::cast_precision_loss,
+                    reason = "queues hold far fewer than 2^52"
+                )]
+                metrics.queue_depth.observe(queued as f64);
+            }
+            Err(Refused::Full) => {
+                if !self.too_slow.is_cancelled() {
+                    metrics.slow_consumer(self.transport, "queue_full");
+                }
+                self.too_slow.cancel();
+            }
+            Err(Refused::Closed) => {}
+        }
+    }
 }
 
 /// Rendered frames by event id, so an event delivered to many users on this gateway is turned
@@ -565,58 +881,131 @@ fn event_id(delivery: &Delivery) -> Option<String> {
     Some(id.clone()).filter(|id| !id.is_empty())
 }
 
-/// Offers a delivery to every connection of its user. A full queue means the client is not
-/// keeping up: it is told to go (1013) rather than buffered forever.
+/// The delivery in `message`, or `None` (logged) when it cannot be decoded.
+fn decode(message: Inbound) -> Option<Delivery> {
+    let subject = message.subject;
+    Delivery::decode(message.payload)
+        .inspect_err(|_| tracing::warn!(message = "Undecodable delivery dropped.", %subject))
+        .ok()
+}
+
+/// The gateway's consumer span for `message`, received on a subject of `template`.
+fn consumer_span(template: &str, message: &Inbound) -> (tracing::Span, Option<Arc<str>>) {
+    let span = telemetry::consumer_span(
+        template,
+        &message.subject,
+        "gateway",
+        telemetry::nats_traceparent(message.headers.as_ref()),
+    );
+    let traceparent = telemetry::traceparent(&span).map(Arc::from);
+    (span, traceparent)
+}
+
+/// A delivery's renderings, at most one per version, shared by all its recipients here.
+type Rendered = [Option<Option<Arc<LiveEvent>>>; Api::ALL.len()];
+
+impl UserConnections {
+    /// Offers `delivery` to every connection of this user, rendered only for the versions
+    /// connected here.
+    fn offer(
+        &self,
+        delivery: &Delivery,
+        traceparent: Option<&Arc<str>>,
+        rendered: &mut Rendered,
+        cache: &RenderCache,
+        metrics: &RealtimeMetrics,
+    ) {
+        for connection in self.lock().values() {
+            let event = rendered[connection.api.index()]
+                .get_or_insert_with(|| cache.render(delivery, connection.api));
+            let Some(event) = event else { continue };
+            let queued = Queued {
+                event: Arc::clone(event),
+                traceparent: traceparent.cloned(),
+            };
+            connection.offer(queued, metrics);
+        }
+    }
+}
+
+/// Offers a delivery on a user's subject to every connection of the user. A membership
+/// change of a group comes back as the change it makes to the user's groups here.
 fn dispatch(
     connections: &UserConnections,
     message: Inbound,
     cache: &RenderCache,
     metrics: &RealtimeMetrics,
-) {
-    let span = telemetry::consumer_span(
-        subjects::DELIVER_TEMPLATE,
-        &message.subject,
-        "gateway",
-        telemetry::nats_traceparent(message.headers.as_ref()),
-    );
-    let traceparent: Option<Arc<str>> = telemetry::traceparent(&span).map(Arc::from);
+) -> Option<GroupChange> {
+    let (span, traceparent) = consumer_span(subjects::DELIVER_TEMPLATE, &message);
     let _entered = span.enter();
-    let Ok(delivery) = Delivery::decode(message.payload) else {
-        tracing::warn!(message = "Undecodable delivery dropped.", subject = %message.subject);
+    let delivery = decode(message)?;
+    let mut rendered = Rendered::default();
+    connections.offer(
+        &delivery,
+        traceparent.as_ref(),
+        &mut rendered,
+        cache,
+        metrics,
+    );
+    group_change(&connections.user_id, &delivery)
+}
+
+/// Offers a message on a group's subject to the members connected here whom it names.
+fn dispatch_group(
+    members: &GroupMembers,
+    message: Inbound,
+    cache: &RenderCache,
+    metrics: &RealtimeMetrics,
+) {
+    let (span, traceparent) = consumer_span(subjects::DELIVER_CONVERSATION_TEMPLATE, &message);
+    let _entered = span.enter();
+    let Some(delivery) = decode(message) else {
         return;
     };
-    // Rendered at most once per version, and only for versions connected here.
-    let mut rendered: [Option<Option<Arc<LiveEvent>>>; Api::ALL.len()] = Default::default();
-    for connection in lock(connections).values() {
-        let event = rendered[connection.api.index()]
-            .get_or_insert_with(|| cache.render(&delivery, connection.api));
-        let Some(event) = event else { continue };
-        let queued = Queued {
-            event: Arc::clone(event),
-            traceparent: traceparent.clone(),
-        };
-        match connection.queue.try_send(queued) {
-            Ok(queued) => {
-                #[expect(
-                    clippy::cast_precision_loss,
-                    reason = "queues hold far fewer than 2^52"
-                )]
-                metrics.queue_depth.observe(queued as f64);
-            }
-            Err(Refused::Full) => {
-                if !connection.too_slow.is_cancelled() {
-                    metrics.slow_consumer(connection.transport, "queue_full");
-                }
-                connection.too_slow.cancel();
-            }
-            Err(Refused::Closed) => {}
+    let Some(Event::MessageCreated(created)) = &delivery.event else {
+        tracing::warn!(message = "Only new messages go to a group's subject; dropped.");
+        return;
+    };
+    let recipients: HashSet<&str> = created.recipient_ids.iter().map(String::as_str).collect();
+    let mut rendered = Rendered::default();
+    for (user_id, connections) in members.lock().iter() {
+        if recipients.contains(&**user_id) {
+            connections.offer(
+                &delivery,
+                traceparent.as_ref(),
+                &mut rendered,
+                cache,
+                metrics,
+            );
         }
     }
 }
 
+/// How a membership change of a group changes `user_id`'s groups: joined (or still a
+/// member), or left.
+fn group_change(user_id: &str, delivery: &Delivery) -> Option<GroupChange> {
+    let Some(Event::MembershipChanged(changed)) = &delivery.event else {
+        return None;
+    };
+    let group = changed.conversation.as_ref()?;
+    if group.kind() != chat_v1::ConversationKind::Group {
+        return None;
+    }
+    let member = group.member_ids.iter().any(|id| id == user_id);
+    let removed = changed.removed_user_ids.iter().any(|id| id == user_id);
+    (member || removed).then(|| GroupChange {
+        user_id: user_id.to_owned(),
+        conversation_id: group.conversation_id.clone(),
+        joined_after: member.then_some(group.last_seq),
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use tertulia_proto::{chat::v1 as chat, events::v1::MessageCreated};
+    use tertulia_proto::{
+        chat::v1 as chat,
+        events::v1::{MembershipChanged, MessageCreated},
+    };
 
     use super::*;
 
@@ -633,6 +1022,86 @@ mod tests {
                 recipient_ids: Vec::new(),
             })),
         }
+    }
+
+    /// A user with one connection here, and the connection's queue.
+    fn connected(user_id: &str) -> (Connections, queue::Receiver) {
+        let (queue, events) = queue::bounded(8);
+        let connection = Connection {
+            queue,
+            too_slow: Shutdown::new(),
+            api: Api::V1,
+            transport: "ws",
+        };
+        let connections = Arc::new(UserConnections {
+            user_id: user_id.into(),
+            connections: StdMutex::new(HashMap::from([(1, connection)])),
+        });
+        (connections, events)
+    }
+
+    fn metrics() -> RealtimeMetrics {
+        RealtimeMetrics::new(&mut Registry::default())
+    }
+
+    #[test]
+    fn a_groups_message_reaches_only_the_members_connected_here_whom_it_names() {
+        let (ana, mut ana_events) = connected("ana");
+        let (cat, mut cat_events) = connected("cat");
+        let members = GroupMembers::default();
+        members.lock().insert("ana".into(), ana);
+        members.lock().insert("cat".into(), cat);
+        let mut delivery = created("e1", 1);
+        if let Some(Event::MessageCreated(created)) = &mut delivery.event {
+            created.recipient_ids = vec!["ana".into(), "ben".into()];
+        }
+        let inbound = Inbound {
+            subject: "deliver.conversation.c".into(),
+            headers: None,
+            payload: delivery.encode_to_vec().into(),
+        };
+        dispatch_group(&members, inbound, &RenderCache::default(), &metrics());
+        let queued = ana_events.try_recv().expect("Ana is named");
+        assert!(matches!(&*queued.event, LiveEvent::Message { seq: 1, .. }));
+        assert!(ana_events.try_recv().is_none(), "once");
+        assert!(
+            cat_events.try_recv().is_none(),
+            "Cat is not named (she left)"
+        );
+    }
+
+    #[test]
+    fn a_groups_membership_changes_which_groups_a_user_follows() {
+        let changed = |kind: chat_v1::ConversationKind, members: &[&str], removed: &[&str]| {
+            let conversation = chat_v1::Conversation {
+                conversation_id: "c".into(),
+                kind: kind.into(),
+                member_ids: members.iter().map(|m| (*m).to_owned()).collect(),
+                last_seq: 7,
+                ..Default::default()
+            };
+            Delivery {
+                event: Some(Event::MembershipChanged(MembershipChanged {
+                    conversation: Some(conversation),
+                    removed_user_ids: removed.iter().map(|m| (*m).to_owned()).collect(),
+                    ..Default::default()
+                })),
+            }
+        };
+        let group = chat_v1::ConversationKind::Group;
+        let joined = group_change("dan", &changed(group, &["ana", "dan"], &[])).unwrap();
+        assert_eq!(joined.conversation_id, "c");
+        assert_eq!(
+            joined.joined_after,
+            Some(7),
+            "from the group's last message then"
+        );
+        let left = group_change("dan", &changed(group, &["ana"], &["dan"])).unwrap();
+        assert_eq!(left.joined_after, None);
+        assert!(group_change("eve", &changed(group, &["ana"], &["dan"])).is_none());
+        let direct = chat_v1::ConversationKind::Direct;
+        assert!(group_change("dan", &changed(direct, &["ana", "dan"], &[])).is_none());
+        assert!(group_change("dan", &created("e1", 1)).is_none());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Real-time delivery to connected clients.
 //!
 //! - [`hub`]: one core NATS subscription to `deliver.<user_id>` per connected user on this
-//!   gateway, fanned into a bounded queue per connection.
+//!   gateway, and one per group with a member connected here, fanned into a bounded queue
+//!   per connection.
 //! - [`feed`]: per connection and conversation, the last `seq` delivered; resume from history,
 //!   drop duplicates, put messages that arrive out of order back in order (a short wait) or
 //!   fill gaps from history, so a client never sees a hole or a reordering.
@@ -28,7 +29,8 @@ use std::{collections::HashMap, time::Duration};
 use axum::extract::ws::Utf8Bytes;
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::Deserialize;
-use tertulia_plumbing::telemetry;
+use tertulia_plumbing::{client::with_deadline, telemetry, telemetry::Upstream as Channel};
+use tertulia_proto::chat::v1::{self as chat_pb, chat_service_client::ChatServiceClient};
 use tracing::Span;
 
 pub use crate::versions::Api;
@@ -146,6 +148,22 @@ pub fn write_span(transport: &'static str, traceparent: Option<&str>) -> Span {
     );
     telemetry::follow(&span, traceparent);
     span
+}
+
+/// The hub's way to read a connecting user's groups: svc-chat's `ListGroups`, within
+/// `deadline`.
+#[must_use]
+pub fn groups_of(chat: ChatServiceClient<Channel>, deadline: Duration) -> hub::GroupsOf {
+    Box::new(move |actor_id| {
+        let mut chat = chat.clone();
+        Box::pin(async move {
+            let request = chat_pb::ListGroupsRequest { actor_id };
+            chat.list_groups(with_deadline(request, deadline))
+                .await
+                .map(|groups| groups.into_inner().conversation_ids)
+                .map_err(|status| format!("cannot read the user's groups: {}", status.message()))
+        })
+    })
 }
 
 /// Registers `user_id` with the hub and only then reads the history after `resume`: in this

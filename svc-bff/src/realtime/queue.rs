@@ -158,7 +158,7 @@ mod tests {
     fn seq(queued: &Queued) -> u64 {
         match &*queued.event {
             LiveEvent::Message { seq, .. } => *seq,
-            other @ LiveEvent::Other(_) => panic!("a message, not {other:?}"),
+            other => panic!("a message, not {other:?}"),
         }
     }
 

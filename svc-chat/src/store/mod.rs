@@ -841,6 +841,20 @@ impl ChatStore {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    /// Ids of the group conversations `user_id` is a member of.
+    pub async fn group_ids(&self, user_id: Uuid) -> Result<Vec<Uuid>, DbError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT m.conversation_id FROM members m \
+                 JOIN conversations c ON c.conversation_id = m.conversation_id \
+                 WHERE m.user_id = $1 AND c.kind = 'group'",
+            )
+            .await?;
+        let rows = client.query(&statement, &[&user_id]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// Begins a transaction and claims in it unpublished outbox rows, oldest first, as
     /// [`Claim`] says: skipping rows another claim holds, rows the handoff holds, and rows
     /// handed over to another relay that are not late yet (that relay publishes them).
