@@ -432,11 +432,14 @@ async fn a_group_reaches_members_who_join_while_connected_and_not_those_who_left
     let dan = stack.signed_up("dan").await;
     // Three members: its new messages go out once per gateway, on the group's subject.
     let group = stack.group(&ana, &[&ben, &cat]).await;
-    let mut ben_ws = stack.ws(&ben, &json!({})).await;
+    // Two of Ben's devices at once: one subscribes his groups, the other waits for it.
+    let fresh = json!({});
+    let (mut ben_ws, mut ben_laptop) = tokio::join!(stack.ws(&ben, &fresh), stack.ws(&ben, &fresh));
     let mut cat_ws = WsClient::ready(second, &cat.access_token, &json!({})).await;
     let mut dan_ws = stack.ws(&dan, &json!({})).await;
     stack.send(&ana, &group, "g1", "one").await;
     assert_eq!(message_seqs(&mut ben_ws, &group, 1).await, [1]);
+    assert_eq!(message_seqs(&mut ben_laptop, &group, 1).await, [1]);
     assert_eq!(message_seqs(&mut cat_ws, &group, 1).await, [1]);
 
     // Dan joins while connected. The messages sent at once, while his gateway may still be

@@ -35,7 +35,7 @@ use tertulia_proto::{
     events::v1::{Delivery, delivery::Event},
     subjects,
 };
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{Mutex, Notify, mpsc};
 
 use super::{
     Api, RealtimeConfig, frames,
@@ -343,9 +343,19 @@ struct UserSlot {
     frames: Arc<StdMutex<TokenBucket>>,
     /// The groups whose subjects this user is subscribed to here (a few: a list).
     groups: Vec<String>,
-    /// While the user's groups are being subscribed: true once they are, closed if that
-    /// failed. `None` once they are (a channel per user would cost memory for nothing).
-    ready: Option<watch::Receiver<bool>>,
+    /// Whether the user's groups are subscribed here yet.
+    groups_state: GroupsState,
+}
+
+/// Where a user's groups stand on this gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GroupsState {
+    /// The user's first connection is subscribing them; the others wait.
+    Subscribing,
+    /// Subscribed.
+    Subscribed,
+    /// They could not be subscribed: the user's connections fail, and retry.
+    Failed,
 }
 
 #[derive(Debug)]
@@ -398,16 +408,6 @@ impl TokenBucket {
     }
 }
 
-/// Where a registering connection stands with its user's groups.
-enum Groups {
-    /// Subscribed already.
-    Ready,
-    /// The user's first connection: it subscribes them, and tells the others.
-    Subscribe(watch::Sender<bool>),
-    /// Another connection is subscribing them.
-    Wait(watch::Receiver<bool>),
-}
-
 /// Reads the ids of a user's group conversations (from svc-chat).
 pub type GroupsOf =
     Box<dyn Fn(String) -> BoxFuture<'static, Result<Vec<String>, String>> + Send + Sync>;
@@ -427,6 +427,9 @@ pub struct DeliveryHub {
     link: Link<Target>,
     local: Mutex<Local>,
     groups_of: GroupsOf,
+    /// Woken whenever a user's groups are subscribed (or failed to be): one for the whole
+    /// hub, since a user's second connection rarely comes while the first subscribes them.
+    groups_settled: Notify,
     queue: usize,
     next_id: AtomicU64,
     frames_per_second: u32,
@@ -514,6 +517,7 @@ impl DeliveryHub {
             link,
             local: Mutex::new(Local::default()),
             groups_of,
+            groups_settled: Notify::new(),
             queue: realtime.outbound_queue.max(1),
             next_id: AtomicU64::new(1),
             frames_per_second: realtime.frames_per_second,
@@ -542,10 +546,9 @@ impl DeliveryHub {
             transport,
         };
         let mut local = self.local.lock().await;
-        let (frames, groups) = if let Some(slot) = local.users.get(user_id) {
+        let (frames, first) = if let Some(slot) = local.users.get(user_id) {
             slot.connections.lock().insert(id, connection);
-            let groups = slot.ready.clone().map_or(Groups::Ready, Groups::Wait);
-            (Arc::clone(&slot.frames), groups)
+            (Arc::clone(&slot.frames), false)
         } else {
             let subject = self.nats.subject(&subjects::deliver(user_id));
             let connections = Arc::new(UserConnections {
@@ -563,7 +566,6 @@ impl DeliveryHub {
                 self.frames_per_second,
                 self.frame_burst,
             )));
-            let (subscribed, ready) = watch::channel(false);
             local.users.insert(
                 Arc::clone(&connections.user_id),
                 UserSlot {
@@ -571,25 +573,21 @@ impl DeliveryHub {
                     _subscription: subscription,
                     frames: Arc::clone(&frames),
                     groups: Vec::new(),
-                    ready: Some(ready),
+                    groups_state: GroupsState::Subscribing,
                 },
             );
             self.metrics.users.inc();
-            (frames, Groups::Subscribe(subscribed))
+            (frames, true)
         };
         drop(local);
         // Whoever subscribed the user subscribes the groups; other connections wait for it.
         // Groups joined meanwhile come as membership events on the user's subject.
-        let groups = match groups {
-            Groups::Ready => Ok(()),
-            Groups::Subscribe(subscribed) => self.subscribe_groups(user_id).await.map(|()| {
-                subscribed.send_replace(true);
-            }),
-            Groups::Wait(mut ready) => ready
-                .wait_for(|ready| *ready)
-                .await
-                .map(|_| ())
-                .map_err(|_| SubscribeError("the user's groups were not subscribed".into())),
+        let groups = if first {
+            let subscribed = self.subscribe_groups(user_id).await;
+            self.groups_settled.notify_waiters();
+            subscribed
+        } else {
+            self.groups_subscribed(user_id).await
         };
         if let Err(error) = groups {
             self.unregister(user_id, id).await;
@@ -618,19 +616,51 @@ impl DeliveryHub {
         })
     }
 
-    /// Subscribes the subjects of `user_id`'s groups that are not subscribed here yet.
+    /// Subscribes the subjects of `user_id`'s groups that are not subscribed here yet, and
+    /// records how that went.
     async fn subscribe_groups(&self, user_id: &str) -> Result<(), SubscribeError> {
-        let groups = (self.groups_of)(user_id.to_owned())
-            .await
-            .map_err(SubscribeError)?;
+        let listed = (self.groups_of)(user_id.to_owned()).await;
         let mut local = self.local.lock().await;
-        for conversation_id in groups {
-            self.join(&mut local, user_id, conversation_id).await?;
+        let mut subscribed = listed.map_err(SubscribeError);
+        if let Ok(groups) = &mut subscribed {
+            for conversation_id in std::mem::take(groups) {
+                if let Err(error) = self.join(&mut local, user_id, conversation_id).await {
+                    subscribed = Err(error);
+                    break;
+                }
+            }
         }
         if let Some(user) = local.users.get_mut(user_id) {
-            user.ready = None;
+            user.groups_state = match subscribed {
+                Ok(_) => GroupsState::Subscribed,
+                Err(_) => GroupsState::Failed,
+            };
         }
-        Ok(())
+        subscribed.map(drop)
+    }
+
+    /// Waits until the connection that subscribes `user_id`'s groups is done.
+    async fn groups_subscribed(&self, user_id: &str) -> Result<(), SubscribeError> {
+        loop {
+            // Made before the check: a notification sent after it is not missed.
+            let settled = self.groups_settled.notified();
+            let state = self
+                .local
+                .lock()
+                .await
+                .users
+                .get(user_id)
+                .map(|user| user.groups_state);
+            match state {
+                Some(GroupsState::Subscribed) => return Ok(()),
+                Some(GroupsState::Subscribing) => settled.await,
+                Some(GroupsState::Failed) | None => {
+                    return Err(SubscribeError(
+                        "the user's groups were not subscribed".into(),
+                    ));
+                }
+            }
+        }
     }
 
     /// Adds `user_id` (connected here) to the members of `conversation_id` here, subscribing
