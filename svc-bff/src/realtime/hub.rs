@@ -911,49 +911,61 @@ fn event_id(delivery: &Delivery) -> Option<String> {
     Some(id.clone()).filter(|id| !id.is_empty())
 }
 
-/// The delivery in `message`, or `None` (logged) when it cannot be decoded.
-fn decode(message: Inbound) -> Option<Delivery> {
-    let subject = message.subject;
-    Delivery::decode(message.payload)
-        .inspect_err(|_| tracing::warn!(message = "Undecodable delivery dropped.", %subject))
-        .ok()
+/// A delivery on its way to the connections here: decoded once, rendered at most once per
+/// version, whoever it reaches.
+struct Offer<'a> {
+    delivery: Delivery,
+    traceparent: Option<Arc<str>>,
+    /// Per version: `None` for an event its clients do not get.
+    rendered: [std::cell::OnceCell<Option<Arc<LiveEvent>>>; Api::ALL.len()],
+    cache: &'a RenderCache,
+    metrics: &'a RealtimeMetrics,
 }
 
-/// The gateway's consumer span for `message`, received on a subject of `template`.
-fn consumer_span(template: &str, message: &Inbound) -> (tracing::Span, Option<Arc<str>>) {
-    let span = telemetry::consumer_span(
-        template,
-        &message.subject,
-        "gateway",
-        telemetry::nats_traceparent(message.headers.as_ref()),
-    );
-    let traceparent = telemetry::traceparent(&span).map(Arc::from);
-    (span, traceparent)
-}
+impl<'a> Offer<'a> {
+    /// The delivery in `message`, received on a subject of `template`, in the gateway's
+    /// consumer span (entered while the guard lives); `None` (logged) when it cannot be
+    /// decoded.
+    fn receive(
+        template: &str,
+        message: Inbound,
+        cache: &'a RenderCache,
+        metrics: &'a RealtimeMetrics,
+    ) -> (tracing::span::EnteredSpan, Option<Self>) {
+        let span = telemetry::consumer_span(
+            template,
+            &message.subject,
+            "gateway",
+            telemetry::nats_traceparent(message.headers.as_ref()),
+        );
+        let traceparent = telemetry::traceparent(&span).map(Arc::from);
+        let entered = span.entered();
+        let subject = message.subject;
+        let offer = Delivery::decode(message.payload)
+            .inspect_err(|_| tracing::warn!(message = "Undecodable delivery dropped.", %subject))
+            .ok()
+            .map(|delivery| Self {
+                delivery,
+                traceparent,
+                rendered: Default::default(),
+                cache,
+                metrics,
+            });
+        (entered, offer)
+    }
 
-/// A delivery's renderings, at most one per version, shared by all its recipients here.
-type Rendered = [Option<Option<Arc<LiveEvent>>>; Api::ALL.len()];
-
-impl UserConnections {
-    /// Offers `delivery` to every connection of this user, rendered only for the versions
+    /// Offers the delivery to every connection of one user, rendered only for the versions
     /// connected here.
-    fn offer(
-        &self,
-        delivery: &Delivery,
-        traceparent: Option<&Arc<str>>,
-        rendered: &mut Rendered,
-        cache: &RenderCache,
-        metrics: &RealtimeMetrics,
-    ) {
-        for connection in self.lock().values() {
-            let event = rendered[connection.api.index()]
-                .get_or_insert_with(|| cache.render(delivery, connection.api));
+    fn to(&self, user: &UserConnections) {
+        for connection in user.lock().values() {
+            let event = self.rendered[connection.api.index()]
+                .get_or_init(|| self.cache.render(&self.delivery, connection.api));
             let Some(event) = event else { continue };
             let queued = Queued {
                 event: Arc::clone(event),
-                traceparent: traceparent.cloned(),
+                traceparent: self.traceparent.clone(),
             };
-            connection.offer(queued, metrics);
+            connection.offer(queued, self.metrics);
         }
     }
 }
@@ -966,18 +978,10 @@ fn dispatch(
     cache: &RenderCache,
     metrics: &RealtimeMetrics,
 ) -> Option<GroupChange> {
-    let (span, traceparent) = consumer_span(subjects::DELIVER_TEMPLATE, &message);
-    let _entered = span.enter();
-    let delivery = decode(message)?;
-    let mut rendered = Rendered::default();
-    connections.offer(
-        &delivery,
-        traceparent.as_ref(),
-        &mut rendered,
-        cache,
-        metrics,
-    );
-    group_change(&connections.user_id, &delivery)
+    let (_span, offer) = Offer::receive(subjects::DELIVER_TEMPLATE, message, cache, metrics);
+    let offer = offer?;
+    offer.to(connections);
+    group_change(&connections.user_id, &offer.delivery)
 }
 
 /// Offers a message on a group's subject to the members connected here whom it names.
@@ -987,26 +991,21 @@ fn dispatch_group(
     cache: &RenderCache,
     metrics: &RealtimeMetrics,
 ) {
-    let (span, traceparent) = consumer_span(subjects::DELIVER_CONVERSATION_TEMPLATE, &message);
-    let _entered = span.enter();
-    let Some(delivery) = decode(message) else {
+    let template = subjects::DELIVER_CONVERSATION_TEMPLATE;
+    let (_span, offer) = Offer::receive(template, message, cache, metrics);
+    let Some(mut offer) = offer else {
         return;
     };
-    let Some(Event::MessageCreated(created)) = &delivery.event else {
+    let Some(Event::MessageCreated(created)) = &mut offer.delivery.event else {
         tracing::warn!(message = "Only new messages go to a group's subject; dropped.");
         return;
     };
-    let recipients: HashSet<&str> = created.recipient_ids.iter().map(String::as_str).collect();
-    let mut rendered = Rendered::default();
+    // Taken out: the frames clients get never name the other recipients.
+    let named = std::mem::take(&mut created.recipient_ids);
+    let recipients: HashSet<&str> = named.iter().map(String::as_str).collect();
     for (user_id, connections) in members.lock().iter() {
         if recipients.contains(&**user_id) {
-            connections.offer(
-                &delivery,
-                traceparent.as_ref(),
-                &mut rendered,
-                cache,
-                metrics,
-            );
+            offer.to(connections);
         }
     }
 }
