@@ -9,7 +9,7 @@
 //! groups joined or left later come as membership events on the user's subject.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{
         Arc, Mutex as StdMutex, Weak,
         atomic::{AtomicU64, Ordering},
@@ -1001,12 +1001,14 @@ fn dispatch_group(
         return;
     };
     // Taken out: the frames clients get never name the other recipients.
+    // The fan-out names each recipient once.
     let named = std::mem::take(&mut created.recipient_ids);
-    let recipients: HashSet<&str> = named.iter().map(String::as_str).collect();
-    for (user_id, connections) in members.lock().iter() {
-        if recipients.contains(&**user_id) {
-            offer.to(connections);
-        }
+    let members = members.lock();
+    for connections in named
+        .iter()
+        .filter_map(|user_id| members.get(user_id.as_str()))
+    {
+        offer.to(connections);
     }
 }
 
