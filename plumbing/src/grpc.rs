@@ -81,15 +81,14 @@ pub enum GrpcServerError {
 }
 
 impl GrpcServer {
-    /// Binds the configured address (port 0 picks a free one).
-    pub async fn bind(config: GrpcServerConfig) -> Result<Self, GrpcServerError> {
+    /// Binds the configured address (port 0 picks a free one), with a listen queue of
+    /// [`crate::net::BACKLOG`]; within the runtime.
+    pub fn bind(config: GrpcServerConfig) -> Result<Self, GrpcServerError> {
         let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| GrpcServerError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+            crate::net::listen(config.listen).map_err(|source| GrpcServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         let lifecycle = match &config.lifecycle_file {
             None => GrpcLifecycle::default(),
             Some(path) => std::fs::read_to_string(path)

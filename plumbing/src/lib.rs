@@ -21,6 +21,7 @@ pub mod main_loop;
 pub mod metrics;
 pub mod nats;
 pub mod nats_link;
+pub mod net;
 pub mod postgres;
 pub mod shutdown;
 pub mod telemetry;

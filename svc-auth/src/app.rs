@@ -22,8 +22,7 @@ impl App {
         let accounts = Accounts::build(AuthStore::new(pool), &config)
             .await
             .map_err(|e| StartError::Other(tertulia_plumbing::error::chain(&e)))?;
-        let grpc = GrpcServer::bind(config.grpc.clone())
-            .await?
+        let grpc = GrpcServer::bind(config.grpc.clone())?
             .metrics(tertulia_plumbing::metrics::Registry::default())
             .readiness(readiness)
             .add_service(AuthServiceServer::new(AuthGrpc::new(accounts.clone())));

@@ -202,12 +202,12 @@ impl App {
         let sessions = state.shutdown.clone();
         let session_tasks = state.sessions.clone();
         let usage = Arc::clone(&state.usage);
-        let listener = TcpListener::bind(config.http.listen)
-            .await
-            .map_err(|source| StartError::Io {
+        let listener = tertulia_plumbing::net::listen(config.http.listen).map_err(|source| {
+            StartError::Io {
                 context: format!("cannot bind HTTP listener on {}", config.http.listen),
                 source,
-            })?;
+            }
+        })?;
         Ok(Self {
             listener,
             router: router(

@@ -90,8 +90,7 @@ impl App {
         );
         let mut registry = tertulia_plumbing::metrics::Registry::default();
         let consumer_metrics = tertulia_plumbing::metrics::ConsumerMetrics::new(&mut registry);
-        let grpc = GrpcServer::bind(config.grpc)
-            .await?
+        let grpc = GrpcServer::bind(config.grpc)?
             .metrics(registry)
             .readiness(readiness)
             .add_service(CatalogServiceServer::new(CatalogGrpc::new(

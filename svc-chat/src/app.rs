@@ -69,8 +69,7 @@ impl App {
         let consumer_metrics = ConsumerMetrics::new(&mut registry);
         let relay = OutboxRelay::new(store.clone(), nats.clone(), relay_metrics, wake);
         let chat = Conversations::new(store.clone(), relay.waker(), config.max_text_chars);
-        let grpc = GrpcServer::bind(config.grpc)
-            .await?
+        let grpc = GrpcServer::bind(config.grpc)?
             .metrics(registry)
             .readiness(readiness)
             .add_service(ChatServiceServer::new(ChatGrpc::new(chat.clone())))

@@ -57,12 +57,12 @@ impl App {
                 context: format!("cannot create work_dir {}", config.work_dir.display()),
                 source,
             })?;
-        let listener = TcpListener::bind(config.http_listen)
-            .await
-            .map_err(|source| StartError::Io {
+        let listener = tertulia_plumbing::net::listen(config.http_listen).map_err(|source| {
+            StartError::Io {
                 context: format!("cannot bind HTTP listener on {}", config.http_listen),
                 source,
-            })?;
+            }
+        })?;
         let own_url = format!(
             "http://{}",
             listener.local_addr().map_err(|source| StartError::Io {
@@ -96,8 +96,7 @@ impl App {
             sessions: Arc::default(),
             contents: Arc::default(),
         };
-        let grpc = GrpcServer::bind(config.grpc)
-            .await?
+        let grpc = GrpcServer::bind(config.grpc)?
             .metrics(registry)
             .readiness(readiness)
             .add_service(MediaServiceServer::new(MediaGrpc::new(media.clone())));

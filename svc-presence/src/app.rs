@@ -34,8 +34,7 @@ impl App {
             ttl,
             Duration::from_millis(config.auth.timeout_ms),
         );
-        let grpc = GrpcServer::bind(config.grpc)
-            .await?
+        let grpc = GrpcServer::bind(config.grpc)?
             .metrics(tertulia_plumbing::metrics::Registry::default())
             .readiness(readiness)
             .add_service(PresenceServiceServer::new(PresenceGrpc::new(

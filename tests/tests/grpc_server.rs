@@ -136,10 +136,7 @@ methods = ["Check"]
     let mut config = GrpcServerConfig::on("127.0.0.1:0".parse().unwrap());
     config.lifecycle_file = Some(file.clone());
     let clock = Arc::new(ManualClock::at(datetime!(2026-12-01 00:00 UTC)));
-    let server = GrpcServer::bind(config)
-        .await
-        .unwrap()
-        .with_clock(clock.clone());
+    let server = GrpcServer::bind(config).unwrap().with_clock(clock.clone());
     let addr = server.local_addr();
     let shutdown = Shutdown::new();
     tokio::spawn(server.serve(shutdown.clone()));
