@@ -254,6 +254,27 @@ impl<T> Drop for Subscription<T> {
     }
 }
 
+/// Resolves once the server has a subscription made with
+/// [`Link::subscribe_unconfirmed`].
+#[derive(Debug)]
+#[must_use = "the subscription may not be active before it is confirmed"]
+pub struct Confirmation(oneshot::Receiver<()>);
+
+impl Confirmation {
+    /// Waits until the server has the subscription (at most a few seconds).
+    ///
+    /// # Errors
+    /// [`LinkError::Closed`] when the link closed first, [`LinkError::Timeout`] when the
+    /// server did not answer in time.
+    pub async fn confirmed(self) -> Result<(), LinkError> {
+        match timeout(SUBSCRIBE_TIMEOUT, self.0).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(LinkError::Closed),
+            Err(_) => Err(LinkError::Timeout),
+        }
+    }
+}
+
 /// What the link does with each message: called on the task that reads the socket.
 pub type Handler<T> = Box<dyn Fn(&T, Inbound) + Send + Sync>;
 
@@ -313,6 +334,20 @@ impl<T: Send + Sync + 'static> Link<T> {
         subject: &str,
         target: Arc<T>,
     ) -> Result<Subscription<T>, LinkError> {
+        let (subscription, confirmation) = self.subscribe_unconfirmed(subject, target)?;
+        confirmation.confirmed().await?;
+        Ok(subscription)
+    }
+
+    /// Subscribes `target` to `subject` without waiting: the server has the subscription
+    /// once the [`Confirmation`] resolves. Subscriptions made before one wait are
+    /// confirmed together, with one round trip, so a caller may make them under a lock
+    /// and wait outside it.
+    pub fn subscribe_unconfirmed(
+        &self,
+        subject: &str,
+        target: Arc<T>,
+    ) -> Result<(Subscription<T>, Confirmation), LinkError> {
         if subject.is_empty() || subject.contains(char::is_whitespace) {
             return Err(LinkError::Subject(subject.to_owned()));
         }
@@ -335,11 +370,7 @@ impl<T: Send + Sync + 'static> Link<T> {
             .commands
             .send(Command::Subscribe { sid, subject, done })
             .map_err(|_| LinkError::Closed)?;
-        match timeout(SUBSCRIBE_TIMEOUT, confirmed).await {
-            Ok(Ok(())) => Ok(subscription),
-            Ok(Err(_)) => Err(LinkError::Closed),
-            Err(_) => Err(LinkError::Timeout),
-        }
+        Ok((subscription, Confirmation(confirmed)))
     }
 
     /// Whether the link is connected now (between a failure and the reconnection nothing

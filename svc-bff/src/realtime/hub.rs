@@ -18,7 +18,7 @@ use std::{
 };
 
 use axum::extract::ws::Utf8Bytes;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt as _, Shared};
 use prost::Message as _;
 use tertulia_plumbing::{
     config::NatsConfig,
@@ -26,7 +26,7 @@ use tertulia_plumbing::{
     health::Readiness,
     metrics::{Counter, EncodeLabelSet, Family, Gauge, Histogram, Registry, exponential_buckets},
     nats::Nats,
-    nats_link::{Inbound, Link, LinkError, Subscription},
+    nats_link::{Confirmation, Inbound, Link, LinkError, Subscription},
     shutdown::Shutdown,
     telemetry,
 };
@@ -35,7 +35,7 @@ use tertulia_proto::{
     events::v1::{Delivery, delivery::Event},
     subjects,
 };
-use tokio::sync::{Mutex, Notify, mpsc};
+use tokio::sync::{Mutex, mpsc};
 
 use super::{
     Api, RealtimeConfig, frames,
@@ -343,18 +343,19 @@ struct UserSlot {
     frames: Arc<StdMutex<TokenBucket>>,
     /// The groups whose subjects this user is subscribed to here (a few: a list).
     groups: Vec<String>,
-    /// Whether the user's groups are subscribed here yet.
-    groups_state: GroupsState,
+    /// Whether the user's subscriptions (their own and their groups') are active here yet.
+    state: UserState,
 }
 
-/// Where a user's groups stand on this gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GroupsState {
-    /// The user's first connection is subscribing them; the others wait.
-    Subscribing,
-    /// Subscribed.
+/// Where a user's subscriptions stand on this gateway.
+#[derive(Debug)]
+enum UserState {
+    /// On their way: every connection of the user waits for this (let go once settled:
+    /// a connected user holds no allocation for it).
+    Subscribing(Ready),
+    /// Active.
     Subscribed,
-    /// They could not be subscribed: the user's connections fail, and retry.
+    /// They could not be made: the user's connections fail, and retry.
     Failed,
 }
 
@@ -363,6 +364,19 @@ struct GroupSlot {
     members: Arc<GroupMembers>,
     /// Dropping it unsubscribes.
     _subscription: Subscription<Target>,
+    /// Whether the server has the subscription: members who join while it is on its way
+    /// wait for the same answer.
+    ready: Ready,
+}
+
+/// Resolves once a subscription is active on the server, or with why it could not be made.
+type Ready = Shared<BoxFuture<'static, Result<(), String>>>;
+
+/// A confirmation any number of waiters can share.
+fn shared(confirmation: Confirmation) -> Ready {
+    async move { confirmation.confirmed().await.map_err(|e| e.to_string()) }
+        .boxed()
+        .shared()
 }
 
 /// The users connected here and the groups subscribed for them.
@@ -427,9 +441,6 @@ pub struct DeliveryHub {
     link: Link<Target>,
     local: Mutex<Local>,
     groups_of: GroupsOf,
-    /// Woken whenever a user's groups are subscribed (or failed to be): one for the whole
-    /// hub, since a user's second connection rarely comes while the first subscribes them.
-    groups_settled: Notify,
     queue: usize,
     next_id: AtomicU64,
     frames_per_second: u32,
@@ -517,7 +528,6 @@ impl DeliveryHub {
             link,
             local: Mutex::new(Local::default()),
             groups_of,
-            groups_settled: Notify::new(),
             queue: realtime.outbound_queue.max(1),
             next_id: AtomicU64::new(1),
             frames_per_second: realtime.frames_per_second,
@@ -545,23 +555,45 @@ impl DeliveryHub {
             api,
             transport,
         };
+        // Subscriptions are sent under the lock and confirmed outside it, so that the
+        // registrations of a storm wait for their round trips side by side.
         let mut local = self.local.lock().await;
-        let (frames, first) = if let Some(slot) = local.users.get(user_id) {
+        let (frames, subscribed) = if let Some(slot) = local.users.get(user_id) {
+            let subscribed = match &slot.state {
+                UserState::Subscribing(ready) => Some(ready.clone()),
+                UserState::Subscribed => None,
+                // Until the user's failed connections are gone; the client retries.
+                UserState::Failed => {
+                    return Err(SubscribeError("the user's subscriptions failed".into()));
+                }
+            };
             slot.connections.lock().insert(id, connection);
-            (Arc::clone(&slot.frames), false)
+            (Arc::clone(&slot.frames), subscribed)
         } else {
             let subject = self.nats.subject(&subjects::deliver(user_id));
             let connections = Arc::new(UserConnections {
                 user_id: user_id.into(),
                 connections: StdMutex::new(HashMap::from([(id, connection)])),
             });
-            // Returns once the server has the subscription.
-            let subscription = self
+            let (subscription, confirmation) = self
                 .link
-                .subscribe(&subject, Arc::new(Target::User(Arc::clone(&connections))))
-                .await
+                .subscribe_unconfirmed(&subject, Arc::new(Target::User(Arc::clone(&connections))))
                 .map_err(|e| SubscribeError(e.to_string()))?;
-            tracing::debug!(message = "Subscribed to deliveries.", user_id);
+            // Once the user's subject is subscribed, their groups are; groups joined
+            // meanwhile come as membership events on the user's subject. Whichever of the
+            // user's connections is waiting carries this on.
+            let ready = {
+                // Weak: the hub holds this while it lasts.
+                let (hub, user_id) = (Arc::downgrade(self), user_id.to_owned());
+                async move {
+                    let hub = hub.upgrade().ok_or("the gateway is stopping")?;
+                    hub.subscribe_groups(&user_id, confirmation)
+                        .await
+                        .map_err(|e| e.0)
+                }
+                .boxed()
+                .shared()
+            };
             let frames = Arc::new(StdMutex::new(TokenBucket::new(
                 self.frames_per_second,
                 self.frame_burst,
@@ -573,25 +605,18 @@ impl DeliveryHub {
                     _subscription: subscription,
                     frames: Arc::clone(&frames),
                     groups: Vec::new(),
-                    groups_state: GroupsState::Subscribing,
+                    state: UserState::Subscribing(ready.clone()),
                 },
             );
             self.metrics.users.inc();
-            (frames, true)
+            (frames, Some(ready))
         };
         drop(local);
-        // Whoever subscribed the user subscribes the groups; other connections wait for it.
-        // Groups joined meanwhile come as membership events on the user's subject.
-        let groups = if first {
-            let subscribed = self.subscribe_groups(user_id).await;
-            self.groups_settled.notify_waiters();
-            subscribed
-        } else {
-            self.groups_subscribed(user_id).await
-        };
-        if let Err(error) = groups {
+        if let Some(ready) = subscribed
+            && let Err(error) = ready.await
+        {
             self.unregister(user_id, id).await;
-            return Err(error);
+            return Err(SubscribeError(error));
         }
         let open = self
             .metrics
@@ -616,95 +641,95 @@ impl DeliveryHub {
         })
     }
 
-    /// Subscribes the subjects of `user_id`'s groups that are not subscribed here yet, and
-    /// records how that went.
-    async fn subscribe_groups(&self, user_id: &str) -> Result<(), SubscribeError> {
-        let listed = (self.groups_of)(user_id.to_owned()).await;
-        let mut local = self.local.lock().await;
-        let mut subscribed = listed.map_err(SubscribeError);
-        if let Ok(groups) = &mut subscribed {
-            for conversation_id in std::mem::take(groups) {
-                if let Err(error) = self.join(&mut local, user_id, conversation_id).await {
-                    subscribed = Err(error);
-                    break;
+    /// Once the user's own subscription is confirmed, subscribes the subjects of
+    /// `user_id`'s groups that are not subscribed here yet, waits until the server has them,
+    /// and records how that went.
+    async fn subscribe_groups(
+        &self,
+        user_id: &str,
+        confirmation: Confirmation,
+    ) -> Result<(), SubscribeError> {
+        let (listed, user) = tokio::join!(
+            (self.groups_of)(user_id.to_owned()),
+            confirmation.confirmed()
+        );
+        let subscribed = async {
+            user.map_err(|e| SubscribeError(e.to_string()))?;
+            tracing::debug!(message = "Subscribed to deliveries.", user_id);
+            let groups = listed.map_err(SubscribeError)?;
+            let ready = {
+                let mut local = self.local.lock().await;
+                let mut ready = Vec::with_capacity(groups.len());
+                for conversation_id in groups {
+                    ready.extend(self.join(&mut local, user_id, conversation_id)?);
                 }
+                ready
+            };
+            // Sent together, so confirmed together: one round trip in all.
+            for group in ready {
+                group.await.map_err(SubscribeError)?;
             }
+            Ok(())
         }
-        if let Some(user) = local.users.get_mut(user_id) {
-            user.groups_state = match subscribed {
-                Ok(_) => GroupsState::Subscribed,
-                Err(_) => GroupsState::Failed,
+        .await;
+        if let Some(user) = self.local.lock().await.users.get_mut(user_id) {
+            user.state = match subscribed {
+                Ok(()) => UserState::Subscribed,
+                Err(_) => UserState::Failed,
             };
         }
-        subscribed.map(drop)
+        subscribed
     }
 
-    /// Waits until the connection that subscribes `user_id`'s groups is done.
-    async fn groups_subscribed(&self, user_id: &str) -> Result<(), SubscribeError> {
-        loop {
-            // Made before the check: a notification sent after it is not missed.
-            let settled = self.groups_settled.notified();
-            let state = self
-                .local
-                .lock()
-                .await
-                .users
-                .get(user_id)
-                .map(|user| user.groups_state);
-            match state {
-                Some(GroupsState::Subscribed) => return Ok(()),
-                Some(GroupsState::Subscribing) => settled.await,
-                Some(GroupsState::Failed) | None => {
-                    return Err(SubscribeError(
-                        "the user's groups were not subscribed".into(),
-                    ));
-                }
-            }
-        }
-    }
-
-    /// Adds `user_id` (connected here) to the members of `conversation_id` here, subscribing
-    /// its subject if it is the group's first. False when there was nothing to do.
-    async fn join(
+    /// Adds `user_id` (connected here) to the members of `conversation_id` here, sending
+    /// the subscription of its subject if it is the group's first (or the last attempt
+    /// failed). Gives what tells when the subscription is active; `None` when the user is
+    /// not connected here.
+    fn join(
         &self,
         local: &mut Local,
         user_id: &str,
         conversation_id: String,
-    ) -> Result<bool, SubscribeError> {
+    ) -> Result<Option<Ready>, SubscribeError> {
         let Some(user) = local.users.get_mut(user_id) else {
-            return Ok(false);
+            return Ok(None);
         };
-        if user.groups.contains(&conversation_id) {
-            return Ok(false);
-        }
         let connections = Arc::clone(&user.connections);
         let member = Arc::clone(&connections.user_id);
-        if let Some(group) = local.groups.get(&conversation_id) {
+        let known = user.groups.contains(&conversation_id);
+        let usable = local
+            .groups
+            .get(&conversation_id)
+            .filter(|group| !matches!(group.ready.peek(), Some(Err(_))));
+        let ready = if let Some(group) = usable {
             group.members.lock().insert(member, connections);
+            group.ready.clone()
         } else {
             let members = Arc::new(GroupMembers::default());
             members.lock().insert(member, connections);
             let subject = self
                 .nats
                 .subject(&subjects::deliver_conversation(&conversation_id));
-            let subscription = self
+            let (subscription, confirmation) = self
                 .link
-                .subscribe(&subject, Arc::new(Target::Group(Arc::clone(&members))))
-                .await
+                .subscribe_unconfirmed(&subject, Arc::new(Target::Group(Arc::clone(&members))))
                 .map_err(|e| SubscribeError(e.to_string()))?;
-            local.groups.insert(
-                conversation_id.clone(),
-                GroupSlot {
-                    members,
-                    _subscription: subscription,
-                },
-            );
-            self.metrics.groups.inc();
-        }
-        if let Some(user) = local.users.get_mut(user_id) {
+            let ready = shared(confirmation);
+            let slot = GroupSlot {
+                members,
+                _subscription: subscription,
+                ready: ready.clone(),
+            };
+            // A slot whose subscription failed is replaced: its members fail and retry.
+            if local.groups.insert(conversation_id.clone(), slot).is_none() {
+                self.metrics.groups.inc();
+            }
+            ready
+        };
+        if !known && let Some(user) = local.users.get_mut(user_id) {
             user.groups.push(conversation_id);
         }
-        Ok(true)
+        Ok(Some(ready))
     }
 
     /// Takes `user_id` out of the members of `conversation_id` here, letting its subject go
@@ -767,11 +792,15 @@ impl DeliveryHub {
             },
             &self.metrics,
         );
-        match self
-            .join(&mut local, &user_id, conversation_id.clone())
-            .await
-        {
-            Ok(_) => connections.notify(LiveEvent::Joined { conversation_id }, &self.metrics),
+        let joined = self.join(&mut local, &user_id, conversation_id.clone());
+        drop(local);
+        let subscribed = match joined {
+            Ok(Some(ready)) => ready.await.map_err(SubscribeError),
+            Ok(None) => Ok(()),
+            Err(error) => Err(error),
+        };
+        match subscribed {
+            Ok(()) => connections.notify(LiveEvent::Joined { conversation_id }, &self.metrics),
             Err(error) => {
                 // The connections cannot receive the group's messages: they end, and the
                 // clients resume.
