@@ -205,3 +205,43 @@ async fn bad_servers_and_subjects_are_clear_errors() {
     assert!(matches!(error, LinkError::Subject(_)), "{error}");
     assert_eq!(link.subscriptions(), 0);
 }
+
+#[tokio::test]
+async fn subscriptions_sent_together_are_active_once_confirmed() {
+    let config = fresh_nats();
+    let (handler, mut seen) = recorder();
+    let link = Link::connect(&config, "link-test", handler).await.unwrap();
+    let publisher = async_nats::connect(&config.url).await.unwrap();
+    let subjects: Vec<String> = (0..3)
+        .map(|n| format!("{}.deliver.user{n}", config.namespace))
+        .collect();
+    // Sent without waiting (as under a lock), confirmed afterwards.
+    let sent: Vec<_> = subjects
+        .iter()
+        .enumerate()
+        .map(|(n, subject)| {
+            link.subscribe_unconfirmed(subject, Arc::new(format!("user{n}")))
+                .unwrap()
+        })
+        .collect();
+    let mut held = Vec::new();
+    for (subscription, confirmation) in sent {
+        confirmation.confirmed().await.unwrap();
+        held.push(subscription);
+    }
+    assert_eq!(link.subscriptions(), 3);
+    for subject in &subjects {
+        publisher
+            .publish(subject.clone(), "hi".into())
+            .await
+            .unwrap();
+    }
+    for (n, expected) in subjects.iter().enumerate() {
+        let (target, subject, _, _) = next(&mut seen).await;
+        assert_eq!((target, &subject), (format!("user{n}"), expected));
+    }
+    assert!(matches!(
+        link.subscribe_unconfirmed("has space", Arc::new(String::new())),
+        Err(LinkError::Subject(_))
+    ));
+}
