@@ -27,7 +27,7 @@ export TERTULIA_AUTH_LOGIN_LIMITS__PER_ADDRESS=1000000
 export TERTULIA_AUTH_LOGIN_LIMITS__WINDOW_S=60
 # Each connection of the capacity run is a user of its own, as in production, so the users are
 # made in seconds: the password hash is made cheap for the run (it is not what is measured).
-export TERTULIA_AUTH_ARGON2__MEMORY_KIB=1024
+export TERTULIA_AUTH_ARGON2__MEMORY_KIB=64
 export TERTULIA_AUTH_ARGON2__ITERATIONS=1
 export TERTULIA_AUTH_ARGON2__PARALLELISM=1
 export TERTULIA_PROFILE=release
@@ -38,7 +38,27 @@ BENCH_DB=tertulia_bench
 psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qc "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)"
 psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qc "CREATE DATABASE $BENCH_DB"
 export TERTULIA_DATABASE_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$BENCH_DB"
-"$ROOT/scripts/stack.sh" start
+
+if [ "$MODE" = long ]; then
+  CONNECTIONS=100000; STEP=20; RATES=1000,2000,5000,8000,12000
+  STORM=20000; SIZES_RATE=2000; MEMBERS=1000; VIDEOS=1000000; MEDIA_STEP=20; DEPTHS=1,10,100,500
+else
+  CONNECTIONS=10000; STEP=5; RATES=500,1000,2000,3500,5000
+  STORM=2000; SIZES_RATE=1000; MEMBERS=300; VIDEOS=200000; MEDIA_STEP=5; DEPTHS=1,10,50,100
+fi
+# One process holds at most `ulimit -n` sockets (the gateway and the generator alike). A
+# capacity target past that is served by several gateway processes sharing the port
+# (TERTULIA_GATEWAY_PROCESSES; the kernel's spread over them is uneven by a few hundred) and
+# held by as many generator processes; the relay, one process, runs as many as fit.
+FITS=$(( $(ulimit -n) - 1000 ))
+PER_PROCESS=$((FITS - 2000))
+CAPACITY_PROCESSES=$(( (CONNECTIONS + PER_PROCESS - 1) / PER_PROCESS ))
+RELAY_CONNECTIONS=$CONNECTIONS
+[ "$RELAY_CONNECTIONS" -gt "$FITS" ] && RELAY_CONNECTIONS=$FITS
+# One user per connection: a user's first connection on a gateway also costs its delivery
+# subscription, which a run of few users with many devices each would hide.
+CONN_USERS=$CONNECTIONS
+TERTULIA_GATEWAY_PROCESSES=$CAPACITY_PROCESSES "$ROOT/scripts/stack.sh" start
 
 if [ ! -d "$ROOT/bench/relay/node_modules" ]; then
   (cd "$ROOT/bench/relay" && npm ci --no-audit --no-fund --loglevel=error)
@@ -51,27 +71,20 @@ cleanup() {
 }
 trap cleanup EXIT
 wait_for "grep -q 'baseline relay' $RUN/logs/relay.log" 10 || die "the relay did not start"
-BFF_PID=$(cat "$RUN/pids/bff.pid")
 LOAD="$ROOT/target/release/tertulia-load"
-TERTULIA=(--url "http://127.0.0.1:$BFF_PORT" --gateway-pid "$BFF_PID")
 RELAY=(--url "http://127.0.0.1:$RELAY_PORT" --target relay --gateway-pid "$RELAY_PID")
+# The gateway's address and its processes (several when they share its port).
+tertulia() {
+  local f pids=()
+  for f in "$RUN/pids/bff.pid" "$RUN"/pids/bff.*.pid; do
+    if [ -f "$f" ]; then pids+=("$(cat "$f")"); fi
+  done
+  TERTULIA=(--url "http://127.0.0.1:$BFF_PORT" --gateway-pid "$(IFS=,; echo "${pids[*]}")")
+}
+tertulia
 # Where the CPU goes during each throughput step, by process name.
 WATCH=(--watch svc-bff,svc-chat,svc-presence,postgres,nats-server,node,tertulia-load)
 
-if [ "$MODE" = long ]; then
-  CONNECTIONS=100000; STEP=20; RATES=1000,2000,5000,8000,12000
-  STORM=20000; SIZES_RATE=2000; MEMBERS=1000; VIDEOS=1000000; MEDIA_STEP=20; DEPTHS=1,10,100,500
-else
-  CONNECTIONS=10000; STEP=5; RATES=500,1000,2000,3500,5000
-  STORM=2000; SIZES_RATE=1000; MEMBERS=300; VIDEOS=200000; MEDIA_STEP=5; DEPTHS=1,10,50,100
-fi
-# One process holds at most `ulimit -n` sockets (the gateway and the generator alike): where
-# the hard limit is lower than a target, the run uses what fits and the report says so.
-FITS=$(( $(ulimit -n) - 1000 ))
-[ "$CONNECTIONS" -gt "$FITS" ] && CONNECTIONS=$FITS
-# One user per connection: a user's first connection on a gateway also costs its delivery
-# subscription, which a run of few users with many devices each would hide.
-CONN_USERS=$CONNECTIONS
 # A storm larger than one process can hold is spread over two gateways (a second svc-bff and
 # svc-chat, TERTULIA_INSTANCES=2) and two generator processes, as production spreads clients
 # over gateways behind a load balancer.
@@ -93,8 +106,14 @@ run() {
     log "$name reported a failure (see $OUT/$name.log)"
 }
 
-run capacity-tertulia capacity "${TERTULIA[@]}" --connections "$CONNECTIONS" --users "$CONN_USERS" --hold 3
-run capacity-relay capacity "${RELAY[@]}" --connections "$CONNECTIONS" --users "$CONN_USERS" --hold 3
+run capacity-tertulia capacity "${TERTULIA[@]}" --connections "$CONNECTIONS" --users "$CONN_USERS" \
+  --processes "$CAPACITY_PROCESSES" --hold 3
+if [ "$CAPACITY_PROCESSES" -gt 1 ]; then
+  log "Back to one gateway process for the other runs"
+  "$ROOT/scripts/stack.sh" start
+  tertulia
+fi
+run capacity-relay capacity "${RELAY[@]}" --connections "$RELAY_CONNECTIONS" --users "$RELAY_CONNECTIONS" --hold 3
 for size in 2 10 100; do
   groups=$((MEMBERS / size))
   rates=$SIZES_RATE

@@ -135,15 +135,19 @@ def main():
     p("with as many users as connections, each also costs the gateway its user's delivery")
     p("subscription, as in production. RSS per connection is the gateway's resident")
     p("memory after they are all up, minus before, divided by their number. One process cannot")
-    p(f"hold more sockets than its open-file limit ({limit} here), so that caps this run.")
+    p(f"hold more sockets than its open-file limit ({limit} here). Past it, the gateway's port is")
+    p("served by several svc-bff processes that share it (`http.share_port`, `SO_REUSEPORT`: the")
+    p("kernel spreads the connections over them), their memory summed, and the clients are held")
+    p("by as many generator processes; the relay, one process, holds as many as fit.")
     p()
-    p("| | connected | users | connect rate | RSS per connection | open after the hold |")
-    p("| --- | --- | --- | --- | --- | --- |")
+    p("| | connected | users | gateway processes | connect rate | RSS per connection | open after the hold |")
+    p("| --- | --- | --- | --- | --- | --- | --- |")
     for label, c in (("Tertulia gateway", cap_t), ("baseline relay", cap_r)):
         if c:
             per = c.get("gateway_rss_per_connection_bytes")
             per = f"{per / 1024:.1f} KiB" if per is not None else "–"
-            p(f"| {label} | {c['connected']}/{c['connections']} | {c.get('users', '–')} | {c['connects_per_second']:.0f}/s | {per} | {c['still_open_after_hold']} |")
+            procs = c.get("gateway_processes", 1)
+            p(f"| {label} | {c['connected']}/{c['connections']} | {c.get('users', '–')} | {procs} | {c['connects_per_second']:.0f}/s | {per} | {c['still_open_after_hold']} |")
     p()
     for name in ("capacity-tertulia", "capacity-relay"):
         if command(folder, name):

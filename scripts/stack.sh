@@ -12,13 +12,17 @@ SERVICES=(auth chat presence catalog media bff)
 if [ "$INSTANCES" = 2 ]; then
   SERVICES+=(chat-2 bff-2)
 fi
+# TERTULIA_GATEWAY_PROCESSES=N serves the gateway's port with N svc-bff processes (bff, bff.2,
+# ...) that share it (http.share_port): one process holds at most `ulimit -n` connections.
+GATEWAY_PROCESSES=${TERTULIA_GATEWAY_PROCESSES:-1}
+for ((p = 2; p <= GATEWAY_PROCESSES; p++)); do SERVICES+=("bff.$p"); done
 CHAT_URLS="http://127.0.0.1:$CHAT_PORT"
 [ "$INSTANCES" = 2 ] && CHAT_URLS="$CHAT_URLS,http://127.0.0.1:$((CHAT_PORT + 10))"
 # TERTULIA_MESH=1 puts every service behind its own Envoy sidecar (scripts/mesh.py local):
 # calls between services go sidecar to sidecar over mutual TLS, the gateway (8080) and the
 # media origin (8090) are served by their sidecars' edge listeners. See docs/mesh.md.
 MESH=${TERTULIA_MESH:-0}
-if [ "$MESH" = 1 ] && [ "$INSTANCES" != 1 ]; then
+if [ "$MESH" = 1 ] && { [ "$INSTANCES" != 1 ] || [ "$GATEWAY_PROCESSES" != 1 ]; }; then
   die "TERTULIA_MESH=1 runs one instance of each service"
 fi
 MESH_DIR="$RUN/mesh"
@@ -42,16 +46,21 @@ grpc_port() {
 }
 
 http_port() {
-  case $1 in bff) echo "$BFF_PORT" ;; bff-2) echo $((BFF_PORT + 1)) ;; esac
+  case $1 in bff | bff.*) echo "$BFF_PORT" ;; bff-2) echo $((BFF_PORT + 1)) ;; esac
 }
 
-# The binary of an instance: chat-2 runs svc-chat.
-binary() { echo "svc-${1%-2}"; }
+# The service of an instance: chat-2 and bff.3 are instances of chat and bff.
+service_of() {
+  local svc=${1%%.*}
+  echo "${svc%-2}"
+}
+
+binary() { echo "svc-$(service_of "$1")"; }
 
 # The environment of one service: its own listener, and what it talks to.
 service_env() {
   local instance=$1 svc up
-  svc=${instance%-2}
+  svc=$(service_of "$instance")
   up=$(echo "$svc" | tr a-z A-Z)
   echo "TERTULIA_DATABASE__URL=$DATABASE_URL"
   echo "TERTULIA_NATS__URL=$NATS_URL"
@@ -64,6 +73,9 @@ service_env() {
       echo "TERTULIA_BFF_CATALOG__URL=http://127.0.0.1:$CATALOG_PORT"
       echo "TERTULIA_BFF_MEDIA__URL=http://127.0.0.1:$MEDIA_PORT"
       echo "TERTULIA_BFF_WEB__ROOT=$ROOT/web/dist"
+      if [ "$GATEWAY_PROCESSES" -gt 1 ] && [ "${instance%%.*}" = bff ]; then
+        echo "TERTULIA_BFF_HTTP__SHARE_PORT=true"
+      fi
       ;;
     catalog)
       echo "TERTULIA_CATALOG_GRPC__LISTEN=127.0.0.1:$CATALOG_PORT"
@@ -133,9 +145,14 @@ signing_key() {
 }
 
 healthy() {
-  local svc=$1
-  if [ "${svc%-2}" = bff ]; then
-    curl -fsS "http://127.0.0.1:$(http_port "$svc")/readyz" >/dev/null 2>&1
+  local svc=$1 port
+  if [ "$(service_of "$svc")" = bff ]; then
+    port=$(http_port "$svc")
+    # Any process of a shared port answers on it: this one must be among its listeners.
+    if [ "$GATEWAY_PROCESSES" -gt 1 ]; then
+      ss -Hltnp "sport = :$port" | grep -q "pid=$(cat "$PIDS/$svc.pid")," || return 1
+    fi
+    curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1
   else
     "$BIN/tertulia-health" "http://127.0.0.1:$(grpc_port "$svc")" >/dev/null 2>&1
   fi
@@ -147,6 +164,9 @@ stop_services() {
   for svc in auth chat presence catalog media bff chat-2 bff-2; do
     stop_pidfile "$PIDS/$svc.pid"
     stop_pidfile "$PIDS/envoy-$svc.pid"
+  done
+  for pidfile in "$PIDS"/bff.*.pid; do
+    stop_pidfile "$pidfile"
   done
 }
 

@@ -2,14 +2,15 @@
 //! which speaks the same frames) and reports what it measured.
 //!
 //! ```text
-//! tertulia-load capacity   --url http://127.0.0.1:8080 --connections 100000 --users 1000 --gateway-pid PID
+//! tertulia-load capacity   --url http://127.0.0.1:8080 --connections 100000 --processes 6 --gateway-pid PID,PID
 //! tertulia-load throughput --url … --groups 500 --size 10 --rates 1000,2000,5000 --duration 10
 //! tertulia-load storm      --url URL1,URL2 --clients 20000 --devices 10 --messages 5 --processes 2
 //! ```
 //!
 //! The storm spreads its clients over every gateway of `--url` and over `--processes` worker
-//! processes (one process holds at most `ulimit -n` sockets); the other scenarios use the
-//! first gateway.
+//! processes (one process holds at most `ulimit -n` sockets), and so does the capacity run;
+//! the throughput runs use the first gateway. `--gateway-pid` takes every process of the
+//! gateway when several share its port; their memory and CPU are summed.
 //!
 //! A throughput step waits up to 15 s for its deliveries. When some are still on their way
 //! the rate was beyond capacity: they are waited for (reported as late, their latencies in
@@ -35,7 +36,8 @@ pub(crate) struct Options {
     pub(crate) url: String,
     pub(crate) target: Target,
     pub(crate) sources: u8,
-    pub(crate) gateway_pid: Option<u32>,
+    /// The gateway's processes (several when they share its port), for their memory and CPU.
+    pub(crate) gateway_pids: Vec<u32>,
     /// Process names whose CPU time (summed over every process of that name) each
     /// throughput step reports.
     pub(crate) watch: Vec<String>,
@@ -51,7 +53,7 @@ pub(crate) struct Options {
     pub(crate) messages: usize,
     pub(crate) concurrency: usize,
     pub(crate) handshakes: usize,
-    /// Worker processes that hold the storm's clients.
+    /// Worker processes that hold the storm's (or the capacity run's) clients.
     pub(crate) processes: usize,
     pub(crate) max_seconds: u64,
     pub(crate) json: Option<PathBuf>,
@@ -70,7 +72,7 @@ impl Default for Options {
             url: "http://127.0.0.1:8080".into(),
             target: Target::Tertulia,
             sources: 8,
-            gateway_pid: None,
+            gateway_pids: Vec::new(),
             watch: Vec::new(),
             connections: 1000,
             users: 100,
@@ -92,7 +94,7 @@ impl Default for Options {
 }
 
 const USAGE: &str = "usage: tertulia-load capacity|throughput|storm [--url URL[,URL...]] [--target tertulia|relay] \
-[--sources N] [--gateway-pid PID] [--watch NAME,...] [--connections N] [--users N] [--groups N] [--size N] \
+[--sources N] [--gateway-pid PID[,PID...]] [--watch NAME,...] [--connections N] [--users N] [--groups N] [--size N] \
 [--rates R1,R2,...] [--duration SECONDS] [--hold SECONDS] [--clients N] [--devices N] \
 [--messages N] [--concurrency N] [--handshakes N] [--processes N] [--max-seconds N] [--json FILE]";
 
@@ -124,7 +126,12 @@ fn parse(args: &[String]) -> Result<(String, Options), Error> {
                 }
             }
             "--sources" => o.sources = value.parse().map_err(|e| bad(&e))?,
-            "--gateway-pid" => o.gateway_pid = Some(value.parse().map_err(|e| bad(&e))?),
+            "--gateway-pid" => {
+                o.gateway_pids = value
+                    .split(',')
+                    .map(|pid| pid.trim().parse().map_err(|e| bad(&e)))
+                    .collect::<Result<_, _>>()?;
+            }
             "--watch" => o.watch = value.split(',').map(str::to_owned).collect(),
             "--connections" => o.connections = number()?,
             "--users" => o.users = number()?,
@@ -227,6 +234,11 @@ async fn run(scenario: &str, o: &Options) -> Result<(serde_json::Value, bool), E
             // What a worker saw went to the storm on standard output.
             (serde_json::Value::Null, true)
         }
+        "capacity-worker" => {
+            storm::capacity_worker(&ep, o).await?;
+            // What a worker saw went to the storm on standard output.
+            (serde_json::Value::Null, true)
+        }
         _ => return Err(USAGE.into()),
     })
 }
@@ -293,7 +305,7 @@ mod tests {
     #[test]
     fn options_parse_and_bad_ones_are_named() {
         let (scenario, o) = parse(&args(
-            "throughput --rates 100,200 --size 2 --target relay --duration 1.5",
+            "throughput --rates 100,200 --size 2 --target relay --duration 1.5 --gateway-pid 7,9",
         ))
         .unwrap();
         assert_eq!(scenario, "throughput");
@@ -301,11 +313,13 @@ mod tests {
         assert_eq!(o.size, 2);
         assert_eq!(o.target, Target::Relay);
         assert_eq!(o.duration, Duration::from_millis(1500));
+        assert_eq!(o.gateway_pids, [7, 9]);
         for bad in [
             "x --rates 0",
             "x --size",
             "x --nope 1",
             "x --target kafka",
+            "x --gateway-pid 7,x",
             "",
         ] {
             assert!(parse(&args(bad)).is_err(), "{bad}");

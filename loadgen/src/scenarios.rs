@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::{
     Options,
     client::{Endpoint, Error, Ledger, Live, Record, Redial, User},
-    stats::{Samples, Summary, rss_kib},
+    stats::{Samples, Summary, rss_kib, sum_over},
 };
 
 /// How long delivery of what was sent may take before it counts as late (in a throughput
@@ -120,29 +120,45 @@ pub(crate) struct CapacityReport {
     pub(crate) gateway_rss_after_kib: Option<u64>,
     pub(crate) gateway_rss_per_connection_bytes: Option<f64>,
     pub(crate) still_open_after_hold: usize,
+    /// Generator processes that held the connections.
+    pub(crate) processes: usize,
+    /// Gateway processes measured (sharing one port).
+    pub(crate) gateway_processes: usize,
 }
 
-/// Many authenticated idle connections on one gateway: how fast they open, and the gateway's
-/// memory per connection once they are all up.
+/// Many authenticated idle connections on one gateway (one address, maybe several processes
+/// sharing its port): how fast they open, and the gateway's memory per connection once they
+/// are all up. With `--processes`, worker processes hold the clients.
 pub(crate) async fn capacity(ep: &Endpoint, o: &Options) -> Result<CapacityReport, Error> {
     let users = ep
         .users(o.users.min(o.connections).max(1), o.concurrency)
         .await?;
-    let before = o.gateway_pid.and_then(rss_kib);
-    let who: Vec<(&User, Value)> = (0..o.connections)
-        .map(|i| (&users[i % users.len()], json!({})))
+    let before = sum_over(&o.gateway_pids, rss_kib);
+    let who: Vec<&User> = (0..o.connections)
+        .map(|i| &users[i % users.len()])
         .collect();
     eprintln!(
-        "connecting {} clients as {} users…",
+        "connecting {} clients as {} users from {} process(es)…",
         o.connections,
-        users.len()
+        users.len(),
+        o.processes
     );
-    let (conns, _records, failures, took) = connect_all(ep, &who, o.handshakes, None, None).await;
-    let connected = conns.iter().flatten().count();
+    let held = if o.processes > 1 {
+        Held::Elsewhere(crate::storm::Workers::connect(o, &who).await?)
+    } else {
+        let who: Vec<(&User, Value)> = who.iter().map(|user| (*user, json!({}))).collect();
+        let (conns, _records, failures, took) =
+            connect_all(ep, &who, o.handshakes, None, None).await;
+        Held::Here {
+            conns,
+            failures,
+            took,
+        }
+    };
     // Let the gateway settle (presence heartbeats, allocator) before reading its memory.
     tokio::time::sleep(o.hold).await;
-    let after = o.gateway_pid.and_then(rss_kib);
-    let still_open = conns.iter().flatten().filter(|c| !c.is_finished()).count();
+    let after = sum_over(&o.gateway_pids, rss_kib);
+    let (connected, failures, took, still_open) = held.count_and_close().await?;
     #[expect(clippy::cast_precision_loss, reason = "KiB counts far below 2^52")]
     let per_connection = match (before, after) {
         (Some(b), Some(a)) if connected > 0 => {
@@ -150,7 +166,6 @@ pub(crate) async fn capacity(ep: &Endpoint, o: &Options) -> Result<CapacityRepor
         }
         _ => None,
     };
-    close_all(conns).await;
     Ok(CapacityReport {
         connections: o.connections,
         users: users.len(),
@@ -163,7 +178,39 @@ pub(crate) async fn capacity(ep: &Endpoint, o: &Options) -> Result<CapacityRepor
         gateway_rss_after_kib: after,
         gateway_rss_per_connection_bytes: per_connection,
         still_open_after_hold: still_open,
+        processes: o.processes,
+        gateway_processes: o.gateway_pids.len(),
     })
+}
+
+/// The capacity run's connections, in this process or in workers.
+enum Held {
+    Here {
+        conns: Vec<Option<Live>>,
+        failures: Vec<String>,
+        took: Duration,
+    },
+    Elsewhere(crate::storm::Workers),
+}
+
+impl Held {
+    /// How many connected, the failures, how long connecting took, and how many are still
+    /// open; then closes them.
+    async fn count_and_close(self) -> Result<(usize, Vec<String>, Duration, usize), Error> {
+        Ok(match self {
+            Self::Here {
+                conns,
+                failures,
+                took,
+            } => {
+                let connected = conns.iter().flatten().count();
+                let open = conns.iter().flatten().filter(|c| !c.is_finished()).count();
+                close_all(conns).await;
+                (connected, failures, took, open)
+            }
+            Self::Elsewhere(workers) => workers.count_and_close().await?,
+        })
+    }
 }
 
 /// One conversation per `size` consecutive users (the first creates it).
@@ -324,7 +371,7 @@ fn due(elapsed: Duration, rate: f64) -> usize {
 /// what comes later is late, until [`SETTLE_QUIET`] passes without one).
 async fn run_step(room: &Rooms, o: &Options, rate: f64, numbers: std::ops::Range<usize>) -> Step {
     let groups = room.conversations.len();
-    let cpu_before = o.gateway_pid.and_then(cpu_seconds);
+    let cpu_before = sum_over(&o.gateway_pids, cpu_seconds);
     let watched_before: Vec<f64> = o.watch.iter().map(|name| cpu_of_name(name)).collect();
     let start = Instant::now();
     let mut next = numbers.start;
@@ -375,7 +422,7 @@ async fn run_step(room: &Rooms, o: &Options, rate: f64, numbers: std::ops::Range
             (last, quiet) = (now, Instant::now());
         }
     }
-    let cpu = match (cpu_before, o.gateway_pid.and_then(cpu_seconds)) {
+    let cpu = match (cpu_before, sum_over(&o.gateway_pids, cpu_seconds)) {
         (Some(b), Some(a)) => Some(a - b),
         _ => None,
     };

@@ -74,6 +74,17 @@ pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// `read` summed over the processes `pids`; none when there is none or one cannot be read.
+pub(crate) fn sum_over<T: std::iter::Sum>(
+    pids: &[u32],
+    read: impl Fn(u32) -> Option<T>,
+) -> Option<T> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| read(pid)).sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +107,14 @@ mod tests {
     #[test]
     fn rss_of_this_process_is_read() {
         assert!(rss_kib(std::process::id()).is_some_and(|kib| kib > 0));
+    }
+
+    #[test]
+    fn a_sum_over_processes_needs_every_one() {
+        let me = std::process::id();
+        let one = rss_kib(me).unwrap();
+        assert!(sum_over(&[me, me], rss_kib).is_some_and(|kib| kib >= 2 * one));
+        assert_eq!(sum_over(&[], rss_kib), None);
+        assert_eq!(sum_over(&[me, u32::MAX], rss_kib), None, "no such process");
     }
 }

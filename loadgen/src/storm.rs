@@ -7,7 +7,8 @@
 //! spread over the gateways as a load balancer would spread them. This process makes the
 //! users and conversations, holds one sender per conversation, and tells the workers when to
 //! drop and when to come back, over their standard input and output (one JSON line each way
-//! per step).
+//! per step). A capacity run larger than one process holds its clients in workers of the
+//! same kind (`capacity-worker`), which connect, count and close.
 
 use std::{
     process::Stdio,
@@ -77,11 +78,20 @@ enum Said {
         missing: u64,
         duplicates: u64,
     },
+    /// A capacity worker's connections still open.
+    Open {
+        open: usize,
+    },
 }
 
 /// What a worker is told, one word a line.
 const DROP: &str = "drop";
 const BACK: &str = "back";
+const COUNT: &str = "count";
+
+/// The workers' roles (their subcommands).
+const STORM_WORKER: &str = "storm-worker";
+const CAPACITY_WORKER: &str = "capacity-worker";
 
 pub(crate) async fn storm(ep: &Endpoint, o: &Options) -> Result<StormReport, Error> {
     let devices = o.devices.max(1);
@@ -111,7 +121,7 @@ pub(crate) async fn storm(ep: &Endpoint, o: &Options) -> Result<StormReport, Err
                 .collect(),
             messages,
         };
-        workers.push(Worker::start(o, gateways[w % gateways.len()], &plan).await?);
+        workers.push(Worker::start(o, STORM_WORKER, gateways[w % gateways.len()], &plan).await?);
     }
     let failures = Worker::all(&mut workers, None).await?.failures();
     if let Some(first) = failures.first() {
@@ -214,15 +224,9 @@ impl AllSaid {
 }
 
 impl Worker {
-    async fn start(o: &Options, gateway: &str, plan: &Plan) -> Result<Self, Error> {
+    async fn start(o: &Options, role: &str, gateway: &str, plan: &Plan) -> Result<Self, Error> {
         let mut child = tokio::process::Command::new(std::env::current_exe()?)
-            .args([
-                "storm-worker",
-                "--url",
-                gateway,
-                "--target",
-                o.target.name(),
-            ])
+            .args([role, "--url", gateway, "--target", o.target.name()])
             .args(["--sources", &o.sources.to_string()])
             .args(["--handshakes", &o.handshakes.to_string()])
             .stdin(Stdio::piped())
@@ -257,7 +261,7 @@ impl Worker {
                 .stdout
                 .next_line()
                 .await?
-                .ok_or("a storm worker ended early (its error is above)")?;
+                .ok_or("a worker process ended early (its error is above)")?;
             said.push(serde_json::from_str(&line)?);
         }
         Ok(AllSaid {
@@ -342,6 +346,86 @@ pub(crate) async fn worker(ep: &Endpoint, o: &Options) -> Result<(), Error> {
     Ok(())
 }
 
+/// The capacity run's clients, held by worker processes (`capacity-worker`): client `i` by
+/// worker `i % processes`, and worker `w` dials gateway `w % gateways`.
+pub(crate) struct Workers {
+    each: Vec<Worker>,
+    connected: usize,
+    failures: Vec<String>,
+    took: Duration,
+}
+
+impl Workers {
+    /// Starts the workers and waits until each has connected its clients.
+    pub(crate) async fn connect(o: &Options, who: &[&User]) -> Result<Self, Error> {
+        let gateways = o.gateways();
+        let processes = o.processes.max(1);
+        let started = Instant::now();
+        let mut workers = Vec::with_capacity(processes);
+        for w in 0..processes {
+            let plan = Plan {
+                conversations: Vec::new(),
+                clients: who
+                    .iter()
+                    .skip(w)
+                    .step_by(processes)
+                    .map(|user| ((*user).clone(), 0))
+                    .collect(),
+                messages: 0,
+            };
+            let gateway = gateways[w % gateways.len()];
+            workers.push(Worker::start(o, CAPACITY_WORKER, gateway, &plan).await?);
+        }
+        let said = Worker::all(&mut workers, None).await?;
+        let failures = said.failures();
+        Ok(Self {
+            connected: who.len().saturating_sub(failures.len()),
+            failures,
+            took: said.latest.duration_since(started),
+            each: workers,
+        })
+    }
+
+    /// How many connected, the failures, how long connecting took, and how many are still
+    /// open; then the workers close their connections and exit.
+    pub(crate) async fn count_and_close(
+        mut self,
+    ) -> Result<(usize, Vec<String>, Duration, usize), Error> {
+        let said = Worker::all(&mut self.each, Some(COUNT)).await?;
+        let open = said
+            .said
+            .iter()
+            .map(|said| match said {
+                Said::Open { open } => *open,
+                _ => 0,
+            })
+            .sum();
+        futures::future::join_all(self.each.into_iter().map(Worker::finish)).await;
+        Ok((self.connected, self.failures, self.took, open))
+    }
+}
+
+/// `capacity-worker`: connects the clients of a [`Plan`] read from standard input (idle, no
+/// conversations), says so, says how many are still open when told `count`, and holds them
+/// until standard input closes.
+pub(crate) async fn capacity_worker(ep: &Endpoint, o: &Options) -> Result<(), Error> {
+    let mut told = told();
+    let plan: Plan = serde_json::from_str(&next(&mut told).await?)?;
+    let who: Vec<(&User, Value)> = plan
+        .clients
+        .iter()
+        .map(|(user, _)| (user, json!({})))
+        .collect();
+    let (conns, _, failures, _) = connect_all(ep, &who, o.handshakes, None, None).await;
+    say(&Said::Connected { failures })?;
+    expect(&mut told, COUNT).await?;
+    let open = conns.iter().flatten().filter(|c| !c.is_finished()).count();
+    say(&Said::Open { open })?;
+    while told.recv().await.is_some() {}
+    close_all(conns).await;
+    Ok(())
+}
+
 /// The lines of standard input, read on a thread of their own.
 fn told() -> mpsc::UnboundedReceiver<String> {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -358,7 +442,7 @@ fn told() -> mpsc::UnboundedReceiver<String> {
 async fn next(told: &mut mpsc::UnboundedReceiver<String>) -> Result<String, Error> {
     told.recv()
         .await
-        .ok_or_else(|| "the storm ended (standard input closed)".into())
+        .ok_or_else(|| "the run ended (standard input closed)".into())
 }
 
 async fn expect(told: &mut mpsc::UnboundedReceiver<String>, word: &str) -> Result<(), Error> {
@@ -395,6 +479,7 @@ mod tests {
                 missing: 1,
                 duplicates: 2,
             },
+            Said::Open { open: 7 },
         ] {
             let line = serde_json::to_string(&said).unwrap();
             assert!(!line.contains('\n'), "one line: {line}");

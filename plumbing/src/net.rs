@@ -15,6 +15,28 @@ pub const BACKLOG: u32 = 4096;
 /// # Errors
 /// When the address cannot be bound.
 pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    listen_with(addr, Port::Own)
+}
+
+/// Whether other processes may listen on the same port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Port {
+    /// The port is this listener's alone: binding a port in use fails.
+    #[default]
+    Own,
+    /// Every listener that binds the port with `Shared` gets a part of its new connections
+    /// (`SO_REUSEPORT`: the kernel spreads them by their addresses). Several processes of one
+    /// service then serve one address, as a web server's worker processes do, each with its
+    /// own open-files limit.
+    Shared,
+}
+
+/// [`listen`], with the port's sharing spelled out.
+///
+/// # Errors
+/// When the address cannot be bound (in use, with [`Port::Own`] or by a listener that does
+/// not share it).
+pub fn listen_with(addr: SocketAddr, port: Port) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -22,6 +44,9 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     };
     // As the runtime's own `bind` does: a restart need not wait out old connections.
     socket.set_reuseaddr(true)?;
+    if port == Port::Shared {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(BACKLOG)
 }
@@ -49,5 +74,42 @@ mod tests {
         .unwrap();
         assert_eq!(connected.len(), 600);
         drop(listener);
+    }
+
+    /// Two listeners share a port and both get connections; one that does not share it
+    /// cannot bind it.
+    #[tokio::test]
+    async fn a_shared_port_spreads_connections_over_its_listeners() {
+        let first = listen_with("127.0.0.1:0".parse().unwrap(), Port::Shared).unwrap();
+        let addr = first.local_addr().unwrap();
+        let second = listen_with(addr, Port::Shared).unwrap();
+        assert_eq!(
+            listen(addr).unwrap_err().kind(),
+            io::ErrorKind::AddrInUse,
+            "a listener of its own cannot take a shared port"
+        );
+        // The kernel picks a listener by the connection's addresses: of 64, each listener
+        // gets some (all to one has a chance of 2^-63).
+        let clients =
+            futures::future::try_join_all((0..64).map(|_| tokio::net::TcpStream::connect(addr)));
+        let clients = tokio::time::timeout(Duration::from_secs(5), clients)
+            .await
+            .expect("the handshakes complete")
+            .unwrap();
+        let (mut a, mut b) = (0, 0);
+        let accept_all = async {
+            while a + b < 64 {
+                tokio::select! {
+                    accepted = first.accept() => { accepted.unwrap(); a += 1; }
+                    accepted = second.accept() => { accepted.unwrap(); b += 1; }
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), accept_all)
+            .await
+            .expect("every connection is accepted by one of them");
+        assert_eq!(a + b, 64);
+        assert!(a > 0 && b > 0, "{a} and {b}");
+        drop(clients);
     }
 }

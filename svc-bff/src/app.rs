@@ -202,12 +202,18 @@ impl App {
         let sessions = state.shutdown.clone();
         let session_tasks = state.sessions.clone();
         let usage = Arc::clone(&state.usage);
-        let listener = tertulia_plumbing::net::listen(config.http.listen).map_err(|source| {
-            StartError::Io {
-                context: format!("cannot bind HTTP listener on {}", config.http.listen),
-                source,
-            }
-        })?;
+        let port = if config.http.share_port {
+            tertulia_plumbing::net::Port::Shared
+        } else {
+            tertulia_plumbing::net::Port::Own
+        };
+        let listener =
+            tertulia_plumbing::net::listen_with(config.http.listen, port).map_err(|source| {
+                StartError::Io {
+                    context: format!("cannot bind HTTP listener on {}", config.http.listen),
+                    source,
+                }
+            })?;
         Ok(Self {
             listener,
             router: router(

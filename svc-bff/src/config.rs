@@ -58,6 +58,11 @@ pub struct HttpConfig {
     /// that sets it); otherwise the peer address is used.
     #[serde(default)]
     pub trust_forwarded_for: bool,
+    /// Share `listen` with other gateway processes on this machine (`SO_REUSEPORT`): the
+    /// kernel spreads new connections over them. One process may hold only as many
+    /// connections as its open-files limit; several serve one address past it.
+    #[serde(default)]
+    pub share_port: bool,
 }
 
 impl HttpConfig {
@@ -68,6 +73,7 @@ impl HttpConfig {
             listen,
             max_body_bytes: default_max_body_bytes(),
             trust_forwarded_for: false,
+            share_port: false,
         }
     }
 }

@@ -517,7 +517,15 @@ impl Stack {
 
     /// Starts another BFF instance over the same services and NATS (another gateway).
     pub async fn another_bff(&self) -> SocketAddr {
-        start_bff(self.bff_config.clone(), &self.shutdown).await
+        self.another_bff_on(loopback()).await
+    }
+
+    /// Starts another BFF instance listening on `listen` (the first one's address, when the
+    /// stack was started with `http.share_port`: two gateway processes on one port).
+    pub async fn another_bff_on(&self, listen: SocketAddr) -> SocketAddr {
+        let mut config = self.bff_config.clone();
+        config.http.listen = listen;
+        start_bff(config, &self.shutdown).await
     }
 
     /// Starts another BFF instance with its own shutdown (to kill one gateway).
