@@ -219,6 +219,32 @@ pub fn with_deadline<T>(message: T, deadline: Duration) -> tonic::Request<T> {
     request
 }
 
+/// Calls `call` again while it answers `UNAVAILABLE` (the server shed it, at capacity, or
+/// no instance could be reached), pausing before each retry for between half and one and a
+/// half times the next of `pauses`, so that calls shed together do not come back together.
+/// After the last pause, the last answer is the answer. Only for calls that may run twice.
+pub async fn retry_unavailable<T, F, Fut>(
+    pauses: &[Duration],
+    mut call: F,
+) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    let mut pauses = pauses.iter();
+    loop {
+        match call().await {
+            Err(status) if status.code() == tonic::Code::Unavailable => match pauses.next() {
+                Some(pause) => {
+                    tokio::time::sleep(pause.mul_f64(0.5 + rand::random::<f64>())).await;
+                }
+                None => return Err(status),
+            },
+            answer => return answer,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tonic_health::{
@@ -273,6 +299,44 @@ mod tests {
             // Back after its time out.
             assert_eq!(picked(&one, &key, now + LEFT_OUT), before);
         }
+    }
+
+    /// A shed call is tried again after each pause, and then the last answer stands; any
+    /// other error is not retried.
+    #[tokio::test(start_paused = true)]
+    async fn a_shed_call_is_tried_again_and_other_errors_are_not() {
+        let pauses = [Duration::from_millis(100), Duration::from_secs(1)];
+        let calls = std::cell::Cell::new(0);
+        let answers = |answers: Vec<Result<u8, tonic::Status>>| {
+            calls.set(0);
+            let answers = std::cell::RefCell::new(answers.into_iter());
+            let calls = &calls;
+            async move {
+                let started = tokio::time::Instant::now();
+                let answer = retry_unavailable(&pauses, || {
+                    calls.set(calls.get() + 1);
+                    let next = answers.borrow_mut().next().expect("an answer per call");
+                    async move { next }
+                })
+                .await;
+                (answer, calls.get(), started.elapsed())
+            }
+        };
+        let shed = || Err(tonic::Status::unavailable("server at capacity, retry"));
+        let (answer, n, took) = answers(vec![shed(), Ok(7)]).await;
+        assert_eq!((answer.unwrap(), n), (7, 2));
+        assert!(took >= Duration::from_millis(50) && took <= Duration::from_millis(150));
+        let (answer, n, _) = answers(vec![shed(), shed(), shed()]).await;
+        assert_eq!(
+            (answer.unwrap_err().code(), n),
+            (tonic::Code::Unavailable, 3)
+        );
+        let (answer, n, took) = answers(vec![Err(tonic::Status::permission_denied("no"))]).await;
+        assert_eq!(
+            (answer.unwrap_err().code(), n),
+            (tonic::Code::PermissionDenied, 1)
+        );
+        assert_eq!(took, Duration::ZERO);
     }
 
     /// A health server that reports only `name` as serving (so an answer says who answered),

@@ -29,7 +29,11 @@ use std::{collections::HashMap, time::Duration};
 use axum::extract::ws::Utf8Bytes;
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::Deserialize;
-use tertulia_plumbing::{client::with_deadline, telemetry, telemetry::Upstream as Channel};
+use tertulia_plumbing::{
+    client::{retry_unavailable, with_deadline},
+    telemetry,
+    telemetry::Upstream as Channel,
+};
 use tertulia_proto::chat::v1::{self as chat_pb, chat_service_client::ChatServiceClient};
 use tracing::Span;
 
@@ -150,18 +154,34 @@ pub fn write_span(transport: &'static str, traceparent: Option<&str>) -> Span {
     span
 }
 
+/// Pauses before a `ListGroups` call that svc-chat shed (at its in-flight limit) is tried
+/// again. Bursts of connections (a reconnect storm, thousands of users signing on) meet the
+/// limit; each connection then waits a little longer for `ready` instead of failing.
+const GROUPS_RETRIES: [Duration; 5] = [
+    Duration::from_millis(50),
+    Duration::from_millis(200),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
+
 /// The hub's way to read a connecting user's groups: svc-chat's `ListGroups`, within
-/// `deadline`.
+/// `deadline` a call, tried again while it is shed.
 #[must_use]
 pub fn groups_of(chat: ChatServiceClient<Channel>, deadline: Duration) -> hub::GroupsOf {
     Box::new(move |actor_id| {
-        let mut chat = chat.clone();
+        let chat = chat.clone();
         Box::pin(async move {
-            let request = chat_pb::ListGroupsRequest { actor_id };
-            chat.list_groups(with_deadline(request, deadline))
-                .await
-                .map(|groups| groups.into_inner().conversation_ids)
-                .map_err(|status| format!("cannot read the user's groups: {}", status.message()))
+            retry_unavailable(&GROUPS_RETRIES, || {
+                let request = chat_pb::ListGroupsRequest {
+                    actor_id: actor_id.clone(),
+                };
+                let mut chat = chat.clone();
+                async move { chat.list_groups(with_deadline(request, deadline)).await }
+            })
+            .await
+            .map(|groups| groups.into_inner().conversation_ids)
+            .map_err(|status| format!("cannot read the user's groups: {}", status.message()))
         })
     })
 }

@@ -16,7 +16,10 @@ use axum::{
     response::Response,
 };
 use futures::SinkExt as _;
-use tertulia_plumbing::{client::with_deadline, clock};
+use tertulia_plumbing::{
+    client::{retry_unavailable, with_deadline},
+    clock,
+};
 use tertulia_proto::presence::v1 as presence_pb;
 use tokio::time::{Instant as TokioInstant, interval_at, timeout};
 use tracing::Instrument as _;
@@ -572,28 +575,23 @@ impl Drop for OnlineSession {
         tokio::spawn(async move {
             // svc-presence sheds calls beyond its in-flight limit (other gateways may be
             // closing connections too): a shed call is tried again after a pause.
-            let mut presence = state.presence.clone();
-            for pause in DISCONNECT_RETRIES.iter().map(Some).chain([None]) {
+            let answer = retry_unavailable(&DISCONNECT_RETRIES, || async {
                 // A permit per call, not held through the pause: the limit is on calls in
                 // flight. (Never closed: the semaphore lives as long as the state.)
-                let Ok(permit) = state.presence_disconnects.acquire().await else {
-                    return;
-                };
-                let call = presence.disconnect(with_deadline(request.clone(), state.call_deadline));
-                let answer = call.await;
-                drop(permit);
-                match (answer, pause) {
-                    (Ok(_), _) => return,
-                    (Err(status), Some(pause)) if status.code() == tonic::Code::Unavailable => {
-                        // Spread out, so that the calls shed together do not come back
-                        // together.
-                        tokio::time::sleep(pause.mul_f64(0.5 + rand::random::<f64>())).await;
-                    }
-                    (Err(status), _) => {
-                        tracing::warn!(message = "Presence disconnect failed.", error = %status);
-                        return;
-                    }
-                }
+                let _permit = state
+                    .presence_disconnects
+                    .acquire()
+                    .await
+                    .map_err(|_| tonic::Status::cancelled("the gateway is stopping"))?;
+                state
+                    .presence
+                    .clone()
+                    .disconnect(with_deadline(request.clone(), state.call_deadline))
+                    .await
+            })
+            .await;
+            if let Err(status) = answer {
+                tracing::warn!(message = "Presence disconnect failed.", error = %status);
             }
         });
     }
