@@ -15,6 +15,7 @@ fi
 # TERTULIA_GATEWAY_PROCESSES=N serves the gateway's port with N svc-bff processes (bff, bff.2,
 # ...) that share it (http.share_port): one process holds at most `ulimit -n` connections.
 GATEWAY_PROCESSES=${TERTULIA_GATEWAY_PROCESSES:-1}
+[[ "$GATEWAY_PROCESSES" =~ ^[1-9][0-9]*$ ]] || die "TERTULIA_GATEWAY_PROCESSES is a number of processes, 1 or more"
 for ((p = 2; p <= GATEWAY_PROCESSES; p++)); do SERVICES+=("bff.$p"); done
 CHAT_URLS="http://127.0.0.1:$CHAT_PORT"
 [ "$INSTANCES" = 2 ] && CHAT_URLS="$CHAT_URLS,http://127.0.0.1:$((CHAT_PORT + 10))"

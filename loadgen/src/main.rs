@@ -229,14 +229,13 @@ async fn run(scenario: &str, o: &Options) -> Result<(serde_json::Value, bool), E
             let ok = r.missing == 0 && r.reconnect_failures == 0;
             (serde_json::to_value(r)?, ok)
         }
-        "storm-worker" => {
-            storm::worker(&ep, o).await?;
-            // What a worker saw went to the storm on standard output.
-            (serde_json::Value::Null, true)
-        }
-        "capacity-worker" => {
-            storm::capacity_worker(&ep, o).await?;
-            // What a worker saw went to the storm on standard output.
+        "storm-worker" | "capacity-worker" => {
+            if scenario == "storm-worker" {
+                storm::worker(&ep, o).await?;
+            } else {
+                storm::capacity_worker(&ep, o).await?;
+            }
+            // What a worker saw went to the run that started it, on standard output.
             (serde_json::Value::Null, true)
         }
         _ => return Err(USAGE.into()),

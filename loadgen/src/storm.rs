@@ -111,18 +111,15 @@ pub(crate) async fn storm(ep: &Endpoint, o: &Options) -> Result<StormReport, Err
     let conversations = conversations_of(ep, o, &users, SIZE).await?;
     // The clients: every device of every member.
     let clients = groups * SIZE * devices;
-    let mut workers = Vec::with_capacity(processes);
-    for w in 0..processes {
-        let plan = Plan {
-            conversations: conversations.clone(),
-            clients: (w..clients)
-                .step_by(processes)
-                .map(|i| (users[i / devices].clone(), i / devices / SIZE))
-                .collect(),
-            messages,
-        };
-        workers.push(Worker::start(o, STORM_WORKER, gateways[w % gateways.len()], &plan).await?);
-    }
+    let plans = (0..processes).map(|w| Plan {
+        conversations: conversations.clone(),
+        clients: (w..clients)
+            .step_by(processes)
+            .map(|i| (users[i / devices].clone(), i / devices / SIZE))
+            .collect(),
+        messages,
+    });
+    let mut workers = Worker::start_all(o, STORM_WORKER, plans).await?;
     let failures = Worker::all(&mut workers, None).await?.failures();
     if let Some(first) = failures.first() {
         return Err(format!("{} connections failed, first: {first}", failures.len()).into());
@@ -224,6 +221,20 @@ impl AllSaid {
 }
 
 impl Worker {
+    /// Starts a worker in `role` for each plan, worker `w` on gateway `w % gateways`.
+    async fn start_all(
+        o: &Options,
+        role: &str,
+        plans: impl Iterator<Item = Plan>,
+    ) -> Result<Vec<Self>, Error> {
+        let gateways = o.gateways();
+        let mut workers = Vec::new();
+        for (w, plan) in plans.enumerate() {
+            workers.push(Self::start(o, role, gateways[w % gateways.len()], &plan).await?);
+        }
+        Ok(workers)
+    }
+
     async fn start(o: &Options, role: &str, gateway: &str, plan: &Plan) -> Result<Self, Error> {
         let mut child = tokio::process::Command::new(std::env::current_exe()?)
             .args([role, "--url", gateway, "--target", o.target.name()])
@@ -358,24 +369,20 @@ pub(crate) struct Workers {
 impl Workers {
     /// Starts the workers and waits until each has connected its clients.
     pub(crate) async fn connect(o: &Options, who: &[&User]) -> Result<Self, Error> {
-        let gateways = o.gateways();
         let processes = o.processes.max(1);
         let started = Instant::now();
-        let mut workers = Vec::with_capacity(processes);
-        for w in 0..processes {
-            let plan = Plan {
-                conversations: Vec::new(),
-                clients: who
-                    .iter()
-                    .skip(w)
-                    .step_by(processes)
-                    .map(|user| ((*user).clone(), 0))
-                    .collect(),
-                messages: 0,
-            };
-            let gateway = gateways[w % gateways.len()];
-            workers.push(Worker::start(o, CAPACITY_WORKER, gateway, &plan).await?);
-        }
+        // Idle clients: no conversations, so the conversation index of each is unused.
+        let plans = (0..processes).map(|w| Plan {
+            conversations: Vec::new(),
+            clients: who
+                .iter()
+                .skip(w)
+                .step_by(processes)
+                .map(|user| ((*user).clone(), 0))
+                .collect(),
+            messages: 0,
+        });
+        let mut workers = Worker::start_all(o, CAPACITY_WORKER, plans).await?;
         let said = Worker::all(&mut workers, None).await?;
         let failures = said.failures();
         Ok(Self {
